@@ -1,0 +1,257 @@
+"""The one doka config file: a pydantic model of the YAML that drives the local run,
+the tests and the RayService manifest.
+
+The model list follows LiteLLM's `model_list` shape so existing LiteLLM proxy configs
+mostly carry over. Secrets are never stored in the file: any string value of the form
+`os.environ/NAME` is resolved from the environment when it is used (`resolve_secret`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "os.environ/"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says where and why."""
+
+
+def resolve_secret(value: Any) -> Any:
+    """Resolve `os.environ/NAME` references; other values pass through unchanged."""
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX):]
+        if name not in os.environ:
+            raise ConfigError(f"environment variable {name!r} is referenced by the config but not set")
+        return os.environ[name]
+    if isinstance(value, dict):
+        return {k: resolve_secret(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_secret(v) for v in value]
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(_Strict):
+    """Gateway-side facts about one model: tier, timeout, price, visibility."""
+
+    tier: str = "external"
+    timeout: float = Field(30.0, gt=0, description="seconds for one attempt on this model")
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    parallel: bool = Field(False, description="reachable only by explicit name, never an `auto` candidate")
+    weight: float = Field(1.0, ge=0, description="weight for the weighted round-robin strategy")
+    route_label: str | None = Field(None, description="the name a trained router artifact uses for this model")
+    max_retries: int = Field(0, ge=0)
+
+
+class VLLMParams(_Strict):
+    """A self-hosted model served by ray.serve.llm's LLMServer."""
+
+    model_source: str
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    accelerator_type: str | None = None
+    placement_group_config: dict[str, Any] | None = None
+    runtime_env: dict[str, Any] | None = None
+    lora_config: dict[str, Any] | None = None
+
+
+class ModelEntry(_Strict):
+    model_name: str = Field(min_length=1)
+    provider: Literal["litellm", "vllm"] = "litellm"
+    litellm_params: dict[str, Any] = Field(default_factory=dict)
+    vllm: VLLMParams | None = None
+    model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+    @model_validator(mode="after")
+    def _check_provider(self) -> "ModelEntry":
+        if self.provider == "vllm" and self.vllm is None:
+            raise ValueError(f"model {self.model_name!r}: provider 'vllm' needs a `vllm:` section")
+        if self.provider == "litellm" and "model" not in self.litellm_params:
+            raise ValueError(f"model {self.model_name!r}: litellm_params.model is required")
+        return self
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        info = self.model_info
+        if info.input_cost_per_token is None and info.output_cost_per_token is None:
+            return None
+        return prompt_tokens * (info.input_cost_per_token or 0.0) + completion_tokens * (
+            info.output_cost_per_token or 0.0
+        )
+
+
+class DeploymentOptions(_Strict):
+    """Serve options for one deployment; fractional CPUs let the graph fit on 2 cores."""
+
+    num_replicas: int | Literal["auto"] | None = 1
+    num_cpus: float = 0.25
+    num_gpus: float = 0
+    max_ongoing_requests: int = 256
+    autoscaling_config: dict[str, Any] | None = None
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    graceful_shutdown_timeout_s: float = 20.0
+
+    def serve_options(self) -> dict[str, Any]:
+        actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
+        actor.update(self.ray_actor_options)
+        opts: dict[str, Any] = {
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+        }
+        if self.autoscaling_config:
+            opts["autoscaling_config"] = self.autoscaling_config
+        elif self.num_replicas is not None:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class DeploymentsConfig(_Strict):
+    ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5))
+    router: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.25))
+    egress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5))
+
+
+class RouterConfig(_Strict):
+    """How `auto` requests pick a model."""
+
+    strategy: Literal["learned", "weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
+    fallback_strategy: Literal["weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
+    registry: str | None = Field(None, description="local dir or fsspec URL of the artifact registry")
+    artifact: str = Field("latest", description="artifact version, or `latest`")
+    signing_key: str | None = Field("os.environ/DOKA_SIGNING_KEY", description="HMAC key for artifacts")
+    cost_weight: float = Field(0.5, ge=0)
+    poll_interval_s: float = Field(0, ge=0, description="0 disables polling the registry for a newer `latest`")
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_prompt_tokens: int = Field(48, ge=8, description="routing input is truncated to this many tokens")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    auto_model: str = "auto"
+    data_dir: str = ".doka"
+    app_name: str = "doka"
+
+
+class AccountsConfig(_Strict):
+    """Keys, quotas and the spend ledger."""
+
+    require_keys: bool = True
+    master_key: str | None = "os.environ/DOKA_MASTER_KEY"
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
+    settle_interval_s: float = Field(1.0, gt=0)
+
+
+class ObservabilityConfig(_Strict):
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; env OTEL_EXPORTER_OTLP_ENDPOINT")
+    service_name: str = "doka"
+    langfuse: bool = Field(True, description="send to Langfuse when LANGFUSE_* env vars are set")
+    redact_prompts: bool = False
+    traces_url: str | None = Field(None, description="trace store dir or fsspec URL; default data_dir/traces")
+    store_prompts: bool = True
+
+
+class DokaConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model_list: list[ModelEntry] = Field(min_length=1)
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict, description="named fallback chains, tried in order"
+    )
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
+    accounts: AccountsConfig = Field(default_factory=AccountsConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+
+    @field_validator("model_list")
+    @classmethod
+    def _unique_names(cls, models: list[ModelEntry]) -> list[ModelEntry]:
+        seen: set[str] = set()
+        for m in models:
+            if m.model_name in seen:
+                raise ValueError(f"model_name {m.model_name!r} appears twice")
+            seen.add(m.model_name)
+        return models
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "DokaConfig":
+        names = {m.model_name for m in self.model_list}
+        if self.server.auto_model in names:
+            raise ValueError(f"server.auto_model {self.server.auto_model!r} clashes with a model_name")
+        for chain_name, chain in self.fallbacks.items():
+            if chain_name in names:
+                raise ValueError(f"fallback chain {chain_name!r} clashes with a model_name")
+            if not chain:
+                raise ValueError(f"fallback chain {chain_name!r} is empty")
+            for m in chain:
+                if m not in names:
+                    raise ValueError(f"fallback chain {chain_name!r} names unknown model {m!r}")
+        return self
+
+    # ---- lookups used on the hot path (cheap, no I/O) ----
+    def model(self, name: str) -> ModelEntry | None:
+        return next((m for m in self.model_list if m.model_name == name), None)
+
+    def public_names(self) -> list[str]:
+        """Names a client may send as `model`: every model, every chain, and the auto name."""
+        return [self.server.auto_model, *[m.model_name for m in self.model_list], *self.fallbacks]
+
+    def auto_candidates(self) -> list[str]:
+        return [m.model_name for m in self.model_list if not m.model_info.parallel]
+
+    def chain_for(self, name: str) -> list[str]:
+        """The ordered models to try for a requested name.
+
+        A chain name gives that chain. A model name gives the model, then the rest of the
+        first chain that contains it (so `vllm-qwen` falls back along `vllm-qwen -> ...`).
+        """
+        if name in self.fallbacks:
+            return list(self.fallbacks[name])
+        for chain in self.fallbacks.values():
+            if name in chain:
+                return chain[chain.index(name):]
+        return [name]
+
+    def data_path(self, *parts: str) -> Path:
+        return Path(os.path.expanduser(self.server.data_dir)).joinpath(*parts)
+
+
+def load_config(path: str | os.PathLike[str]) -> DokaConfig:
+    """Read and validate a config file; raises ConfigError naming the file and field."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {p} not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    return parse_config(raw, source=str(p))
+
+
+def parse_config(raw: Any, source: str = "<config>") -> DokaConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    try:
+        return DokaConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{source}: invalid config"]
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from e
+
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "default.yaml"

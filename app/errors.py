@@ -1,0 +1,107 @@
+"""Errors in OpenAI's JSON shape, so every OpenAI SDK raises its usual exception types.
+
+`{"error": {"message", "type", "param", "code"}}` with the status an OpenAI client expects:
+400 bad request, 401/403 auth, 404 unknown model, 413 body too large, 429 quota, 502/504
+upstream exhausted. The same body goes into an SSE `data:` event when a stream fails after
+its first chunk was sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class OpenAIError(Exception):
+    """An error a client sees; raise it anywhere in the request path."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES.get(status, "api_error")
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **(extra_headers or {})})
+
+    def sse_event(self) -> bytes:
+        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def unknown_model(name: str, known: list[str]) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model {name!r} does not exist. Known models: {', '.join(known)}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def body_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(413, f"Request body exceeds {limit} bytes", code="request_too_large")
+
+
+def upstream_exhausted(tiers: list[str], last_error: str, timed_out: bool) -> OpenAIError:
+    """502 when every tier failed, 504 when the last one timed out; names the tiers tried."""
+    status = 504 if timed_out else 502
+    return OpenAIError(
+        status,
+        f"All upstream tiers failed (tried: {', '.join(tiers) or 'none'}); last error: {last_error}",
+        code="upstream_timeout" if timed_out else "upstream_exhausted",
+        headers={"x-doka-tiers-tried": ",".join(tiers)},
+    )
+
+
+class UpstreamError(Exception):
+    """One tier's failure (raised by the egress and model backends, caught by the ingress).
+
+    Picklable across Ray: `status` is the provider's HTTP status (504 for a timeout).
+    """
+
+    def __init__(self, status: int, message: str, timed_out: bool = False) -> None:
+        super().__init__(status, message, timed_out)
+        self.status = status
+        self.message = message
+        self.timed_out = timed_out
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+    @property
+    def is_client_error(self) -> bool:
+        """The request itself was refused: trying another tier would not help."""
+        return self.status in (400, 404, 413, 422)

@@ -1,0 +1,90 @@
+"""Builds the doka Serve application from one config.
+
+    ingress --(auto only)--> router
+       |---> egress (every `provider: litellm` model, one litellm.Router)
+       '---> vLLM deployments (one per `provider: vllm` model, when deployments.vllm exists)
+
+`app_builder(args)` is the import path for `serve run app.graph:app_builder config_path=...`
+and for the RayService's serveConfigV2 (`args: {config: {...inline...}}`), so the local run and
+Kubernetes run the same graph. Deployment options come from the config's `deployments:`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ray.serve import Application
+
+from app.config import DokaConfig, load_config, parse_config
+
+logger = logging.getLogger("ray.serve")
+
+# Internal hops log no per-call access line (the ingress logs each request once); measured
+# cost of those lines: docs/benchmarks.md. DOKA_ACCESS_LOG=all turns them back on.
+_QUIET = {"logging_config": {"enable_access_log": os.environ.get("DOKA_ACCESS_LOG") == "all"}}
+
+
+def _config_dict(cfg: DokaConfig) -> dict[str, Any]:
+    # exclude_unset keeps `os.environ/NAME` references and lets defaults re-apply in replicas
+    return cfg.model_dump(mode="json", exclude_unset=True)
+
+
+def _vllm_apps(cfg: DokaConfig) -> dict[str, Application]:
+    """One Application per vLLM model via `deployments.vllm.build_vllm_app(entry, cfg)`."""
+    wanted = [m for m in cfg.model_list if m.provider == "vllm"]
+    if not wanted:
+        return {}
+    try:
+        from deployments import vllm as vllm_deployments
+    except ImportError as e:
+        for m in wanted:
+            logger.warning("doka: skipping vLLM model %s (deployments.vllm not importable: %s)", m.model_name, e)
+        return {}
+    return {m.model_name: vllm_deployments.build_vllm_app(m, cfg) for m in wanted}
+
+
+def _accounts_app(cfg: DokaConfig) -> Application | None:
+    """The accounts deployment when keys are required and the accounts package offers one."""
+    if not cfg.accounts.require_keys:
+        return None
+    try:
+        from accounts.gateway import build_accounts_app  # type: ignore[import-not-found]
+    except ImportError:
+        logger.warning("doka: accounts.require_keys is set but accounts.gateway is not available; "
+                       "running WITHOUT key checks")
+        return None
+    return build_accounts_app(cfg)
+
+
+def build_app(cfg: DokaConfig) -> Application:
+    """The whole graph, with per-deployment options from `cfg.deployments`."""
+    from deployments.egress import Egress
+    from deployments.ingress import Ingress
+    from deployments.router import RouterDeployment
+
+    raw = _config_dict(cfg)
+    d = cfg.deployments
+    model_apps: dict[str, Application] = {}
+    if any(m.provider == "litellm" for m in cfg.model_list):
+        egress = Egress.options(**d.egress.serve_options(), **_QUIET).bind(raw)
+        model_apps.update({m.model_name: egress for m in cfg.model_list if m.provider == "litellm"})
+    model_apps.update(_vllm_apps(cfg))
+    router = RouterDeployment.options(
+        **d.router.serve_options(),
+        **_QUIET,
+        user_config={"strategy": cfg.router.strategy, "artifact": cfg.router.artifact, "registry": cfg.router.registry},
+    ).bind(raw)
+    return Ingress.options(**d.ingress.serve_options()).bind(raw, model_apps, router, _accounts_app(cfg))
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve's application builder: `config_path=FILE` or an inline `config` mapping."""
+    if args.get("config") is not None:
+        cfg = parse_config(args["config"], source="args.config")
+    else:
+        from app.config import DEFAULT_CONFIG_PATH
+
+        cfg = load_config(args.get("config_path") or DEFAULT_CONFIG_PATH)
+    return build_app(cfg)

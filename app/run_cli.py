@@ -1,0 +1,156 @@
+"""`doka run`, `doka config check`, `doka serve-config`: run and inspect one config.
+
+`doka run` is what `make run` calls: it starts the in-repo mock upstream when the config
+points a model at a local address nobody listens on, then serves the graph in the foreground
+on a local Ray cluster (dashboard on http://127.0.0.1:8265) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from app.config import DEFAULT_CONFIG_PATH, ConfigError, DokaConfig, load_config
+
+# Serve's high-throughput mode (Ray >= 2.55): gRPC between replicas, direct ingress, and HAProxy
+# in front. Measured effect on this gateway: docs/benchmarks.md. Set to 0 to opt out.
+PERF_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+LOCAL_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # never fetch LiteLLM's cost map at start-up
+    "HF_HUB_OFFLINE": "1",
+    "RAY_AUTH_MODE": "disabled",  # a local, loopback-only cluster
+}
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def local_mock_ports(cfg: DokaConfig) -> list[int]:
+    """Local ports the config sends models to (candidates for the mock upstream)."""
+    ports: set[int] = set()
+    for m in cfg.model_list:
+        base = m.litellm_params.get("api_base")
+        if m.provider == "litellm" and isinstance(base, str):
+            u = urlparse(base)
+            if u.hostname in LOCAL_HOSTS and u.port:
+                ports.add(u.port)
+    return sorted(ports)
+
+
+def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
+    procs = []
+    for port in local_mock_ports(cfg):
+        if _listening("127.0.0.1", port):
+            print(f"doka: something already listens on 127.0.0.1:{port}; using it as the upstream")
+            continue
+        print(f"doka: starting the mock upstream on 127.0.0.1:{port} ({latency_ms:g} ms latency)")
+        procs.append(subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
+                                       "--latency-ms", str(latency_ms)]))
+    deadline = time.time() + 20
+    for port in local_mock_ports(cfg):
+        while not _listening("127.0.0.1", port) and time.time() < deadline:
+            time.sleep(0.1)
+    return procs
+
+
+def _load(path: str | None) -> DokaConfig:
+    try:
+        return load_config(path or DEFAULT_CONFIG_PATH)
+    except ConfigError as e:
+        print(f"doka: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
+    if args.port:
+        cfg.server.port = args.port
+    for k, v in {**LOCAL_ENV, **({} if args.no_perf else PERF_ENV)}.items():
+        os.environ.setdefault(k, v)
+    mocks: list[subprocess.Popen] = []
+    if not args.no_mock:
+        mocks = start_mocks(cfg, args.mock_latency_ms)
+        if mocks:
+            os.environ.setdefault("MOCK_API_KEY", "mock-key")
+    import ray
+    from ray import serve
+
+    from app.graph import build_app
+
+    try:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
+        serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
+        base = f"http://{cfg.server.host}:{cfg.server.port}"
+        print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
+              f"Ray dashboard: http://127.0.0.1:8265; Ctrl-C stops")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("doka: stopping")
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for p in mocks:
+                p.terminate()
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    chains = ", ".join(f"{k}: {' -> '.join(v)}" for k, v in cfg.fallbacks.items()) or "none"
+    print(f"{args.file}: OK — {len(cfg.model_list)} models, chains: {chains}, auto strategy: {cfg.router.strategy}")
+    return 0
+
+
+def cmd_serve_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from app.serve_config import serve_config
+
+    cfg = _load(args.config)
+    path = None if args.inline else str(Path(args.config or DEFAULT_CONFIG_PATH))
+    print(yaml.safe_dump(serve_config(cfg, inline=args.inline, config_path=path), sort_keys=False))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="serve the gateway in the foreground (starts the mock upstream if needed)")
+    run.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG_PATH})")
+    run.add_argument("--port", type=int, help="override server.port")
+    run.add_argument("--no-mock", action="store_true", help="never start the mock upstream")
+    run.add_argument("--mock-latency-ms", type=float, default=50.0)
+    run.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    run.add_argument("--no-perf", action="store_true", help="leave Serve's throughput/HAProxy mode off")
+    run.set_defaults(handler=cmd_run)
+
+    config = sub.add_parser("config", help="config file tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check = config_sub.add_parser("check", help="validate a config file and summarise it")
+    check.add_argument("file")
+    check.set_defaults(handler=cmd_config_check)
+
+    sc = sub.add_parser("serve-config", help="print the Serve config (serveConfigV2) for a doka config")
+    sc.add_argument("--config")
+    sc.add_argument("--inline", action="store_true", help="embed the config instead of naming the file")
+    sc.set_defaults(handler=cmd_serve_config)

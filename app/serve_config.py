@@ -1,0 +1,67 @@
+"""The Ray Serve config (the `applications:` schema of `serve deploy` and KubeRay's
+serveConfigV2) for one doka config.
+
+`serve run app.graph:app_builder` and a RayService must run the same application, so both
+start from `app.graph:app_builder`; this module only adds the per-deployment options that
+`serve deploy` applies on top (replicas/autoscaling, actor resources, router user_config).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config import DokaConfig
+
+IMPORT_PATH = "app.graph:app_builder"
+
+# Serve deployment names of the graph (app/graph.py), keyed by `deployments:` section.
+DEPLOYMENT_NAMES: dict[str, str] = {"ingress": "Ingress", "router": "Router", "egress": "Egress"}
+
+
+def config_dict(cfg: DokaConfig) -> dict[str, Any]:
+    """The config as plain JSON data, keeping only what the file set (defaults re-apply on load).
+
+    `os.environ/NAME` references stay references: the pods resolve them from their env.
+    """
+    return cfg.model_dump(mode="json", exclude_unset=True)
+
+
+def router_user_config(cfg: DokaConfig) -> dict[str, Any]:
+    """What the router deployment's `reconfigure` receives; patching it swaps artifacts in place.
+
+    Same keys as app/graph.py sets, so `serve deploy` of this config changes nothing by itself.
+    """
+    return {"strategy": cfg.router.strategy, "artifact": cfg.router.artifact, "registry": cfg.router.registry}
+
+
+def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
+    """Per-deployment overrides in `serve deploy` form, from `cfg.deployments`."""
+    out: list[dict[str, Any]] = []
+    for section, name in DEPLOYMENT_NAMES.items():
+        opts: dict[str, Any] = {"name": name, **getattr(cfg.deployments, section).serve_options()}
+        if section == "router":
+            opts["user_config"] = router_user_config(cfg)
+        out.append(opts)
+    return out
+
+
+def serve_config(cfg: DokaConfig, *, inline: bool = True, config_path: str | None = None) -> dict[str, Any]:
+    """A Serve config with one application built by `app.graph:app_builder`.
+
+    inline=True embeds the whole config as `args.config`, so a cluster needs no config file;
+    otherwise `args.config_path` names a file that every node can read.
+    """
+    if inline:
+        args: dict[str, Any] = {"config": config_dict(cfg)}
+    else:
+        if not config_path:
+            raise ValueError("serve_config(inline=False) needs config_path")
+        args = {"config_path": config_path}
+    app = {
+        "name": cfg.server.app_name,
+        "route_prefix": cfg.server.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": args,
+        "deployments": deployment_options(cfg),
+    }
+    return {"applications": [app]}
