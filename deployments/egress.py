@@ -1,0 +1,287 @@
+"""The LiteLLM egress: calls external providers for every `provider: litellm` model.
+
+One `litellm.Router` per replica holds the model list from the config: it resolves the
+provider params (secrets from `os.environ/NAME`), picks the deployment, keeps the cooldown
+of failing deployments and knows LiteLLM's cost map. Its full call path
+(`Router.acompletion`) costs ~20 ms of CPU per call on this machine, more than the whole
+gateway budget, so providers that already speak OpenAI's wire format (`openai/...`,
+`hosted_vllm/...` with an `api_base`) take a pass-through path instead: the Router still
+selects the deployment and records failures for cooldown, and the request body goes to the
+provider over one shared aiohttp session, unchanged except for `model`. Every other provider
+(Anthropic, Bedrock, `mock_response`, ...) goes through `Router.acompletion`, which
+translates. Both paths return OpenAI-shaped dicts and stream chunk dicts one by one.
+
+Interface (the ingress's `ModelBackend` calls it; deployments/backends.py):
+  chat(model, body, timeout) -> dict            chat_stream(model, body, timeout) -> chunks
+  completion(model, body, timeout) -> dict      completion_stream(model, body, timeout) -> chunks
+Failures raise `app.errors.UpstreamError` with the provider's status (or 504 on timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch of the cost map
+
+import aiohttp  # noqa: E402
+from ray import serve  # noqa: E402
+
+from app.config import DokaConfig, ModelEntry, parse_config, resolve_secret  # noqa: E402
+from app.errors import UpstreamError  # noqa: E402
+
+logger = logging.getLogger("ray.serve")
+
+# LiteLLM provider prefixes whose HTTP API is OpenAI's own: safe to pass bodies through.
+PASSTHROUGH_PROVIDERS = {"openai", "hosted_vllm", "openai_like", "vllm_openai", "llamafile", "lm_studio"}
+# Seconds a failing deployment sits out (LiteLLM cooldown); 0 turns cooldowns off (tests do).
+COOLDOWN_S = float(os.environ.get("DOKA_COOLDOWN_S", "30"))
+
+
+def litellm_model_list(cfg: DokaConfig) -> list[dict[str, Any]]:
+    """The `model_list` for litellm.Router: one deployment per doka model, named as in doka."""
+    out = []
+    for m in cfg.model_list:
+        if m.provider != "litellm":
+            continue
+        params = resolve_secret(dict(m.litellm_params))
+        params.setdefault("timeout", m.model_info.timeout)
+        info: dict[str, Any] = {"id": m.model_name}
+        if m.model_info.input_cost_per_token is not None:
+            info["input_cost_per_token"] = m.model_info.input_cost_per_token
+        if m.model_info.output_cost_per_token is not None:
+            info["output_cost_per_token"] = m.model_info.output_cost_per_token
+        out.append({"model_name": m.model_name, "litellm_params": params, "model_info": info})
+    return out
+
+
+def _is_passthrough(params: dict[str, Any]) -> bool:
+    provider, _, _ = str(params.get("model", "")).partition("/")
+    return provider in PASSTHROUGH_PROVIDERS and bool(params.get("api_base")) and "mock_response" not in params
+
+
+def _upstream_model(params: dict[str, Any]) -> str:
+    return str(params["model"]).partition("/")[2] or str(params["model"])
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        err = json.loads(raw).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except (ValueError, AttributeError):
+        pass
+    return raw[:200].decode(errors="replace") or "no body"
+
+
+class EgressCore:
+    """Egress logic without Ray (one per replica); see the module docstring."""
+
+    def __init__(self, cfg: DokaConfig, cooldown_s: float = COOLDOWN_S) -> None:
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        self.cfg = cfg
+        self.entries: dict[str, ModelEntry] = {m.model_name: m for m in cfg.model_list if m.provider == "litellm"}
+        self.router = litellm.Router(
+            model_list=litellm_model_list(cfg),
+            num_retries=0,  # the ingress owns fallbacks; per-model retries happen here, below
+            allowed_fails=1,
+            cooldown_time=cooldown_s,
+            disable_cooldowns=cooldown_s <= 0,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._cooldown_s = cooldown_s
+        # Fast selection: a model with one deployment and no failure within the cooldown window
+        # cannot be cooling down, so skip the Router's selection (~0.3 ms per call) for it.
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for dep in self.router.model_list:
+            groups.setdefault(dep["model_name"], []).append(dep)
+        self._single = {name: deps[0] for name, deps in groups.items() if len(deps) == 1}
+        self._last_failure: dict[str, float] = {}
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+                json_serialize=lambda o: json.dumps(o, separators=(",", ":")),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ selection + cooldown
+    async def _deployment(self, model: str) -> dict[str, Any]:
+        if model not in self.entries:
+            raise UpstreamError(404, f"egress has no model {model!r}")
+        single = self._single.get(model)
+        if single is not None and time.monotonic() - self._last_failure.get(model, -1e18) > self._cooldown_s:
+            return single
+        try:
+            return await self.router.async_get_available_deployment(model=model, request_kwargs={})
+        except Exception as e:  # every deployment is cooling down
+            raise UpstreamError(503, f"{model} is cooling down after recent failures: {e}") from None
+
+    def _failed(self, model: str, deployment: dict[str, Any], err: UpstreamError) -> None:
+        from litellm.router_utils.cooldown_handlers import set_cooldown_deployments
+
+        if err.status in (400, 404, 413, 422):  # the request's fault, not the provider's
+            return
+        self._last_failure[model] = time.monotonic()
+        try:
+            set_cooldown_deployments(self.router, err, err.status, deployment["model_info"]["id"],
+                                     requested_model_group=model)
+        except Exception:  # cooldown bookkeeping must never turn into the request's error
+            logger.exception("egress: could not record cooldown for %s", model)
+
+    # ------------------------------------------------------------------ public interface
+    async def call(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        retries = self.entries[model].model_info.max_retries if model in self.entries else 0
+        for attempt in range(retries + 1):
+            dep = await self._deployment(model)
+            try:
+                if _is_passthrough(dep["litellm_params"]):
+                    return await self._post(kind, dep["litellm_params"], body, timeout)
+                return await self._litellm_call(kind, model, body, timeout)
+            except UpstreamError as e:
+                self._failed(model, dep, e)
+                if attempt >= retries or e.status in (400, 404, 413, 422):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def stream(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        dep = await self._deployment(model)
+        params = dep["litellm_params"]
+        source = (self._post_stream(kind, params, body, timeout) if _is_passthrough(params)
+                  else self._litellm_stream(kind, model, body, timeout))
+        try:
+            async for chunk in source:
+                yield chunk
+        except UpstreamError as e:
+            self._failed(model, dep, e)
+            raise
+
+    # ------------------------------------------------------------------ pass-through path
+    def _request(self, kind: str, params: dict[str, Any], body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        url = str(params["api_base"]).rstrip("/") + ("/chat/completions" if kind == "chat" else "/completions")
+        headers = {"Content-Type": "application/json"}
+        if params.get("api_key"):
+            headers["Authorization"] = f"Bearer {params['api_key']}"
+        payload = {**body, "model": _upstream_model(params)}
+        return url, headers, payload
+
+    async def _post(self, kind: str, params: dict[str, Any], body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        url, headers, payload = self._request(kind, params, body)
+        try:
+            async with self.session().post(url, json=payload, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise UpstreamError(resp.status, _error_message(raw))
+                return json.loads(raw)
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True) from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"connection to provider failed: {e}") from None
+        except ValueError:
+            raise UpstreamError(502, "provider sent invalid JSON") from None
+
+    async def _post_stream(self, kind: str, params: dict[str, Any], body: dict[str, Any],
+                           timeout: float) -> AsyncIterator[dict[str, Any]]:
+        url, headers, payload = self._request(kind, params, body)
+        payload["stream"] = True
+        try:
+            async with self.session().post(url, json=payload, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
+                if resp.status >= 400:
+                    raise UpstreamError(resp.status, _error_message(await resp.read()))
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"]
+                        raise UpstreamError(502, err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                    yield chunk
+            raise UpstreamError(502, "provider closed the stream before [DONE]")
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"no data within {timeout:g}s", timed_out=True) from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"provider stream failed: {e}") from None
+        except ValueError:
+            raise UpstreamError(502, "provider sent an invalid stream chunk") from None
+
+    # ------------------------------------------------------------------ litellm path
+    def _litellm_kwargs(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs.update(model=model, timeout=timeout)
+        return kwargs
+
+    async def _litellm_call(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        kwargs = self._litellm_kwargs(kind, model, body, timeout)
+        try:
+            fn = self.router.acompletion if kind == "chat" else self.router.atext_completion
+            resp = await fn(**kwargs)
+        except Exception as e:
+            raise _from_litellm(e, timeout) from None
+        return resp.model_dump(exclude_none=True)
+
+    async def _litellm_stream(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        kwargs = self._litellm_kwargs(kind, model, body, timeout)
+        kwargs["stream"] = True
+        try:
+            fn = self.router.acompletion if kind == "chat" else self.router.atext_completion
+            resp = await fn(**kwargs)
+            async for chunk in resp:
+                yield chunk.model_dump(exclude_none=True)
+        except UpstreamError:
+            raise
+        except Exception as e:
+            raise _from_litellm(e, timeout) from None
+
+
+def _from_litellm(e: Exception, timeout: float) -> UpstreamError:
+    import litellm
+
+    if isinstance(e, (litellm.Timeout, asyncio.TimeoutError)):
+        return UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True)
+    status = getattr(e, "status_code", None)
+    return UpstreamError(status if isinstance(status, int) and status >= 400 else 502, str(e)[:500])
+
+
+@serve.deployment(name="Egress")
+class Egress:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.core = EgressCore(parse_config(config, source="egress deployment"))
+
+    async def chat(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.core.call("chat", model, body, timeout)
+
+    async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.core.call("completion", model, body, timeout)
+
+    async def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self.core.stream("chat", model, body, timeout):
+            yield chunk
+
+    async def completion_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self.core.stream("completion", model, body, timeout):
+            yield chunk
+
+    async def ping(self) -> str:
+        return "ok"
+
+    async def __del__(self) -> None:
+        await self.core.close()

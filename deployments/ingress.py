@@ -1,0 +1,464 @@
+"""The ingress: the OpenAI-compatible HTTP surface and the fallback-chain orchestration.
+
+Hot path, explicit model: read + validate the body here, one handle call to the model's
+backend (egress or vLLM). `auto` adds one router call. Each tier of a chain gets its own
+`model_info.timeout`; a failed or timed-out tier moves on to the next. A stream may fall back
+only until its first chunk was sent; after that a failure ends it with an OpenAI error event.
+
+Seams for other parts (kept in one place each):
+  * accounts: `self._accounts.authorize(...)` before the call, `settle(...)` after it
+    (`NoAccounts` when `accounts.require_keys` is false or no accounts deployment is bound);
+  * backends: `deployments/backends.py` (adapter per provider, keyed by model name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from app.config import DokaConfig, parse_config
+from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
+from app.schemas import ChatCompletionRequest, CompletionRequest, prompt_text, validate_body
+from deployments.backends import ModelBackend, backend_factories
+from observability.gateway import Observability
+
+try:
+    import orjson
+
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a dependency; json keeps it working without
+    import json
+
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    loads = json.loads
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="doka", description="OpenAI-compatible LLM gateway on Ray Serve", docs_url="/docs")
+
+from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
+
+app.include_router(admin_router())
+
+
+@app.exception_handler(OpenAIError)
+async def _openai_error(_: Request, e: OpenAIError) -> JSONResponse:
+    return e.response()
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+    return bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}").response()
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    msg = "Not found" if e.status_code == 404 else str(e.detail)
+    return OpenAIError(e.status_code, msg).response()
+
+
+@app.exception_handler(Exception)
+async def _server_error(_: Request, e: Exception) -> JSONResponse:
+    logger.exception("ingress: unhandled error")
+    return OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error").response()
+
+
+class NoAccounts:
+    """The accounts seam when keys are off: admits everyone, records nothing."""
+
+    async def authorize(self, request: Request, model: str, body: dict[str, Any], request_id: str) -> Any:
+        return None
+
+    async def settle(self, grant: Any, **outcome: Any) -> None:
+        return None
+
+
+def load_accounts(cfg: DokaConfig, handle: DeploymentHandle | None) -> Any:
+    """`accounts.gateway.GatewayAccounts(cfg, handle)` when an accounts deployment is bound."""
+    if handle is None:
+        return NoAccounts()
+    from accounts.gateway import GatewayAccounts  # type: ignore[import-not-found]
+
+    return GatewayAccounts(cfg, handle)
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """Ray wraps a deployment's exception; get the original (an UpstreamError, usually)."""
+    return getattr(e, "cause", None) or e
+
+
+def routing_options(header_weight: str | None, ext: Any, allowed: list[str]) -> tuple[float | None, list[str]]:
+    """Per-request routing options: cost weight and candidate restriction.
+
+    Cost weight: header `x-doka-cost-weight`, else body `{"doka": {"cost_weight": w}}`; a
+    number >= 0 (None = the router's default). Candidates: `{"doka": {"candidates": [...]}}`,
+    a subset of the `auto` candidates. Anything else is a 400 naming the bad field.
+    """
+    weight: Any = header_weight
+    param = "x-doka-cost-weight"
+    candidates = list(allowed)
+    if ext is not None:
+        if not isinstance(ext, dict):
+            raise bad_request("'doka' must be an object like {\"cost_weight\": 0.2, \"candidates\": [...]}",
+                              param="doka")
+        unknown = sorted(set(ext) - {"cost_weight", "candidates"})
+        if unknown:
+            raise bad_request(f"Unknown field(s) in 'doka': {unknown}; known: cost_weight, candidates", param="doka")
+        if weight is None and ext.get("cost_weight") is not None:
+            weight, param = ext["cost_weight"], "doka.cost_weight"
+        if ext.get("candidates") is not None:
+            wanted = ext["candidates"]
+            if not isinstance(wanted, list) or not wanted or not all(isinstance(c, str) for c in wanted):
+                raise bad_request("'doka.candidates' must be a non-empty list of model names", param="doka.candidates")
+            bad = [c for c in wanted if c not in allowed]
+            if bad:
+                raise bad_request(f"'doka.candidates' names models that are not auto candidates: {bad}; "
+                                  f"choose from {allowed}", param="doka.candidates", code="invalid_candidates")
+            candidates = list(dict.fromkeys(wanted))
+    if weight is None:
+        return None, candidates
+    try:
+        if isinstance(weight, bool):
+            raise ValueError
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise bad_request(f"{param} must be a number >= 0", param=param, code="invalid_cost_weight") from None
+    if not math.isfinite(value) or value < 0:
+        raise bad_request(f"{param} must be a finite number >= 0, got {weight!r}", param=param,
+                          code="invalid_cost_weight")
+    return value, candidates
+
+
+class _Attempt:
+    """What a chain run produced: the answer (or open stream), who answered, and why."""
+
+    __slots__ = ("result", "model", "reason", "tried")
+
+    def __init__(self, result: Any, model: str, reason: str, tried: list[str]) -> None:
+        self.result, self.model, self.reason, self.tried = result, model, reason, tried
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(app)
+class Ingress:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        model_handles: dict[str, DeploymentHandle],
+        router: DeploymentHandle,
+        accounts: DeploymentHandle | None = None,
+    ) -> None:
+        self.cfg = cfg = parse_config(config, source="ingress deployment")
+        factories = backend_factories()
+        self._backends: dict[str, ModelBackend] = {}
+        shared: dict[int, ModelBackend] = {}
+        for name, handle in model_handles.items():
+            entry = cfg.model(name)
+            factory = factories.get(entry.provider) if entry else None
+            if factory is None:
+                logger.warning("ingress: no backend adapter for %s (%s); skipping it", name, entry and entry.provider)
+                continue
+            key = id(handle)  # one adapter per handle: the egress serves many models
+            self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
+        self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
+        self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
+        self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
+        self._router = router
+        self._accounts = load_accounts(cfg, accounts)
+        self._auto = cfg.server.auto_model
+        self._max_body = cfg.server.max_body_bytes
+        self._candidates = [m for m in cfg.auto_candidates() if m in self._backends]
+        self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks or n in self._backends]
+        self._public_set = set(self._public)
+        self._models_payload = dumps(self._model_list())
+
+    # ------------------------------------------------------------------ endpoints
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, "chat", ChatCompletionRequest)
+
+    @app.post("/v1/completions")
+    @app.post("/completions", include_in_schema=False)
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, "completion", CompletionRequest)
+
+    @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)
+    async def models(self) -> Response:
+        return Response(self._models_payload, media_type="application/json")
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_info(self, model_id: str) -> Response:
+        for m in loads(self._models_payload)["data"]:
+            if m["id"] == model_id:
+                return JSONResponse(m)
+        raise unknown_model(model_id, self._public)
+
+    @app.get("/health/liveliness")
+    @app.get("/health/liveness", include_in_schema=False)
+    async def liveliness(self) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/readiness")
+    async def readiness(self) -> Response:
+        """200 while requests can be answered; a degraded router (fallback strategy) stays 200.
+
+        `auto` still works in degraded mode (the static fallback answers), so taking the gateway
+        out of rotation would turn a routing-quality problem into an outage; the body says
+        `"status": "degraded"` with the router's reason instead, and doka_router_degraded is 1.
+        """
+        checks: dict[str, str] = {}
+        router: dict[str, Any] | None = None
+        try:
+            router = await asyncio.wait_for(self._router.status.remote(), 5)
+            checks["router"] = "degraded" if router.get("degraded") else "ok"
+            self._obs.metrics.set_router_state(degraded=bool(router.get("degraded")),
+                                               artifact_version=router.get("artifact_version"))
+        except Exception as e:  # readiness reports, it does not raise
+            checks["router"] = f"error: {type(e).__name__}"
+        failed = [k for k, v in checks.items() if v not in ("ok", "degraded")]
+        status = "unavailable" if failed else ("degraded" if "degraded" in checks.values() else "ok")
+        body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends)}
+        return JSONResponse(body, status_code=503 if failed else 200)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        doka_metrics, _ = self._obs.metrics_body()  # doka_* gateway metrics + the process defaults
+        return Response(doka_metrics + generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/feedback")
+    async def feedback(self, request: Request) -> Response:
+        """Score an earlier answer by its request id; stored beside the traces for retraining."""
+        body = await self._read_json(request)
+        rid = uuid.uuid4().hex  # the key check reserves nothing billable: settled at zero right away
+        grant = await self._accounts.authorize(request, self._auto, {}, rid)
+        await self._accounts.settle(grant, request_id=rid, model_requested=self._auto, model=None, prompt_tokens=0,
+                                    completion_tokens=0, cost_usd=0.0, status=200, latency_ms=0.0,
+                                    route_reason="feedback", stream=False)
+        status, payload = self._obs.add_feedback(body, key_id=getattr(grant, "key_id", None))
+        return JSONResponse(payload, status_code=status)
+
+    # ------------------------------------------------------------------ request path
+    async def _serve(self, request: Request, kind: str, schema: type) -> Response:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        body = await self._read_json(request)
+        req = validate_body(schema, body)
+        routing_ext = body.pop("doka", None)  # doka's own request extension: never sent upstream
+        requested = req.model
+        if requested not in self._public_set:
+            raise unknown_model(requested, self._public)
+        grant = await self._accounts.authorize(request, requested, body, request_id)
+        self._obs.start(request_id, requested, body, key_id=getattr(grant, "key_id", None), stream=bool(req.stream))
+        chain, base_reason, decision = await self._plan(requested, body, request, routing_ext)
+        if req.stream:
+            return await self._serve_stream(kind, requested, body, chain, base_reason, decision, request_id,
+                                            grant, started)
+        try:
+            att = await self._run_chain(kind, body, chain, base_reason)
+        except OpenAIError as e:
+            await self._settle(grant, request_id, requested, None, None, e.status, started, None, False)
+            e.headers.setdefault("x-doka-request-id", request_id)
+            raise
+        await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
+                           att.reason, False)
+        return Response(dumps(att.result), media_type="application/json",
+                        headers=self._headers(att, request_id, decision))
+
+    async def _read_json(self, request: Request) -> Any:
+        """The body as JSON, refusing more than `server.max_body_bytes` (header or streamed)."""
+        limit = self._max_body
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise body_too_large(limit)
+            except ValueError:
+                raise bad_request("Invalid Content-Length header") from None
+        parts: list[bytes] = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise body_too_large(limit)
+            parts.append(part)
+        raw = b"".join(parts)
+        if not raw.strip():
+            raise bad_request("Request body is empty; send a JSON object")
+        try:
+            return loads(raw)
+        except ValueError as e:
+            raise bad_request(f"Request body is not valid JSON: {e}", code="invalid_json") from None
+
+    async def _plan(self, requested: str, body: dict[str, Any], request: Request,
+                    ext: Any = None) -> tuple[list[str], str, dict | None]:
+        """The ordered tiers to try, the base route reason and the router's decision (auto)."""
+        if requested != self._auto:
+            reason = f"chain:{requested}" if requested in self.cfg.fallbacks else "explicit"
+            return self.cfg.chain_for(requested), reason, None
+        if not self._candidates:
+            raise OpenAIError(503, "No model is available for automatic routing", code="no_candidates")
+        cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
+        with self._obs.routing(candidates) as routing:
+            try:
+                decision = await self._router.route.remote(prompt_text(body), cost_weight, candidates)
+            except Exception as e:
+                logger.warning("ingress: router failed (%s); using the first candidate", e)
+                decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
+                            "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
+            routing.decided(decision)
+        return self.cfg.chain_for(decision["model"]), f"auto:{decision['strategy']}", decision
+
+    async def _run_chain(self, kind: str, body: dict[str, Any], chain: list[str], base_reason: str,
+                         stream: bool = False) -> _Attempt:
+        """Try each tier in order with its own timeout; the first answer (or first chunk) wins."""
+        tried: list[str] = []
+        last_error, timed_out = "no tier available", False
+        for i, model in enumerate(chain):
+            backend = self._backends.get(model)
+            tried.append(model)
+            if backend is None:
+                last_error, timed_out = f"{model}: not deployed", False
+                continue
+            timeout = self._timeouts[model]
+            reason = base_reason if i == 0 else f"fallback:tier{i + 1}"
+            try:
+                if stream:
+                    it = (backend.chat_stream if kind == "chat" else backend.completion_stream)(model, body, timeout)
+                    it = it.__aiter__()
+                    try:
+                        first = await asyncio.wait_for(it.__anext__(), timeout)
+                    except BaseException:
+                        await it.aclose()
+                        raise
+                    return _Attempt((first, it), model, reason, tried)
+                call = backend.chat if kind == "chat" else backend.completion
+                result = await asyncio.wait_for(call(model, body, timeout), timeout)
+                return _Attempt(result, model, reason, tried)
+            except StopAsyncIteration:
+                return _Attempt((None, None), model, reason, tried)
+            except asyncio.TimeoutError:
+                last_error, timed_out = f"{model}: no answer within {timeout:g}s", True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # one tier failed: note it, try the next
+                err = _unwrap(e)
+                if isinstance(err, UpstreamError):
+                    if err.is_client_error:
+                        raise OpenAIError(err.status, err.message, headers={"x-doka-tiers-tried": ",".join(tried)}) from None
+                    last_error, timed_out = f"{model}: {err}", err.timed_out
+                else:
+                    logger.warning("ingress: tier %s failed: %r", model, e)
+                    last_error, timed_out = f"{model}: {type(err).__name__}: {err}", False
+            self._router.report.remote(model, False)
+        raise upstream_exhausted(tried, last_error, timed_out)
+
+    async def _serve_stream(self, kind: str, requested: str, body: dict[str, Any], chain: list[str],
+                            base_reason: str, decision: dict | None, request_id: str, grant: Any,
+                            started: float) -> Response:
+        try:
+            att = await self._run_chain(kind, body, chain, base_reason, stream=True)
+        except OpenAIError as e:
+            await self._settle(grant, request_id, requested, None, None, e.status, started, None, True)
+            e.headers.setdefault("x-doka-request-id", request_id)
+            raise
+        first, it = att.result
+        headers = self._headers(att, request_id, decision)
+        headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(self._sse(first, it, att, requested, request_id, grant, started),
+                                 media_type="text/event-stream", headers=headers)
+
+    async def _sse(self, first: dict | None, it: AsyncIterator[dict] | None, att: _Attempt, requested: str,
+                   request_id: str, grant: Any, started: float) -> AsyncIterator[bytes]:
+        """Chunks as they come; an error after the first chunk ends the stream with an error event."""
+        usage: dict | None = None
+        status = 200
+        observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
+        try:
+            if first is not None:
+                usage = first.get("usage") or usage
+                observe(first)
+                yield b"data: " + dumps(first) + b"\n\n"
+            if it is not None:
+                async for chunk in it:
+                    observe(chunk)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    yield b"data: " + dumps(chunk) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except Exception as e:
+            err = _unwrap(e)
+            status = err.status if isinstance(err, UpstreamError) else 502
+            msg = err.message if isinstance(err, UpstreamError) else f"{type(err).__name__}: {err}"
+            yield OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error").sse_event()
+        finally:
+            if it is not None:
+                await it.aclose()  # no-op when finished; cancels the upstream call otherwise
+            await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+
+    # ------------------------------------------------------------------ helpers
+    def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
+        headers = {
+            "x-doka-model": att.model,
+            "x-doka-route-reason": att.reason,
+            "x-doka-request-id": request_id,
+            "x-doka-tiers-tried": ",".join(att.tried),
+        }
+        if decision is not None:
+            headers["x-doka-router"] = str(decision.get("reason", ""))[:200]
+            headers["x-doka-strategy"] = str(decision.get("strategy", ""))
+            if decision.get("artifact_version"):
+                headers["x-doka-artifact-version"] = str(decision["artifact_version"])
+        return headers
+
+    async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
+                      status: int, started: float, reason: str | None, stream: bool) -> None:
+        self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason)
+        if isinstance(self._accounts, NoAccounts):
+            return
+        usage = usage or {}
+        entry = self.cfg.model(model) if model else None
+        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        try:
+            await self._accounts.settle(
+                grant, request_id=request_id, model_requested=requested, model=model, prompt_tokens=p,
+                completion_tokens=c, cost_usd=entry.cost(p, c) if entry else None, status=status,
+                latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream)
+        except Exception:  # the answer is already on its way; a ledger error must not break it
+            logger.exception("ingress: settle failed for %s", request_id)
+
+    def _model_list(self) -> dict[str, Any]:
+        data = []
+        for name in self._public:
+            entry = self.cfg.model(name)
+            info: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "doka"}
+            if name == self._auto:
+                info["doka"] = {"kind": "router", "strategy": self.cfg.router.strategy, "candidates": self._candidates}
+            elif entry is None:
+                info["doka"] = {"kind": "chain", "models": self.cfg.fallbacks[name]}
+            else:
+                mi = entry.model_info
+                info["doka"] = {"kind": "model", "provider": entry.provider, "tier": mi.tier,
+                                "parallel": mi.parallel, "timeout": mi.timeout,
+                                "fallbacks": self.cfg.chain_for(name)[1:]}
+            data.append(info)
+        return {"object": "list", "data": data}

@@ -1,0 +1,286 @@
+"""Side-by-side bench: the mock upstream directly, doka, and a LiteLLM proxy on the same mock.
+
+One run starts a mock upstream (50 ms latency), `doka run` and `litellm --config` (the LiteLLM
+proxy from the installed `litellm[proxy]`), both with the same model list pointed at the same
+mock, then measures all three at 1, 10 and 50 concurrent clients (wrk when installed, else a
+bounded aiohttp loop): requests/s, p50/p99, the latency added over the mock's own at the same
+concurrency, errors, and the peak RSS of each process tree (sampled every 0.5 s). It writes a
+Markdown section into docs/benchmarks.md and a plot to docs/bench-compare.png:
+
+    python -m load.compare                       # = make bench-compare = doka bench --compare
+    python -m load.compare --clients 1,10,50 --duration 15 --no-docs
+
+Only 127.0.0.1 is ever targeted and every step is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from load.bench_gateway import BODY, _free_port, _wait_http, bench_config, load
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "benchmarks.md"
+PLOT = REPO / "docs" / "bench-compare.png"
+START, END = "<!-- bench-compare:start -->", "<!-- bench-compare:end -->"
+MODEL = "mock-gpt-3.5"  # doka and LiteLLM both call it by this name; the mock sees `gpt-3.5-turbo`
+
+
+def litellm_proxy_config(doka_raw: dict[str, Any]) -> dict[str, Any]:
+    """The same model list (LiteLLM's own `model_list` shape, which doka's config follows)."""
+    models = [{"model_name": m["model_name"], "litellm_params": dict(m["litellm_params"])}
+              for m in doka_raw["model_list"] if m.get("provider", "litellm") == "litellm"]
+    return {"model_list": models,
+            "litellm_settings": {"telemetry": False, "drop_params": True, "num_retries": 0},
+            "general_settings": {"disable_spend_logs": True,
+                                 # no auth on either gateway (doka runs keys off here too)
+                                 "dangerously_permit_weak_or_unset_master_key": True}}
+
+
+class Tree:
+    """A started process and the peak RSS of its whole tree (children included, e.g. Ray workers)."""
+
+    def __init__(self, name: str, proc: subprocess.Popen) -> None:
+        self.name, self.proc, self.peak = name, proc, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self.rss())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[str, str]]:
+    """Mock, doka and LiteLLM proxy on free ports; returns their trees and chat URLs."""
+    env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key"),
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           # Serve's throughput mode; HAProxy only when its binary is installed
+           "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),
+           "RAY_SERVE_ENABLE_HA_PROXY": os.environ.get("RAY_SERVE_ENABLE_HA_PROXY",
+                                                       "1" if shutil.which("haproxy") else "0")}
+    trees: dict[str, Tree] = {}
+    mock_port, doka_port, litellm_port = _free_port(), _free_port(), _free_port()
+    trees["mock upstream"] = Tree("mock upstream", _spawn(
+        [sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port), "--latency-ms", str(latency_ms)],
+        env, workdir / "mock.log"))
+    _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
+    raw = bench_config(mock_port, doka_port)
+    (workdir / "doka.yaml").write_text(yaml.safe_dump(raw))
+    (workdir / "litellm.yaml").write_text(yaml.safe_dump(litellm_proxy_config(raw)))
+    trees["doka"] = Tree("doka", _spawn(
+        [sys.executable, "-m", "app.cli", "run", "--config", str(workdir / "doka.yaml"), "--no-mock"],
+        env, workdir / "doka.log"))
+    litellm_bin = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
+    trees["LiteLLM proxy"] = Tree("LiteLLM proxy", _spawn(
+        [litellm_bin, "--config", str(workdir / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(litellm_port),
+         "--num_workers", "1"], env, workdir / "litellm.log"))
+    _wait_http(f"http://127.0.0.1:{doka_port}/health/liveliness", 240)
+    _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", 240)
+    urls = {"mock upstream": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+            "doka": f"http://127.0.0.1:{doka_port}/v1/chat/completions",
+            "LiteLLM proxy": f"http://127.0.0.1:{litellm_port}/v1/chat/completions"}
+    return trees, urls
+
+
+def measure(urls: dict[str, str], clients: list[int], duration: int, tool: str) -> list[dict[str, Any]]:
+    rows = []
+    for name, url in urls.items():  # warm-up: connections, lazy imports, caches
+        load(tool, url, _body(name), 4, 2)
+    for n in clients:
+        for name, url in urls.items():
+            r = load(tool, url, _body(name), n, duration)
+            errors = int(r["non2xx"]) + _socket_errors(str(r.get("socket_errors", "")))
+            rows.append({"clients": n, "target": name, "rps": r["rps"], "p50": r["p50"], "p99": r["p99"],
+                         "errors": errors})
+            print(f"  {n:>3} clients  {name:<14} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  "
+                  f"p99 {r['p99']:7.1f} ms  errors {errors}", flush=True)
+    return rows
+
+
+def _body(target: str) -> dict[str, Any]:
+    return {**BODY, "model": "gpt-3.5-turbo" if target == "mock upstream" else MODEL}
+
+
+def _socket_errors(text: str) -> int:
+    return sum(int(x) for x in re.findall(r"\b(?:connect|read|write|timeout) (\d+)", text))
+
+
+# ---------------------------------------------------------------- output
+def table(rows: list[dict[str, Any]], peaks: dict[str, int]) -> str:
+    direct = {r["clients"]: r for r in rows if r["target"] == "mock upstream"}
+    out = ["| clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | peak RSS MiB |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        d = direct.get(r["clients"])
+        added = ("", "") if r["target"] == "mock upstream" or d is None else (
+            f"{r['p50'] - d['p50']:.1f}", f"{r['p99'] - d['p99']:.1f}")
+        out.append(f"| {r['clients']} | {r['target']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                   f"{added[0]} | {added[1]} | {r['errors']} | {peaks.get(r['target'], 0) / 2**20:.0f} |")
+    return "\n".join(out)
+
+
+def verdict(rows: list[dict[str, Any]], clients: int) -> str:
+    at = {r["target"]: r for r in rows if r["clients"] == clients}
+    d, l = at.get("doka"), at.get("LiteLLM proxy")
+    if not d or not l:
+        return f"no measurement at {clients} clients"
+    ratio = d["rps"] / l["rps"] if l["rps"] else float("inf")
+    rps_ok, p99_ok = ratio >= 2.0, d["p99"] < l["p99"]
+    return (f"At {clients} clients doka served {ratio:.2f}x LiteLLM proxy's requests/s "
+            f"(target >= 2x: {'met' if rps_ok else 'NOT met'}) with p99 {d['p99']:.0f} ms vs {l['p99']:.0f} ms "
+            f"(target lower: {'met' if p99_ok else 'NOT met'}).")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for target in dict.fromkeys(r["target"] for r in rows):
+        pts = [r for r in rows if r["target"] == target]
+        xs = [r["clients"] for r in pts]
+        ax1.plot(xs, [r["rps"] for r in pts], marker="o", label=target)
+        ax2.plot(xs, [r["p99"] for r in pts], marker="o", label=target)
+    ax1.set(xlabel="concurrent clients", ylabel="requests/s", title="throughput", xscale="log")
+    ax2.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="p99 latency", xscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("mock upstream (50 ms) direct vs doka vs LiteLLM proxy")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_doc(section: str, path: Path = DOC) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{START}\n{section.strip()}\n{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", default="1,10,50", help="comma-separated concurrent client counts")
+    p.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="mock upstream latency")
+    p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--no-docs", action="store_true", help="print only; leave docs/ untouched")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    clients = [int(c) for c in str(args.clients).split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="doka-compare-"))
+    la_before = os.getloadavg()
+    trees: dict[str, Tree] = {}
+    try:
+        trees, urls = start_all(args.latency_ms, workdir)
+        idle = {name: t.rss() for name, t in trees.items()}
+        for t in trees.values():
+            t.peak = 0  # peaks under load only (start-up spikes are not the steady footprint)
+        print(f"compare: tool={tool}, {args.duration}s per point, clients {clients}; logs in {workdir}", flush=True)
+        rows = measure(urls, clients, args.duration, tool)
+        peaks = {name: max(t.peak, t.rss()) for name, t in trees.items()}
+    finally:
+        for t in reversed(list(trees.values())):
+            t.stop()
+    la_after = os.getloadavg()
+    md = table(rows, peaks)
+    top = max(clients)
+    cmd = "python -m load.compare" + (f" --clients {args.clients}" if args.clients != "1,10,50" else "") + (
+        f" --duration {args.duration}" if args.duration != 15 else "")
+    section = f"""## Side by side: mock upstream vs doka vs LiteLLM proxy
+
+```bash
+{cmd}    # or: make bench-compare / doka bench --compare
+```
+
+Same mock upstream ({args.latency_ms:g} ms latency), same model list (`{MODEL}`), keys off on both
+gateways, one LiteLLM proxy worker (`litellm --config ... --num_workers 1`, litellm
+{_litellm_version()}), doka via `doka run` (Ray Serve, one ingress and one egress replica,
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1, HAProxy {'on' if shutil.which('haproxy') else 'off (binary not installed)'}).
+Load: {tool}, {args.duration} s per point, after a 2 s warm-up. "added" = the target's latency
+minus the mock's own at the same concurrency. Peak RSS: the whole process tree during the load
+(doka: driver + Ray GCS/raylet/dashboard + every replica; idle after start-up:
+{', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in idle.items())}).
+Load average before / after: {la_before[0]:.1f} / {la_after[0]:.1f} on a shared {os.cpu_count()}-core box.
+
+{md}
+
+**{verdict(rows, top)}**
+
+![side by side](bench-compare.png)
+"""
+    print("\n" + section)
+    if not args.no_docs:
+        plot(rows, PLOT)
+        write_doc(section)
+        print(f"compare: wrote {DOC.relative_to(REPO)} and {PLOT.relative_to(REPO)}")
+    return 0
+
+
+def _litellm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("litellm")
+    except Exception:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load.compare", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_compare(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
