@@ -1,0 +1,202 @@
+"""Router artifacts: a folder with the fitted model (skops, no pickle), metadata and a signature.
+
+    <artifact>/model.skops      fitted state of one family (sklearn objects / numpy arrays)
+    <artifact>/metadata.json    version, family, labels, featurizer, data hash, metrics, params, costs
+    <artifact>/signature.json   HMAC-SHA256 over the SHA-256 of both files
+
+The key comes from the `DOKA_SIGNING_KEY` env var (or an explicit argument, or the file named by
+`DOKA_SIGNING_KEY_FILE`, or `.doka/signing.key` which `doka router bootstrap` creates for a local
+run). Loading checks the signature, then the featurizer, then the skops types, before anything in
+the model file is used; any failure raises ArtifactError saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+SIGNATURE_FILE = "signature.json"
+SIGNED_FILES = (MODEL_FILE, METADATA_FILE)
+ALGORITHM = "hmac-sha256"
+SCHEMA_VERSION = 1
+DEFAULT_KEY_FILE = Path(".doka/signing.key")
+
+
+class ArtifactError(ValueError):
+    """An artifact that must not be used (unsigned, tampered, wrong key or featurizer, malformed)."""
+
+
+def resolve_signing_key(key: bytes | str | None = None, *, required: bool = True) -> bytes | None:
+    """The HMAC key: the argument, else $DOKA_SIGNING_KEY, else $DOKA_SIGNING_KEY_FILE / .doka/signing.key."""
+    if key is None:
+        key = os.environ.get("DOKA_SIGNING_KEY") or None
+    if key is None:
+        path = Path(os.environ.get("DOKA_SIGNING_KEY_FILE", DEFAULT_KEY_FILE))
+        if path.is_file():
+            key = path.read_text().strip()
+    if key is None or key in ("", b""):
+        if required:
+            raise ArtifactError(
+                "no artifact signing key: set DOKA_SIGNING_KEY (or DOKA_SIGNING_KEY_FILE), "
+                "or run `doka router bootstrap` to create .doka/signing.key for a local run"
+            )
+        return None
+    return key.encode() if isinstance(key, str) else bytes(key)
+
+
+def ensure_local_key(path: Path = DEFAULT_KEY_FILE) -> bytes:
+    """A signing key for a local run: the configured one, or a new random one saved at `path` (0600)."""
+    key = resolve_signing_key(required=False)
+    if key is not None:
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return resolve_signing_key(required=True)  # type: ignore[return-value]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _mac(key: bytes, files: dict[str, str]) -> str:
+    payload = json.dumps({"algorithm": ALGORITHM, "files": files}, sort_keys=True).encode()
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def save_artifact(out_dir: str | Path, state: dict[str, Any], metadata: dict[str, Any], key: bytes | str | None = None) -> Path:
+    """Write model + metadata and sign them. `out_dir` must not already hold another artifact."""
+    import skops.io as sio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sio.dump(state, out / MODEL_FILE)
+    meta = {"schema": SCHEMA_VERSION, **_jsonable(metadata)}
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    sign_artifact(out, key)
+    return out
+
+
+def sign_artifact(path: str | Path, key: bytes | str | None = None) -> None:
+    k = resolve_signing_key(key)
+    p = Path(path)
+    files = {name: _sha256(p / name) for name in SIGNED_FILES}
+    sig = {"algorithm": ALGORITHM, "files": files, "key_id": hashlib.sha256(k).hexdigest()[:8], "mac": _mac(k, files)}
+    (p / SIGNATURE_FILE).write_text(json.dumps(sig, indent=2, sort_keys=True) + "\n")
+
+
+def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[str, Any]:
+    """Check the signature and file digests; returns the metadata. Uses nothing else in the folder."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ArtifactError(f"artifact {p} not found (expected a folder with {', '.join(SIGNED_FILES)})")
+    k = resolve_signing_key(key)
+    sig_path = p / SIGNATURE_FILE
+    if not sig_path.is_file():
+        raise ArtifactError(f"artifact {p} is not signed ({SIGNATURE_FILE} missing); refusing to load it")
+    try:
+        sig = json.loads(sig_path.read_text())
+        files = dict(sig["files"])
+        mac = str(sig["mac"])
+        algorithm = sig["algorithm"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"artifact {p}: {SIGNATURE_FILE} is malformed ({e})") from e
+    if algorithm != ALGORITHM:
+        raise ArtifactError(f"artifact {p}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
+    if set(files) != set(SIGNED_FILES):
+        raise ArtifactError(f"artifact {p}: signature covers {sorted(files)}, expected {list(SIGNED_FILES)}")
+    if not hmac.compare_digest(mac, _mac(k, files)):
+        raise ArtifactError(
+            f"artifact {p}: signature does not verify with this key (key id {hashlib.sha256(k).hexdigest()[:8]}, "
+            f"signed with {sig.get('key_id', '?')}); wrong DOKA_SIGNING_KEY or a tampered signature"
+        )
+    for name, digest in files.items():
+        f = p / name
+        if not f.is_file():
+            raise ArtifactError(f"artifact {p}: {name} is missing")
+        if not hmac.compare_digest(_sha256(f), digest):
+            raise ArtifactError(f"artifact {p}: {name} was modified after signing (SHA-256 mismatch); refusing to load it")
+    try:
+        meta = json.loads((p / METADATA_FILE).read_text())
+    except ValueError as e:
+        raise ArtifactError(f"artifact {p}: {METADATA_FILE} is not JSON ({e})") from e
+    for field in ("version", "family", "labels", "featurizer"):
+        if field not in meta:
+            raise ArtifactError(f"artifact {p}: metadata lacks {field!r}")
+    return meta
+
+
+def check_featurizer(meta: dict[str, Any], featurizer: Any) -> None:
+    """Refuse an artifact whose embedding differs from the featurizer that would feed it."""
+    want = meta["featurizer"]
+    if want.get("id") != featurizer.id:
+        raise ArtifactError(
+            f"artifact {meta['version']} was trained with featurizer {want.get('id')!r}, "
+            f"but this router uses {featurizer.id!r}; retrain or use the matching featurizer"
+        )
+    if int(want.get("dim", -1)) != int(featurizer.dim):
+        raise ArtifactError(f"artifact {meta['version']}: featurizer dim {want.get('dim')} != {featurizer.dim}")
+    if want.get("fingerprint") != featurizer.fingerprint:
+        raise ArtifactError(
+            f"artifact {meta['version']}: featurizer weights differ (artifact {want.get('fingerprint')}, "
+            f"local {featurizer.fingerprint}); the embedding would not match"
+        )
+
+
+_ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Load the skops model file, trusting only sklearn/numpy/scipy types (never pickle)."""
+    import skops.io as sio
+
+    f = Path(path) / MODEL_FILE
+    try:
+        untrusted = sio.get_untrusted_types(file=f)
+    except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
+        raise ArtifactError(f"artifact {path}: {MODEL_FILE} is not a valid skops file ({e})") from e
+    bad = [t for t in untrusted if not t.startswith(_ALLOWED_TYPE_PREFIXES)]
+    if bad:
+        raise ArtifactError(f"artifact {path}: {MODEL_FILE} holds types outside sklearn/numpy: {bad}")
+    state = sio.load(f, trusted=untrusted)
+    if not isinstance(state, dict):
+        raise ArtifactError(f"artifact {path}: {MODEL_FILE} does not hold a router state")
+    return state
+
+
+def load_artifact(path: str | Path, key: bytes | str | None = None, featurizer: Any = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Verify then load: (metadata, state, featurizer). Raises ArtifactError on any problem."""
+    from router.featurizer import FeaturizerError, get_featurizer
+
+    meta = verify_signature(path, key)
+    if featurizer is None:
+        try:
+            featurizer = get_featurizer(meta["featurizer"]["id"])
+        except FeaturizerError as e:
+            raise ArtifactError(f"artifact {meta['version']}: {e}") from e
+    check_featurizer(meta, featurizer)
+    return meta, load_state(path), featurizer

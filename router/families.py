@@ -1,0 +1,211 @@
+"""Learned router families: each maps prompt embeddings to per-model predicted quality in [0, 1].
+
+All are scikit-learn (or plain numpy arrays) so a fitted state is a dict of standard objects that
+skops can save and load without pickle. A family is `fit(X, Y, params) -> state` and
+`predict(state, X) -> [n, m]`. `Y` is the [n, m] score matrix; NaN marks a model not scored
+on a prompt (masked where the family allows, otherwise imputed with the model's mean).
+
+- knn:    KNeighborsRegressor, mean score of the k nearest training prompts (RouterBench's KNN).
+- mlp:    MLPRegressor, one shared network with one output per model (RouterBench's MLP).
+- svm:    one RBF SVR per model.
+- logreg: one logistic regression per model; fractional scores become weighted 1/0 samples.
+- mf:     matrix factorisation as in RouteLLM: quality(m, q) = sigmoid(b_m + v_m . (W q)),
+          a low-rank bilinear model fitted with Adam on the masked binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+
+class FamilyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    defaults: dict[str, Any]
+    fit: Callable[[np.ndarray, np.ndarray, dict[str, Any], bool], dict[str, Any]]
+    predict: Callable[[dict[str, Any], np.ndarray], np.ndarray]
+    doc: str
+
+
+def _impute(Y: np.ndarray) -> np.ndarray:
+    Y = np.array(Y, dtype=float)
+    means = np.nanmean(np.where(np.isnan(Y).all(axis=0), 0.5, Y), axis=0) if Y.size else np.zeros(Y.shape[1])
+    means = np.where(np.isnan(means), 0.5, means)
+    idx = np.where(np.isnan(Y))
+    Y[idx] = means[idx[1]]
+    return Y
+
+
+def _clip(P: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(P, dtype=np.float64), 0.0, 1.0)
+
+
+# ---- knn ----
+def _fit_knn(X, Y, p, progress):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    k = int(min(p["n_neighbors"], len(X)))
+    model = KNeighborsRegressor(n_neighbors=k, weights=p["weights"], algorithm="brute")
+    model.fit(X, _impute(Y))
+    return {"model": model}
+
+
+def _predict_knn(state, X):
+    P = state["model"].predict(X)
+    return _clip(P.reshape(len(X), -1))
+
+
+# ---- mlp ----
+def _fit_mlp(X, Y, p, progress):
+    from sklearn.neural_network import MLPRegressor
+
+    model = MLPRegressor(
+        hidden_layer_sizes=tuple(p["hidden_layer_sizes"]),
+        alpha=p["alpha"],
+        learning_rate_init=p["learning_rate_init"],
+        max_iter=p["max_iter"],
+        early_stopping=len(X) >= 50,
+        random_state=p["random_state"],
+    )
+    model.fit(X, _impute(Y))
+    return {"model": model}
+
+
+def _predict_mlp(state, X):
+    return _clip(state["model"].predict(X).reshape(len(X), -1))
+
+
+# ---- per-model estimators (svm, logreg) ----
+def _fit_per_label(make, soft_labels: bool):
+    def fit(X, Y, p, progress):
+        models: list[Any] = []
+        constants = np.zeros(Y.shape[1])
+        for j in tqdm(range(Y.shape[1]), desc="fitting per model", disable=not progress):
+            keep = ~np.isnan(Y[:, j])
+            y = Y[keep, j]
+            constants[j] = float(y.mean()) if len(y) else 0.5
+            if len(y) < 5 or np.ptp(y) == 0:
+                models.append(None)  # nothing to learn: predict the constant
+                continue
+            est = make(p)
+            if soft_labels:
+                Xk = X[keep]
+                X2 = np.vstack([Xk, Xk])
+                y2 = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+                w = np.concatenate([y, 1.0 - y])
+                nz = w > 0
+                est.fit(X2[nz], y2[nz], sample_weight=w[nz])
+            else:
+                est.fit(X[keep], y)
+            models.append(est)
+        return {"models": models, "constants": constants}
+
+    return fit
+
+
+def _predict_per_label(proba: bool):
+    def predict(state, X):
+        out = np.zeros((len(X), len(state["models"])))
+        for j, est in enumerate(state["models"]):
+            if est is None:
+                out[:, j] = state["constants"][j]
+            elif proba:
+                out[:, j] = est.predict_proba(X)[:, list(est.classes_).index(1.0)]
+            else:
+                out[:, j] = est.predict(X)
+        return _clip(out)
+
+    return predict
+
+
+def _make_svr(p):
+    from sklearn.svm import SVR
+
+    return SVR(kernel=p["kernel"], C=p["C"], epsilon=p["epsilon"], gamma=p["gamma"])
+
+
+def _make_logreg(p):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=p["C"], max_iter=p["max_iter"])
+
+
+# ---- mf ----
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+def _fit_mf(X, Y, p, progress):
+    rng = np.random.default_rng(p["random_state"])
+    n, d = X.shape
+    m = Y.shape[1]
+    k = int(p["rank"])
+    mask = ~np.isnan(Y)
+    T = np.where(mask, Y, 0.0)
+    prior = np.clip(np.nanmean(np.where(mask, Y, np.nan), axis=0), 1e-3, 1 - 1e-3)
+    params = {
+        "W": rng.normal(0, 1 / np.sqrt(d), (d, k)),
+        "V": rng.normal(0, 1 / np.sqrt(k), (m, k)),
+        "b": np.log(prior / (1 - prior)),
+    }
+    state = {name: (np.zeros_like(v), np.zeros_like(v)) for name, v in params.items()}
+    lr, lam, b1, b2 = p["learning_rate"], p["l2"], 0.9, 0.999
+    count = max(mask.sum(), 1)
+    for t in tqdm(range(1, int(p["epochs"]) + 1), desc="fitting mf", disable=not progress):
+        H = X @ params["W"]  # [n, k]
+        P = _sigmoid(params["b"] + H @ params["V"].T)
+        G = np.where(mask, P - T, 0.0) / count  # dBCE/dlogit
+        grads = {
+            "b": G.sum(axis=0),
+            "V": G.T @ H + lam * params["V"],
+            "W": X.T @ (G @ params["V"]) + lam * params["W"],
+        }
+        for name, g in grads.items():
+            m1, m2 = state[name]
+            m1 = b1 * m1 + (1 - b1) * g
+            m2 = b2 * m2 + (1 - b2) * g * g
+            state[name] = (m1, m2)
+            params[name] = params[name] - lr * (m1 / (1 - b1**t)) / (np.sqrt(m2 / (1 - b2**t)) + 1e-8)
+    return {k_: np.asarray(v, dtype=np.float64) for k_, v in params.items()}
+
+
+def _predict_mf(state, X):
+    return _clip(_sigmoid(state["b"] + (X @ state["W"]) @ state["V"].T))
+
+
+FAMILIES: dict[str, Family] = {
+    "knn": Family("knn", {"n_neighbors": 40, "weights": "uniform"}, _fit_knn, _predict_knn,
+                  "k nearest neighbours' mean score"),
+    "mlp": Family("mlp", {"hidden_layer_sizes": [128], "alpha": 1e-3, "learning_rate_init": 1e-3,
+                          "max_iter": 300, "random_state": 0}, _fit_mlp, _predict_mlp,
+                  "one MLP regressor with an output per model"),
+    "svm": Family("svm", {"kernel": "rbf", "C": 1.0, "epsilon": 0.1, "gamma": "scale"},
+                  _fit_per_label(_make_svr, soft_labels=False), _predict_per_label(proba=False),
+                  "one RBF support-vector regressor per model"),
+    "logreg": Family("logreg", {"C": 1.0, "max_iter": 1000}, _fit_per_label(_make_logreg, soft_labels=True),
+                     _predict_per_label(proba=True), "one logistic regression per model"),
+    "mf": Family("mf", {"rank": 32, "epochs": 300, "learning_rate": 0.01, "l2": 1e-4, "random_state": 0},
+                 _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise FamilyError(f"unknown router family {name!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def resolve_params(family: Family, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    overrides = overrides or {}
+    unknown = set(overrides) - set(family.defaults)
+    if unknown:
+        raise FamilyError(f"family {family.name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(family.defaults)}")
+    return {**family.defaults, **overrides}

@@ -1,0 +1,78 @@
+"""The learned-routing benchmark of docs/benchmarks.md: every family trained on a train split,
+evaluated on a test split (two-model APGR/CPT and multi-model AIQ). Prints a markdown table.
+
+    python -m training.benchmark --train .doka/data/routerbench/train.jsonl \
+        --test .doka/data/routerbench/test.jsonl --out .doka/bench/routing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from router.artifact import ensure_local_key  # noqa: E402
+from router.families import FAMILIES  # noqa: E402
+from router.runtime import LearnedRouter  # noqa: E402
+from training.evaluate import evaluate, plot  # noqa: E402
+from training.train import train  # noqa: E402
+
+
+def _f(x, fmt="{:.3f}"):
+    return "n/a" if x is None else fmt.format(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", default=".doka/data/routerbench/train.jsonl")
+    ap.add_argument("--test", default=".doka/data/routerbench/test.jsonl")
+    ap.add_argument("--out", default=".doka/bench/routing")
+    ap.add_argument("--strong", default="gpt-4-1106-preview")
+    ap.add_argument("--weak", default="mixtral-8x7b-chat")
+    ap.add_argument("--families", nargs="*", default=list(FAMILIES))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = os.environ.get("DOKA_SIGNING_KEY") or ensure_local_key()
+    rows, results = [], {}
+    for fam in args.families:
+        t0 = time.time()
+        path = train(args.train, fam, out / f"artifact-{fam}", signing_key=key, holdout=0.0, progress=False)
+        secs = time.time() - t0
+        router = LearnedRouter.from_path(path, key)
+        two = evaluate(router, args.test, strong=args.strong, weak=args.weak, progress=False)
+        multi = evaluate(router, args.test, progress=False)
+        plot(two, out / f"{fam}-pair.png")
+        plot(multi, out / f"{fam}-aiq.png")
+        results[fam] = {"two_model": two, "multi_model": multi, "train_seconds": secs}
+        r = two["router"]
+        rows.append(f"| {fam} | {_f(r['apgr'])} | {_f(r['cpt50'], '{:.1f}%')} | {_f(r['cpt80'], '{:.1f}%')} | "
+                    f"{_f(multi['router']['aiq'], '{:.4f}')} | {_f(multi['router']['max_quality'])} | {secs:.1f} |")
+        print(rows[-1], flush=True)
+    two, multi = results[args.families[0]]["two_model"], results[args.families[0]]["multi_model"]
+    rnd, orc = two["random"], two["oracle"]
+    rows.append(f"| random | {_f(rnd['apgr'])} | {_f(rnd['cpt50'], '{:.1f}%')} | {_f(rnd['cpt80'], '{:.1f}%')} | "
+                f"(point q={multi['random']['quality']:.3f}) | {multi['random']['quality']:.3f} | - |")
+    rows.append(f"| zero router (single-model hull) | - | - | - | {multi['zero_router_aiq']:.4f} | "
+                f"{multi['best_single_model']['quality']:.3f} | - |")
+    rows.append(f"| oracle | {_f(orc['apgr'])} | {_f(orc['cpt50'], '{:.1f}%')} | {_f(orc['cpt80'], '{:.1f}%')} | "
+                f"{multi['oracle']['aiq']:.4f} | {multi['oracle']['quality']:.3f} | - |")
+    header = ("| router | APGR | CPT(50%) | CPT(80%) | AIQ (11 models) | max quality | train s |\n"
+              "| --- | --- | --- | --- | --- | --- | --- |")
+    table = header + "\n" + "\n".join(rows)
+    best = multi["best_single_model"]
+    extra = (f"\nn_test={two['n']}; {args.strong} quality {two['strong_quality']:.3f}, {args.weak} "
+             f"{two['weak_quality']:.3f}; best single model {best['model']} quality {best['quality']:.3f} at "
+             f"${best['cost']:.5f}/prompt; oracle quality {multi['oracle']['quality']:.3f} at ${multi['oracle']['cost']:.5f}.")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "table.md").write_text(table + extra + "\n")
+    print(table + extra)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

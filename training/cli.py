@@ -1,0 +1,197 @@
+"""`doka router ...`: import-routerbench, train, eval, publish, bootstrap.
+
+Errors (bad data, unknown family, refused artifact) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            out[name] = json.loads(raw)
+        except ValueError:
+            out[name] = raw
+    return out
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _run(fn):
+    def handler(args: argparse.Namespace) -> int:
+        from router.artifact import ArtifactError
+        from router.families import FamilyError
+        from router.featurizer import FeaturizerError
+        from training.dataset import DatasetError
+
+        try:
+            return fn(args) or 0
+        except (ArtifactError, DatasetError, FamilyError, FeaturizerError, ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return handler
+
+
+def _import(args: argparse.Namespace) -> int:
+    from training.routerbench import import_routerbench
+
+    _print(import_routerbench(args.src, args.out))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.dataset import parse_cost_flags
+    from training.train import train
+
+    if args.ray:
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    path = train(
+        args.data,
+        args.family,
+        args.out,
+        featurizer_id=args.featurizer,
+        params=_params(args.param),
+        holdout=args.holdout,
+        use_ray=args.ray,
+        config_path=args.config,
+        per_call_costs=parse_cost_flags(args.cost),
+        progress=not args.quiet,
+    )
+    meta = json.loads((path / "metadata.json").read_text())
+    _print({"artifact": str(path), "version": meta["version"], "family": meta["family"], "labels": meta["labels"],
+            "metrics": meta["metrics"], "train_seconds": meta["train_seconds"]})
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from router.runtime import LearnedRouter
+    from training.dataset import parse_cost_flags
+    from training.evaluate import evaluate, plot
+
+    if args.registry:
+        router = LearnedRouter.load(args.registry, args.artifact or "latest")
+    else:
+        if not args.artifact:
+            raise ValueError("give --artifact PATH (or --registry URL [--artifact VERSION])")
+        router = LearnedRouter.from_path(args.artifact)
+    report = evaluate(
+        router,
+        args.data,
+        strong=args.strong,
+        weak=args.weak,
+        num_thresholds=args.num_thresholds,
+        per_call_costs=parse_cost_flags(args.cost),
+        config_path=args.config,
+        assumed_output_tokens=args.assumed_output_tokens,
+        progress=not args.quiet,
+    )
+    if args.plot:
+        report["plot"] = str(plot(report, args.plot))
+    if not args.curve:
+        report["router"].pop("curve", None)
+    print(json.dumps(report, default=str))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from router.registry import Registry
+
+    reg = Registry(args.registry)
+    version = reg.publish(args.artifact, set_latest=not args.no_latest)
+    _print({"version": version, "registry": args.registry, "latest": reg.latest_version()})
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from training.bootstrap import bootstrap
+
+    _print(bootstrap(args.registry, args.routerbench, args.family, args.work_dir, args.force, progress=not args.quiet))
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from router.registry import Registry
+
+    reg = Registry(args.registry)
+    _print({"latest": reg.latest_version(), "versions": reg.list_versions()})
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from training.routerbench import DEFAULT_ROUTERBENCH_DIR
+
+    router = subparsers.add_parser("router", help="learned routing: datasets, training, evaluation, registry")
+    sub = router.add_subparsers(dest="router_command", metavar="ROUTER_COMMAND")
+    router.set_defaults(handler=lambda a: (router.print_help(), 2)[1])
+
+    p = sub.add_parser("import-routerbench", help="convert RouterBench CSVs to doka JSONL (train.jsonl, test.jsonl)")
+    p.add_argument("--src", default=DEFAULT_ROUTERBENCH_DIR, help="folder with <task>_<split>.csv files")
+    p.add_argument("--out", default=".doka/data/routerbench", help="output folder")
+    p.set_defaults(handler=_run(_import))
+
+    p = sub.add_parser("train", help="train one router family and write a signed artifact")
+    p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf")
+    p.add_argument("--data", required=True, help="JSONL dataset")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--featurizer", default="minilm-l6-v2", help="featurizer id (minilm-l6-v2[@t<tokens>], hashing-<dim>)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="family hyperparameter (JSON value)")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction held out for the metrics in the metadata (0: none)")
+    p.add_argument("--cost", action="append", metavar="MODEL=USD", help="per-call cost for models without costs")
+    p.add_argument("--config", default=None, help="doka config whose prices fill missing costs")
+    p.add_argument("--ray", action="store_true", help="embed with Ray Data map_batches (connects to RAY_ADDRESS if set)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run(_train))
+
+    p = sub.add_parser("eval", help="evaluate an artifact on a dataset; prints one JSON object")
+    p.add_argument("--artifact", help="artifact folder, or a version when --registry is given")
+    p.add_argument("--registry", help="registry URL to load the artifact from")
+    p.add_argument("--data", required=True, help="JSONL dataset")
+    p.add_argument("--strong", help="two-model mode: the strong model")
+    p.add_argument("--weak", help="two-model mode: the weak model")
+    p.add_argument("--num-thresholds", type=int, default=10, help="quantile bins of the threshold sweep (RouteLLM: 10)")
+    p.add_argument("--cost", action="append", metavar="MODEL=USD", help="per-call cost for models without costs")
+    p.add_argument("--config", default=None, help="doka config whose prices fill missing costs (default config/default.yaml)")
+    p.add_argument("--assumed-output-tokens", type=int, default=256, help="output tokens assumed when pricing from config")
+    p.add_argument("--plot", help="write the curve to this PNG")
+    p.add_argument("--curve", action="store_true", help="include the curve points in the JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run(_eval))
+
+    p = sub.add_parser("publish", help="publish a signed artifact to a registry and point `latest` at it")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--registry", required=True, help="local folder or fsspec URL (s3://bucket/prefix)")
+    p.add_argument("--no-latest", action="store_true", help="publish without moving `latest`")
+    p.set_defaults(handler=_run(_publish))
+
+    p = sub.add_parser("bootstrap", help="train and publish the default router if the registry has none")
+    p.add_argument("--registry", default=".doka/registry")
+    p.add_argument("--routerbench", default=DEFAULT_ROUTERBENCH_DIR, help="RouterBench CSV folder (seed set if missing)")
+    p.add_argument("--family", default="logreg")
+    p.add_argument("--work-dir", default=".doka")
+    p.add_argument("--force", action="store_true", help="train and publish even if `latest` exists")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run(_bootstrap))
+
+    p = sub.add_parser("versions", help="list a registry's versions and `latest`")
+    p.add_argument("--registry", required=True)
+    p.set_defaults(handler=_run(_versions))

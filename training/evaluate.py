@@ -1,0 +1,117 @@
+"""`doka router eval`: one command for any dataset in the JSONL format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.runtime import LearnedRouter
+from training.dataset import Dataset, DatasetError, config_prices, fill_costs, load_jsonl
+from training.embeddings import embed_texts
+from training.metrics import multi_model_report, two_model_report
+
+
+def predict_dataset(router: LearnedRouter, ds: Dataset, progress: bool = True) -> np.ndarray:
+    """Router predictions [n, len(router.labels)], embedding through the cache."""
+    X = embed_texts(ds.prompts, router.featurizer, progress=progress)
+    return router.predict_embeddings(X)
+
+
+def evaluate(
+    router: LearnedRouter,
+    data: str | Path | Dataset,
+    *,
+    strong: str | None = None,
+    weak: str | None = None,
+    num_thresholds: int = 10,
+    per_call_costs: dict[str, float] | None = None,
+    config_path: str | None = None,
+    assumed_output_tokens: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    ds = load_jsonl(data) if not isinstance(data, Dataset) else data
+    if (strong is None) != (weak is None):
+        raise DatasetError("two-model mode needs both --strong and --weak")
+    out: dict[str, Any] = {"artifact": router.version, "family": router.metadata["family"], "data_sha256": ds.source_hash}
+
+    if strong is not None:
+        for name in (strong, weak):
+            if name not in router.labels:
+                raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
+            ds.label_index(name)
+        js, jw = ds.label_index(strong), ds.label_index(weak)  # type: ignore[arg-type]
+        keep = ~np.isnan(ds.scores[:, js]) & ~np.isnan(ds.scores[:, jw])
+        if keep.sum() < 2:
+            raise DatasetError(f"fewer than 2 prompts have scores for both {strong!r} and {weak!r}")
+        sub = ds.subset(keep)
+        P = predict_dataset(router, sub, progress)
+        ps, pw = router.labels.index(strong), router.labels.index(weak)
+        rep = two_model_report(P[:, ps] - P[:, pw], sub.scores[:, js], sub.scores[:, jw], num_thresholds)
+        out.update(mode="two-model", strong=strong, weak=weak, dropped=int((~keep).sum()), **rep)
+        return out
+
+    labels = [lab for lab in router.labels if lab in ds.labels]
+    if len(labels) < 2:
+        raise DatasetError(f"the dataset and the artifact share fewer than 2 models (artifact {router.labels}, data {ds.labels})")
+    cols = [ds.label_index(lab) for lab in labels]
+    work = Dataset(ds.ids, ds.prompts, ds.labels, ds.scores, ds.costs.copy(), ds.source_hash)
+    try:
+        prices = config_prices(config_path)
+    except Exception:  # noqa: BLE001
+        prices = {}
+    missing = fill_costs(work, per_call=per_call_costs, per_token=prices, assumed_output_tokens=assumed_output_tokens)
+    missing = [m for m in missing if m in labels]
+    if missing:
+        raise DatasetError(
+            f"no cost known for {missing}: add `costs` to the data, pass --cost MODEL=USD_PER_CALL, "
+            "or give those models prices (route_label) in the doka config"
+        )
+    S = work.scores[:, cols]
+    keep = ~np.isnan(S).any(axis=1)
+    if keep.sum() < 2:
+        raise DatasetError("fewer than 2 prompts have scores for every shared model")
+    sub = work.subset(keep)
+    P = predict_dataset(router, sub, progress)[:, [router.labels.index(lab) for lab in labels]]
+    belief = router.label_costs(labels)
+    rep = multi_model_report(P, sub.scores[:, cols], sub.costs[:, cols], labels, belief)
+    out.update(mode="multi-model", dropped=int((~keep).sum()), **rep)
+    return out
+
+
+def plot(report: dict[str, Any], path: str | Path) -> Path:
+    """Draw the curve of an eval report: strong-call % vs quality, or cost vs quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if report["mode"] == "two-model":
+        curve = report["router"]["curve"]
+        ax.plot([p["strong_pct"] for p in curve], [p["quality"] for p in curve], marker=".", label=f"{report['family']} router")
+        ax.plot([0, 100], [report["weak_quality"], report["strong_quality"]], linestyle=":", color="grey", label="random (expected)")
+        ax.axhline(report["weak_quality"], color="grey", linestyle="--", label=report["weak"])
+        ax.axhline(report["strong_quality"], color="red", linestyle="--", label=report["strong"])
+        ax.set_xlabel(f"calls to {report['strong']} (%)")
+        ax.set_title(f"APGR {report['router']['apgr'] or float('nan'):.3f}  (random {report['random']['apgr'] or float('nan'):.3f})")
+    else:
+        curve = sorted(report["router"]["curve"], key=lambda p: p["cost"])
+        ax.plot([p["cost"] for p in curve], [p["quality"] for p in curve], marker=".", label=f"{report['family']} router (AIQ {report['router']['aiq']:.3f})")
+        for name, pt in report["single_models"].items():
+            ax.scatter(pt["cost"], pt["quality"], s=18)
+            ax.annotate(name, (pt["cost"], pt["quality"]), fontsize=6)
+        ax.scatter(report["oracle"]["cost"], report["oracle"]["quality"], marker="*", s=80, color="gold", label="oracle")
+        ax.scatter(report["random"]["cost"], report["random"]["quality"], marker="x", color="grey", label="random")
+        ax.set_xscale("log")
+        ax.set_xlabel("mean cost per prompt (USD)")
+        ax.set_title(f"quality vs cost over the cost weight (n={report['n']})")
+    ax.set_ylabel("mean quality")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
