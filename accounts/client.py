@@ -1,0 +1,145 @@
+"""`Accounts`: what the ingress calls. `authorize` before any upstream call, `settle` after.
+
+It talks to the shared `AccountsCore` (a Ray actor in the gateway, or an in-process core in
+library use) and turns refusals into `AccountsError` (status, OpenAI type/code, Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from accounts import estimate
+from accounts.errors import AccountsError, unavailable
+
+log = logging.getLogger("doka.accounts")
+
+
+def _actor_gone(e: BaseException) -> bool:
+    try:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(e, (RayActorError, ActorDiedError, ActorUnavailableError))
+
+
+class Principal(BaseModel):
+    """Who is calling, and the reservation to settle."""
+
+    key_id: str | None = None
+    reservation_id: str | None = None
+    key_alias: str | None = None
+    team: str | None = None
+    user: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=list, description="allowed models; empty: all")
+    master: bool = False
+    anonymous: bool = False
+    model_requested: str | None = None
+    request_id: str | None = None
+
+
+def api_key_from_headers(headers: Any) -> str | None:
+    """The key from `Authorization: Bearer ...`, `x-api-key` or `api-key` (Azure style)."""
+    auth = headers.get("authorization") or headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else auth.strip()
+    return headers.get("x-api-key") or headers.get("api-key")
+
+
+class Accounts:
+    """Thin async facade over the core (actor handle or local object)."""
+
+    def __init__(self, backend: Any, refresh: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """`backend`: an AccountsCore, its Ray actor handle, or None with a `refresh` that finds it."""
+        self.backend = backend
+        self._refresh = refresh
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, actor: bool = True, detached: bool = True) -> "Accounts":
+        """Build from the DokaConfig: the shared named actor in a Ray cluster, else in-process."""
+        from accounts.actor import core_kwargs, get_or_create_actor
+        from accounts.core import AccountsCore
+
+        if actor:
+            return cls(get_or_create_actor(cfg, detached=detached))
+        return cls(AccountsCore(**core_kwargs(cfg)))
+
+    async def _invoke(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.backend is None and self._refresh is not None:
+            self.backend = await self._refresh()
+        fn = getattr(self.backend, method)
+        return await (fn.remote(*args, **kwargs) if hasattr(fn, "remote") else fn(*args, **kwargs))
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a core method and unwrap `{"ok"}` / raise `AccountsError` for `{"error"}`."""
+        try:
+            try:
+                result = await self._invoke(method, *args, **kwargs)
+            except Exception as e:
+                if self._refresh is None or not _actor_gone(e):
+                    raise
+                self.backend = None  # the accounts actor was replaced (gateway restart): find the new one
+                result = await self._invoke(method, *args, **kwargs)
+        except AccountsError:
+            raise
+        except Exception as e:  # the actor died or is restarting: answer 503, never 500
+            log.warning("accounts backend call %s failed: %r", method, e)
+            raise unavailable(f"accounts service unavailable: {type(e).__name__}") from e
+        if "error" in result:
+            raise AccountsError.from_dict(result["error"])
+        return result["ok"]
+
+    # ---- the ingress seam ----
+    async def authorize(
+        self, api_key: str | None, model: str | None, body: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> Principal:
+        """Admit the request or raise AccountsError (401/403/429/503)."""
+        est = estimate.reservation(body)
+        p = await self.call("authorize", api_key, model, est, request_id)
+        return Principal(**p, model_requested=model, request_id=request_id)
+
+    async def settle(
+        self,
+        principal: Principal,
+        *,
+        model: str | None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        usage: dict[str, Any] | None = None,
+        status: int = 200,
+        latency_ms: float | None = None,
+        route_reason: str | None = None,
+        stream: bool = False,
+        cost_usd: float | None = None,
+        request_id: str | None = None,
+    ) -> float:
+        """Charge the actual usage (an OpenAI `usage` dict or explicit counts); returns USD cost."""
+        if usage:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        return await self.call(
+            "settle", principal.reservation_id, principal.key_id,
+            model_requested=principal.model_requested, model=model, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, status=status, latency_ms=latency_ms,
+            route_reason=route_reason, request_id=request_id or principal.request_id, stream=stream,
+            cost_usd=cost_usd,
+        )
+
+    def stream_meter(self, body: dict[str, Any] | None = None) -> estimate.StreamMeter:
+        return estimate.StreamMeter(body)
+
+    async def flush(self) -> int:
+        """Write the buffered ledger rows now (tests, usage queries, shutdown)."""
+        return await self.call("flush")
+
+    async def close(self) -> None:
+        """Flush on gateway shutdown; for the in-process core also stop its flush loop."""
+        from accounts.core import AccountsCore
+
+        await self.call("close" if isinstance(self.backend, AccountsCore) else "flush")

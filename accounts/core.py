@@ -1,0 +1,395 @@
+"""The shared accounts state: key cache, per-key counters, reservations and the ledger buffer.
+
+One `AccountsCore` serves every ingress replica (it runs as one named Ray actor, see
+`accounts.actor`), so admission is decided in a single event loop with no await between the
+check and the reservation. The database is touched only on a key-cache miss, by the
+periodic ledger flush, and by the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from accounts import db
+from accounts.errors import AccountsError, bad_request, forbidden, not_found, unauthorized, unavailable
+from accounts.keys import KEY_PREFIX, KeyLimits, hash_key, key_hint, new_key, new_key_id, public_key_info
+from accounts.meter import KeyMeter, Reservation, period_start, to_naive_utc
+
+log = logging.getLogger("doka.accounts")
+T = TypeVar("T")
+MASTER_ID = "master"
+MAX_BUFFER = 200_000  # ledger rows kept in memory while the database is down
+MAX_CACHED_KEYS = 100_000
+DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # outage, not a bug: answer 503
+
+
+def _ok(value: Any) -> dict[str, Any]:
+    return {"ok": value}
+
+
+def _err(e: AccountsError) -> dict[str, Any]:
+    return {"error": e.to_dict()}
+
+
+class AccountsCore:
+    """Async, single-loop owner of all accounts state. Methods return `{"ok"}`/`{"error"}` dicts."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        master_key_hash: str | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
+        require_keys: bool = True,
+        settle_interval_s: float = 1.0,
+        key_ttl_s: float = 5.0,
+        reservation_ttl_s: float = 600.0,
+    ) -> None:
+        self.url = db.normalize_url(database_url)
+        self.engine = db.make_engine(self.url)
+        self.master_key_hash = master_key_hash
+        self.prices = prices or {}
+        self.max_price = max((max(p) for p in self.prices.values()), default=0.0)
+        self.require_keys = require_keys
+        self.settle_interval_s = settle_interval_s
+        self.key_ttl_s = key_ttl_s
+        self.reservation_ttl_s = reservation_ttl_s
+        self._migrated = False
+        self._keys: dict[str, tuple[dict[str, Any] | None, float]] = {}  # hash -> (row, loaded at)
+        self._meters: dict[str, KeyMeter] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._buffer: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self.flush_failures = 0
+        self._closed = False
+
+    # ---------------------------------------------------------------- plumbing
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking DB call off the loop; any DB failure becomes a 503."""
+        await self._start()
+        if not self._migrated:
+            try:
+                await asyncio.to_thread(db.migrate, self.engine)
+                self._migrated = True
+            except DB_DOWN as e:
+                raise unavailable(f"accounts database unavailable: {type(e).__name__}") from e
+        try:
+            return await asyncio.to_thread(fn, self.engine, *args, **kwargs)
+        except DB_DOWN as e:
+            raise unavailable(f"accounts database unavailable: {type(e).__name__}") from e
+
+    async def _start(self) -> None:
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        if self._flusher is None and not self._closed:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settle_interval_s)
+            try:
+                await self.flush()
+                self._sweep_reservations()
+            except Exception:  # never let the loop die; the next tick retries
+                log.exception("accounts flush loop")
+
+    def _sweep_reservations(self) -> None:
+        """Release reservations whose request never settled (its replica died)."""
+        cutoff = time.time() - self.reservation_ttl_s
+        for rid in [r for r, res in self._reservations.items() if res.created < cutoff]:
+            res = self._reservations.pop(rid)
+            if res.key_id in self._meters:
+                self._meters[res.key_id].release(res)
+
+    async def ready(self) -> dict[str, Any]:
+        """Migrate now (start-up); returns an error dict when the database is down."""
+        try:
+            await self._db(lambda engine: None)
+            return _ok(True)
+        except AccountsError as e:
+            return _err(e)
+
+    async def flush(self) -> dict[str, Any]:
+        """Write buffered ledger rows in one batch; on failure keep them for the next try."""
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            rows, self._buffer = self._buffer, []
+            if not rows:
+                return _ok(0)
+            try:
+                await self._db(db.insert_ledger, rows)
+            except AccountsError as e:
+                self.flush_failures += 1
+                self._buffer = (rows + self._buffer)[-MAX_BUFFER:]
+                log.warning("ledger flush failed (%d rows kept): %s", len(rows), e.message)
+                return _err(e)
+            return _ok(len(rows))
+
+    async def close(self) -> dict[str, Any]:
+        """Stop the flush loop and write what is buffered (gateway shutdown)."""
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        return await self.flush()
+
+    def __ray_shutdown__(self) -> None:
+        """Graceful actor exit: write what is still buffered."""
+        if self._buffer:
+            try:
+                db.insert_ledger(self.engine, self._buffer)
+                self._buffer = []
+            except Exception:
+                log.exception("final ledger flush failed")
+
+    # ---------------------------------------------------------------- keys & meters
+    async def _lookup(self, key_hash: str) -> dict[str, Any] | None:
+        cached = self._keys.get(key_hash)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.key_ttl_s:
+            return cached[0]
+        fut = self._loading.get(key_hash)
+        if fut is not None:  # one DB read per key however many requests wait on it
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._loading[key_hash] = fut
+        try:
+            row = await self._db(db.get_key, key_hash=key_hash)
+            if row is not None and row["id"] not in self._meters:
+                await self._build_meter(row)
+            if len(self._keys) >= MAX_CACHED_KEYS:  # bounded: unknown keys are cached too (no DB flood)
+                self._keys.clear()
+            self._keys[key_hash] = (row, time.monotonic())
+            fut.set_result(row)
+            return row
+        except BaseException as e:
+            if cached is not None and isinstance(e, AccountsError):  # stale beats down
+                fut.set_result(cached[0])
+                return cached[0]
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._loading.pop(key_hash, None)
+
+    async def _build_meter(self, row: dict[str, Any], keep: KeyMeter | None = None) -> KeyMeter:
+        """Counters from the ledger (flushed first), so a restart resets no quota."""
+        await self.flush()
+        now = time.time()
+        dt = to_naive_utc(now)
+        starts = [period_start("day", dt), period_start("month", dt), period_start(row["budget_period"], dt)]
+        (day, _, _), (month, _, _), (_, cost, _) = await self._db(db.key_spend_since, row["id"], starts)
+        events = await self._db(db.recent_events, row["id"], to_naive_utc(now - 60))
+        meter = KeyMeter.rebuild(row["budget_period"], now, day, month, cost, events)
+        if keep is not None:  # in-flight reservations stay counted
+            meter.reserved_tokens, meter.reserved_cost, meter.inflight = keep.reserved_tokens, keep.reserved_cost, keep.inflight
+        self._meters[row["id"]] = meter
+        return meter
+
+    def _invalidate(self, row: dict[str, Any] | None) -> None:
+        if row is not None:
+            self._keys.pop(row["key_hash"], None)
+
+    def _price(self, model: str | None) -> float:
+        p = self.prices.get(model or "")
+        return max(p) if p else self.max_price
+
+    # ---------------------------------------------------------------- hot path
+    async def authorize(
+        self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Admit or refuse one request; on admission reserve `est_tokens` against every limit."""
+        try:
+            await self._start()
+            if not self.require_keys and not api_key:
+                return _ok({"key_id": None, "reservation_id": None, "anonymous": True})
+            if not api_key:
+                raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
+            h = hash_key(api_key)
+            if self.master_key_hash is not None and h == self.master_key_hash:
+                return _ok({"key_id": MASTER_ID, "reservation_id": None, "master": True})
+            if not api_key.startswith(KEY_PREFIX):
+                raise unauthorized("invalid API key")
+            row = await self._lookup(h)
+            if row is None:
+                raise unauthorized("invalid API key")
+            if row["revoked_at"] is not None:
+                raise unauthorized("API key has been revoked", "key_revoked")
+            if row["expires_at"] is not None and row["expires_at"] <= to_naive_utc(time.time()):
+                raise unauthorized("API key has expired", "key_expired")
+            allowed = row["models"] or []
+            if allowed and model not in allowed:
+                self._record(row["id"], model, None, 0, 0, 0.0, None, 403, "model_not_allowed", request_id, False)
+                raise forbidden(f"this key may not use model {model!r}; allowed: {', '.join(allowed)}")
+            meter = self._meters.get(row["id"]) or await self._build_meter(row)
+            now = time.time()
+            est_cost = est_tokens * self._price(model)
+            refusal = meter.check(row, est_tokens, est_cost, now)  # no await from here to reserve
+            if refusal is not None:
+                self._record(row["id"], model, None, 0, 0, 0.0, None, refusal.status, refusal.code, request_id, False)
+                raise refusal
+            res = meter.reserve(row["id"], est_tokens, est_cost, now)
+            rid = uuid.uuid4().hex
+            self._reservations[rid] = res
+            return _ok({
+                "key_id": row["id"], "reservation_id": rid, "key_alias": row["alias"], "team": row["team"],
+                "user": row["user"], "metadata": row["meta"] or {}, "models": allowed,
+            })
+        except AccountsError as e:
+            return _err(e)
+
+    async def settle(
+        self,
+        reservation_id: str | None,
+        key_id: str | None,
+        *,
+        model_requested: str | None,
+        model: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        status: int = 200,
+        latency_ms: float | None = None,
+        route_reason: str | None = None,
+        request_id: str | None = None,
+        stream: bool = False,
+        cost_usd: float | None = None,
+    ) -> dict[str, Any]:
+        """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
+        await self._start()
+        if cost_usd is None:
+            p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
+            cost_usd = prompt_tokens * p_in + completion_tokens * p_out
+        res = self._reservations.pop(reservation_id, None) if reservation_id else None
+        meter = self._meters.get(key_id or "")
+        if meter is not None:
+            if res is not None:
+                meter.release(res)
+            meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
+        self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
+                     status, route_reason, request_id, stream)
+        return _ok(cost_usd)
+
+    def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
+        now = to_naive_utc(time.time())
+        self._buffer.append({
+            "request_id": request_id, "key_id": key_id, "model_requested": model_requested, "model": model,
+            "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost),
+            "latency_ms": latency_ms, "status": int(status), "route_reason": reason, "stream": bool(stream),
+            "created_at": now, "day": now.strftime("%Y-%m-%d"),
+        })
+        if len(self._buffer) > MAX_BUFFER:
+            del self._buffer[: len(self._buffer) - MAX_BUFFER]
+
+    # ---------------------------------------------------------------- admin
+    async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:
+        if key:
+            row = await self._db(db.get_key, key_hash=hash_key(key))
+        elif key_id:
+            row = await self._db(db.get_key, key_id=key_id)
+        else:
+            raise AccountsError(400, "give `key` or `key_id`", type="invalid_request_error", code="invalid_request")
+        if row is None:
+            raise not_found("no such key", "key" if key else "key_id")
+        return row
+
+    async def _admin(self, coro) -> dict[str, Any]:
+        try:
+            return _ok(await coro)
+        except AccountsError as e:
+            return _err(e)
+
+    @staticmethod
+    def _columns(fields: dict[str, Any], *, only_set: bool) -> dict[str, Any]:
+        """API field names (KeyLimits) -> validated column values."""
+        try:
+            return KeyLimits.model_validate(fields).column_values(only_set=only_set)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise bad_request(f"{loc}: {err['msg']}", param=loc or None) from e
+
+    async def generate_key(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Create a key from KeyLimits fields; the answer holds the plain key, once."""
+
+        async def run():
+            values = self._columns(fields, only_set=False)
+            plain = new_key()
+            row = await self._db(db.insert_key, {**values, "id": new_key_id(), "key_hash": hash_key(plain),
+                                                "key_hint": key_hint(plain)})
+            return {"key": plain, **public_key_info(row)}
+
+        return await self._admin(run())
+
+    async def key_info(self, key: str | None = None, key_id: str | None = None) -> dict[str, Any]:
+        async def run():
+            row = await self._find(key, key_id)
+            meter = self._meters.get(row["id"]) or await self._build_meter(row)
+            return {**public_key_info(row), "usage": meter.snapshot(time.time())}
+
+        return await self._admin(run())
+
+    async def list_keys(self, **filters: Any) -> dict[str, Any]:
+        async def run():
+            return [public_key_info(r) for r in await self._db(db.list_keys, **filters)]
+
+        return await self._admin(run())
+
+    async def update_key(self, key: str | None, key_id: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+        """Change the KeyLimits fields given; cached copies are dropped so it applies at once."""
+
+        async def run():
+            values = self._columns(fields, only_set=True)
+            old = await self._find(key, key_id)
+            row = await self._db(db.update_key, old["id"], values)
+            self._invalidate(old)
+            if row["budget_period"] != old["budget_period"] and old["id"] in self._meters:
+                await self._build_meter(row, keep=self._meters[old["id"]])
+            return public_key_info(row)
+
+        return await self._admin(run())
+
+    async def delete_key(self, keys: list[str], key_ids: list[str]) -> dict[str, Any]:
+        """Revoke (soft delete: the ledger keeps pointing at the key)."""
+
+        async def run():
+            rows = [await self._find(k, None) for k in keys] + [await self._find(None, i) for i in key_ids]
+            for row in rows:
+                await self._db(db.update_key, row["id"], {"revoked_at": to_naive_utc(time.time())})
+                self._invalidate(row)
+            return {"deleted_keys": [r["id"] for r in rows]}
+
+        return await self._admin(run())
+
+    async def usage(self, group_by: list[str], **filters: Any) -> dict[str, Any]:
+        async def run():
+            await self.flush()
+            return await self._db(db.usage, group_by, **filters)
+
+        return await self._admin(run())
+
+    async def ledger(self, key_id: str | None = None, limit: int = 10_000) -> dict[str, Any]:
+        async def run():
+            await self.flush()
+            rows = await self._db(db.ledger_rows, key_id=key_id, limit=limit)
+            for r in rows:
+                r["created_at"] = r["created_at"].isoformat()
+            return rows
+
+        return await self._admin(run())
+
+    async def stats(self) -> dict[str, Any]:
+        return _ok({"buffered": len(self._buffer), "reservations": len(self._reservations),
+                    "cached_keys": len(self._keys), "flush_failures": self.flush_failures})

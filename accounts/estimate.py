@@ -1,0 +1,87 @@
+"""Token estimates for reservations and for streams whose upstream sends no usage.
+
+Deliberately a cheap heuristic rather than a tokenizer: it runs on every request and needs no
+download. Reservations err high (3 characters per token, 8 tokens of overhead per message, as
+chat templates add) because a reservation below the actual usage is what would let concurrent
+requests overspend a quota; the reservation is replaced by the real usage at settle.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+CHARS_PER_TOKEN = 4  # for counting delivered stream text (charged, so not inflated)
+RESERVE_CHARS_PER_TOKEN = 3
+PER_MESSAGE = 8
+REPLY_PRIMING = 3
+DEFAULT_COMPLETION_RESERVE = 256  # reserved when the request sets no max_tokens
+MAX_RESERVE = 8192
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def count_tokens(text: str | None, chars_per_token: int = CHARS_PER_TOKEN) -> int:
+    return math.ceil(len(text) / chars_per_token) if text else 0
+
+
+def prompt_tokens(body: dict[str, Any], chars_per_token: int = CHARS_PER_TOKEN, per_message: int = 4) -> int:
+    """Estimate prompt tokens of a chat (`messages`) or completion (`prompt`) body."""
+    if isinstance(body.get("messages"), list):
+        return REPLY_PRIMING + sum(per_message + count_tokens(_content_text(m.get("content")), chars_per_token)
+                                   for m in body["messages"] if isinstance(m, dict))
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return sum(count_tokens(p, chars_per_token) for p in prompt if isinstance(p, str))
+    return count_tokens(prompt if isinstance(prompt, str) else None, chars_per_token)
+
+
+def reservation(body: dict[str, Any] | None) -> int:
+    """Tokens to reserve before the call: prompt estimate + requested completion, capped."""
+    if not body:
+        return DEFAULT_COMPLETION_RESERVE
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens <= 0:
+        max_tokens = DEFAULT_COMPLETION_RESERVE
+    n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
+    return min(MAX_RESERVE, prompt_tokens(body, RESERVE_CHARS_PER_TOKEN, PER_MESSAGE) + max_tokens * n)
+
+
+class StreamMeter:
+    """Counts what a stream actually delivered, preferring the upstream's final `usage`.
+
+    Feed every chunk dict to `observe`; `usage()` gives the tokens to charge, also for a stream
+    cut off mid-way (only the delivered text is counted then).
+    """
+
+    def __init__(self, body: dict[str, Any] | None = None) -> None:
+        self.prompt_estimate = prompt_tokens(body or {})
+        self.delivered_chars = 0
+        self.reported: dict[str, int] | None = None
+        self.model: str | None = None
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            self.reported = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                             "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        self.model = chunk.get("model") or self.model
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if text is None:
+                text = choice.get("text")  # completions stream
+            if isinstance(text, str):
+                self.delivered_chars += len(text)
+
+    def usage(self) -> dict[str, int]:
+        if self.reported is not None:
+            return dict(self.reported)
+        return {"prompt_tokens": self.prompt_estimate,
+                "completion_tokens": math.ceil(self.delivered_chars / CHARS_PER_TOKEN)}

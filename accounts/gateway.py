@@ -1,0 +1,124 @@
+"""Accounts inside the Serve graph: the shared `AccountsService` deployment and the ingress seam.
+
+`app.graph` binds `build_accounts_app(cfg)` into the ingress; the ingress builds
+`GatewayAccounts(cfg, handle)` and calls `authorize(request, model, body, request_id)` before any
+upstream call and `settle(grant, **outcome)` after. The deployment has exactly one replica, so
+every ingress replica shares one set of counters (one event loop decides admission).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from ray import serve
+
+from accounts.actor import core_kwargs, master_key
+from accounts.admin_api import make_router
+from accounts.client import Accounts, Principal, api_key_from_headers
+from accounts.core import AccountsCore
+from accounts.errors import AccountsError, unavailable
+from accounts.estimate import StreamMeter
+
+log = logging.getLogger("ray.serve")
+_CURRENT: "GatewayAccounts | None" = None  # this replica's seam, for the admin routes
+
+
+@serve.deployment(name="Accounts", num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0.05}, graceful_shutdown_timeout_s=30)
+class AccountsService:
+    """Owns the one AccountsCore actor of this app (see accounts.core).
+
+    Ingress replicas ask once for the core's actor handle and then call it directly: a plain
+    actor call costs far less than a Serve handle call, and there are two per request. The core
+    is a child of this replica, so it lives and dies with the app (a restart rebuilds counters
+    from the ledger); `__del__` flushes the ledger on graceful shutdown.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray
+
+        from app.config import parse_config
+
+        kwargs = core_kwargs(parse_config(config, source="accounts deployment"))
+        self.core = ray.remote(AccountsCore).options(num_cpus=0, max_concurrency=100_000).remote(**kwargs)
+
+    async def core_handle(self) -> Any:
+        return self.core
+
+    async def check_health(self) -> None:
+        """Serve health check: the core actor must answer (a database outage only logs)."""
+        await self.core.stats.remote()
+
+    async def __del__(self) -> None:
+        try:
+            await self.core.close.remote()
+        except Exception:  # already gone: nothing left to flush
+            log.exception("accounts: final flush failed")
+
+
+def build_accounts_app(cfg: Any):
+    """The accounts deployment bound to the config (what `app.graph` passes to the ingress)."""
+    return AccountsService.bind(cfg.model_dump(mode="json", exclude_unset=True))
+
+
+class Grant(Principal):
+    """A Principal plus what the stream delivered, for charging streams without usage."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    meter: StreamMeter | None = None
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        if self.meter is not None:
+            self.meter.observe(chunk)
+
+
+def _openai_error(e: AccountsError):
+    from app.errors import OpenAIError
+
+    return OpenAIError(e.status, e.message, type=e.type, param=e.param, code=e.code, headers=e.headers())
+
+
+class GatewayAccounts:
+    """The ingress seam: key check and reservation before, settlement after."""
+
+    def __init__(self, cfg: Any, handle: Any) -> None:
+        global _CURRENT
+        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote())
+        self.master_key = master_key(cfg)
+        _CURRENT = self
+
+    async def authorize(self, request: Any, model: str, body: dict[str, Any], request_id: str) -> Grant:
+        """Raises the ingress's OpenAIError (401/403/429/503, Retry-After) on refusal."""
+        try:
+            p = await self.accounts.authorize(api_key_from_headers(request.headers), model, body, request_id)
+        except AccountsError as e:
+            raise _openai_error(e) from None
+        return Grant(**p.model_dump(), meter=StreamMeter(body) if body.get("stream") else None)
+
+    async def settle(self, grant: Grant | None, **outcome: Any) -> None:
+        if grant is None:
+            return
+        if outcome.get("stream") and grant.meter is not None and not (
+            outcome.get("prompt_tokens") or outcome.get("completion_tokens")
+        ):  # no usage from upstream, or cut off: charge what was delivered, at the model's price
+            outcome.update(grant.meter.usage(), cost_usd=None)
+        outcome.setdefault("request_id", grant.request_id)
+        outcome.pop("model_requested", None)
+        await self.accounts.settle(grant, **outcome)
+
+
+def current() -> Accounts:
+    if _CURRENT is None:
+        raise unavailable("accounts are not enabled on this gateway (accounts.require_keys is false)", None)
+    return _CURRENT.accounts
+
+
+def _current_master() -> str | None:
+    return _CURRENT.master_key if _CURRENT is not None else None
+
+
+def admin_router() -> APIRouter:
+    """Admin routes for the ingress app; they find this replica's accounts at request time."""
+    return make_router(current, _current_master)
