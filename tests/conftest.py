@@ -1,0 +1,173 @@
+"""Shared fixtures: a real mock upstream process and a real doka Serve app, started once.
+
+The test config is config/default.yaml adjusted (vLLM model removed, keys off, free ports),
+so one config source drives `make run` and the tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "config" / "default.yaml"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("MOCK_API_KEY", "mock-key")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> dict[str, Any]:
+    """config/default.yaml without vLLM models, keys off, pointing at the given ports."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw = copy.deepcopy(raw)
+    vllm = {m["model_name"] for m in raw["model_list"] if m.get("provider") == "vllm"}
+    raw["model_list"] = [m for m in raw["model_list"] if m["model_name"] not in vllm]
+    for m in raw["model_list"]:
+        base = m.get("litellm_params", {}).get("api_base")
+        if base and "127.0.0.1" in base:
+            m["litellm_params"]["api_base"] = f"http://127.0.0.1:{mock_port}/v1"
+    raw["fallbacks"] = {k: [m for m in v if m not in vllm] for k, v in raw.get("fallbacks", {}).items()}
+    raw["fallbacks"] = {k: v for k, v in raw["fallbacks"].items() if v}
+    raw["server"].update(port=server_port, data_dir=str(REPO / ".doka" / "test"))
+    raw["accounts"] = {"require_keys": False, "master_key": None}
+    raw["router"].update(strategy="weighted_round_robin", registry=None)
+    # small replicas: the whole graph must fit next to other test clusters on 2 cores
+    raw["deployments"] = {
+        "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
+        "router": {"num_cpus": 0.1, "max_ongoing_requests": 256},
+        "egress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return raw
+
+
+class MockUpstream:
+    """A `doka mock-upstream` process on a free port, controlled over its `/_mock/state` API."""
+
+    def __init__(self, port: int, latency_ms: float = 5) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "load.mock_upstream", "--port", str(port), "--latency-ms", str(latency_ms)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("mock upstream did not start")
+
+    def state(self, **patch: Any) -> dict[str, Any]:
+        if patch:
+            return httpx.post(f"{self.url}/_mock/state", json=patch, timeout=5).json()
+        return httpx.get(f"{self.url}/_mock/state", timeout=5).json()
+
+    def reset(self, latency_ms: float = 5) -> None:
+        self.state(faults={}, latency_ms=latency_ms, chunks=8, chunk_interval_ms=0, fault_rate=1.0, reset_counts=True)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[MockUpstream]:
+    mock = MockUpstream(free_port())
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One small local Ray cluster for the session (its own, not anyone else's)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"MOCK_API_KEY": os.environ["MOCK_API_KEY"],
+                                           "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                                           # no LiteLLM cooldowns: one test's faults must not leak
+                                           # into the next (cooldown itself: test_gateway_egress.py)
+                                           "DOKA_COOLDOWN_S": "0"}})
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+class Gateway:
+    def __init__(self, url: str, cfg: dict[str, Any]) -> None:
+        self.url = url
+        self.cfg = cfg
+
+    def client(self, **kw: Any):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kw)
+
+
+@pytest.fixture(scope="session")
+def gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[Gateway]:
+    """The doka app from the test config, served once for the whole session."""
+    from ray import serve
+
+    from app.config import parse_config
+    from app.graph import build_app
+
+    port = free_port()
+    raw = gateway_test_config(mock_upstream.port, port)
+    # short tier timeouts so the timeout tests are quick (chain: mock-mixtral -> mock-gpt-4)
+    for m in raw["model_list"]:
+        if m["model_name"] == "mock-mixtral":
+            m["model_info"]["timeout"] = 2
+        if m["model_name"] == "mock-gpt-4":
+            m["model_info"]["timeout"] = 3
+    cfg = parse_config(raw)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    yield Gateway(url, raw)
+    serve.delete(cfg.server.app_name)
+
+
+@pytest.fixture()
+def mock(mock_upstream: MockUpstream) -> Iterator[MockUpstream]:
+    """The session mock, reset to healthy before and after each test."""
+    mock_upstream.reset()
+    yield mock_upstream
+    mock_upstream.reset()

@@ -1,0 +1,114 @@
+"""Helpers for the fault tests: a keys-on doka app beside the session gateway, ledger reads, replica pids.
+
+Each fault module deploys its own app under its own route prefix on the session's Serve
+instance (like tests/test_accounts_gateway.py), so the session gateway is never disturbed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import free_port, gateway_test_config
+
+MASTER = "sk-master-faults"
+
+
+class App:
+    """A deployed doka app: its URL, config and name."""
+
+    def __init__(self, name: str, url: str, raw: dict[str, Any]) -> None:
+        self.name, self.url, self.raw = name, url, raw
+
+    # ---- accounts admin API (master key) ----
+    def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=60, **kw)
+
+    def new_key(self, **limits: Any) -> dict[str, Any]:
+        r = self.admin("POST", "/key/generate", json=limits)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def ledger(self, key_id: str) -> list[dict[str, Any]]:
+        r = self.admin("GET", "/spend/logs", params={"key_id": key_id, "limit": 100_000})
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    def ledger_ids(self, key_id: str) -> set[str]:
+        return {row["request_id"] for row in self.ledger(key_id)}
+
+
+def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: bool = True,
+               database_url: str | None = None, tweak: Any = None) -> App:
+    """Deploy the test config (keys on, short tier timeouts) as app `name` under `prefix`."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from app.config import parse_config
+    from app.graph import build_app
+
+    raw = gateway_test_config(mock_port, free_port())
+    raw["server"].update(data_dir=data_dir, app_name=name, route_prefix=prefix)
+    if keys:
+        raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2,
+                           **({"database_url": database_url} if database_url else {})}
+    for m in raw["model_list"]:  # short tiers: a timed-out first tier costs 1 s, not 30
+        m["model_info"]["timeout"] = 1.0 if m["model_name"] == "mock-mixtral" else 5.0
+    if tweak is not None:
+        tweak(raw)
+    cfg = parse_config(raw)
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # no-op when already started
+    port = _get_global_client().http_config.port
+    serve.run(build_app(cfg), name=name, route_prefix=prefix)
+    url = f"http://127.0.0.1:{port}{prefix}"
+    wait_ok(f"{url}/health/liveliness", 120)
+    return App(name, url, raw)
+
+
+def wait_ok(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not healthy within {timeout}s")
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """OS pids of the live replica actors of one deployment (Ray's state API)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:{deployment}"), ("state", "=", "ALIVE")],
+                         detail=True)
+    return [a.pid for a in actors if a.pid]
+
+
+def kill_replica(app: str, deployment: str) -> int:
+    """SIGKILL one replica process of `deployment`; Serve's controller must replace it."""
+    pids = replica_pids(app, deployment)
+    assert pids, f"no live replica of {app}/{deployment}"
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
+def wait_replaced(app: str, deployment: str, old_pid: int, timeout: float = 120) -> float:
+    """Seconds until a replica other than `old_pid` is alive."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(p != old_pid for p in replica_pids(app, deployment)):
+            return time.time() - t0
+        time.sleep(0.25)
+    raise TimeoutError(f"{app}/{deployment} not replaced within {timeout}s")
+
+
+def openai_error_shape(body: Any) -> bool:
+    return (isinstance(body, dict) and isinstance(body.get("error"), dict)
+            and {"message", "type", "param", "code"} <= set(body["error"])
+            and isinstance(body["error"]["message"], str) and bool(body["error"]["message"]))

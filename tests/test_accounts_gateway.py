@@ -1,0 +1,175 @@
+"""Accounts end to end through the real doka Serve app (ingress -> egress -> mock upstream).
+
+Its own application (keys on, 2 ingress replicas, SQLite under a temp data dir) beside the
+session's keys-off gateway, on the same Serve proxy under the route prefix /acct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, gateway_test_config
+
+MASTER = "sk-master-e2e"
+APP = "doka-accounts-e2e"
+PREFIX = "/acct"
+
+
+def _deploy(cfg) -> None:
+    from ray import serve
+
+    from app.graph import build_app
+
+    serve.run(build_app(cfg), name=APP, route_prefix=PREFIX)
+
+
+@pytest.fixture(scope="module")
+def gw(ray_cluster, mock_upstream, tmp_path_factory):
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from app.config import parse_config
+
+    port = free_port()
+    raw = gateway_test_config(mock_upstream.port, port)
+    raw["server"]["data_dir"] = str(tmp_path_factory.mktemp("acct"))
+    raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2}
+    raw["deployments"]["ingress"]["num_replicas"] = 2
+    cfg = parse_config(raw)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})  # no-op if the session already started it
+    port = _get_global_client().http_config.port
+    _deploy(cfg)
+    url = f"http://127.0.0.1:{port}{PREFIX}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    mock_upstream.reset()
+    yield type("GW", (), {"url": url, "cfg": cfg, "mock": mock_upstream})
+    serve.delete(APP)
+
+
+def admin(gw, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kw)
+
+
+def new_key(gw, **limits) -> dict:
+    r = admin(gw, "POST", "/key/generate", json=limits)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def chat(gw, key: str | None, model: str = "mock-gpt-3.5", **extra) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **extra}
+    return httpx.post(gw.url + "/v1/chat/completions", headers=headers, json=body, timeout=60)
+
+
+def test_auth_matrix_through_the_gateway(gw):
+    good = new_key(gw, models=["mock-gpt-3.5", "auto"])
+    revoked = new_key(gw)
+    admin(gw, "POST", "/key/delete", json={"keys": [revoked["key"]]})
+    expired = new_key(gw, expires_at="2001-01-01T00:00:00Z")
+    quota = new_key(gw, tokens_per_day=1)
+    rate = new_key(gw, rpm_limit=1)
+
+    missing = chat(gw, None)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    assert chat(gw, "sk-doka-not-a-real-key").status_code == 401
+    assert chat(gw, revoked["key"]).json()["error"]["code"] == "key_revoked"
+    assert chat(gw, expired["key"]).json()["error"]["code"] == "key_expired"
+    forbidden = chat(gw, good["key"], "mock-gpt-4")
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
+    ok = chat(gw, good["key"])
+    assert ok.status_code == 200 and ok.json()["usage"]["total_tokens"] > 0
+    assert chat(gw, good["key"], "auto").status_code == 200
+    assert chat(gw, quota["key"]).status_code == 200  # the one request that crosses the quota
+    exhausted = chat(gw, quota["key"])
+    assert exhausted.status_code == 429 and int(exhausted.headers["Retry-After"]) >= 1
+    assert exhausted.json()["error"]["code"] == "insufficient_quota"
+    assert chat(gw, rate["key"]).status_code == 200
+    limited = chat(gw, rate["key"])
+    assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert chat(gw, MASTER, "mock-gpt-4").status_code == 200  # the master key may call anything
+
+
+def test_ledger_row_per_request_with_route_reason_and_cost(gw):
+    key = new_key(gw)
+    r = chat(gw, key["key"], "mock-gpt-4")
+    assert r.status_code == 200
+    usage = r.json()["usage"]
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["model"], row["model_requested"], row["status"], row["route_reason"]) == (
+        "mock-gpt-4", "mock-gpt-4", 200, "explicit")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert row["cost_usd"] == pytest.approx(usage["prompt_tokens"] * 1e-5 + usage["completion_tokens"] * 3e-5)
+    assert row["request_id"] == r.headers["x-doka-request-id"] and row["latency_ms"] > 0
+
+
+def test_streams_are_charged_with_and_without_upstream_usage(gw):
+    key = new_key(gw)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    body = {"model": "mock-gpt-3.5", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with_usage = httpx.post(gw.url + "/v1/chat/completions", headers=headers, timeout=60,
+                            json={**body, "stream_options": {"include_usage": True}})
+    without = httpx.post(gw.url + "/v1/chat/completions", headers=headers, json=body, timeout=60)
+    assert with_usage.status_code == without.status_code == 200
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+    assert len(rows) == 2 and all(r["stream"] for r in rows)
+    assert rows[0]["completion_tokens"] > 0 and rows[1]["completion_tokens"] > 0  # counted when not reported
+
+
+def test_200_concurrent_requests_quota_of_50(gw):
+    """Quota worth 50 requests, 200 at once over 2 ingress replicas: <= 52 succeed, ledger matches."""
+    probe = new_key(gw)
+    per_request = chat(gw, probe["key"]).json()["usage"]["total_tokens"]
+    key = new_key(gw, tokens_per_day=50 * per_request)
+
+    async def fire():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            body = {"model": "mock-gpt-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+            return await asyncio.gather(*[
+                client.post(gw.url + "/v1/chat/completions", json=body,
+                            headers={"Authorization": f"Bearer {key['key']}"}) for _ in range(200)])
+
+    responses = asyncio.run(fire())
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert 1 <= len(ok) <= 50 + 2, len(ok)
+    assert len(ok) + len(refused) == 200, {r.status_code for r in responses}
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+    served = [r for r in rows if r["status"] == 200]
+    assert len(served) == len(ok) and sum(r["status"] == 429 for r in rows) == len(refused)
+    assert sorted(r["request_id"] for r in served) == sorted(r.headers["x-doka-request-id"] for r in ok)
+    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in served) == sum(
+        r.json()["usage"]["total_tokens"] for r in ok)
+
+
+def test_spend_and_quota_survive_a_gateway_restart(gw):
+    from ray import serve
+
+    key = new_key(gw, tokens_per_day=10_000, max_budget=1.0, budget_period="month")
+    spent = [chat(gw, key["key"]).json()["usage"]["total_tokens"] for _ in range(3)]
+    before = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
+    assert before["tokens_today"] == sum(spent)
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": sum(spent)})
+    assert chat(gw, key["key"]).status_code == 429
+
+    serve.delete(APP)  # the whole app goes, accounts deployment included; its ledger buffer is flushed
+    _deploy(gw.cfg)
+    after = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
+    assert after["tokens_today"] == before["tokens_today"] and after["spend_usd"] == pytest.approx(before["spend_usd"])
+    assert chat(gw, key["key"]).status_code == 429  # the quota is still used up
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+    assert [r["status"] for r in rows] == [200, 200, 200, 429, 429]

@@ -1,0 +1,224 @@
+"""Accounts as a library, on SQLite and on a real PostgreSQL server: keys, limits, ledger, restart."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import inspect
+
+from accounts import Accounts, AccountsError, StreamMeter
+from accounts import db as accounts_db
+from accounts.core import AccountsCore
+from tests.accounts_support import *  # noqa: F401,F403
+
+PRICES = {"cheap": (1e-6, 2e-6), "premium": (1e-5, 3e-5)}
+BODY = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 10}
+MASTER = "master-secret"
+
+
+def make(url: str) -> Accounts:
+    from accounts.keys import hash_key
+
+    return Accounts(AccountsCore(url, prices=PRICES, master_key_hash=hash_key(MASTER), settle_interval_s=0.2))
+
+
+async def refused(coro) -> AccountsError:
+    with pytest.raises(AccountsError) as e:
+        await coro
+    return e.value
+
+
+async def one_call(a: Accounts, key: str, model: str = "cheap", p: int = 10, c: int = 10, **kw) -> float:
+    principal = await a.authorize(key, model, BODY, request_id=kw.pop("request_id", None))
+    return await a.settle(principal, model=model, usage={"prompt_tokens": p, "completion_tokens": c}, **kw)
+
+
+async def test_migrations_create_schema_and_are_idempotent(db_url):
+    engine = accounts_db.make_engine(db_url)
+    accounts_db.migrate(engine)
+    accounts_db.migrate(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"doka_keys", "doka_ledger", "doka_accounts_alembic_version"} <= tables
+    engine.dispose()
+
+
+async def test_ledger_records_every_request_and_usage_groups(db_url):
+    a = make(db_url)
+    k1 = (await a.call("generate_key", {"key_alias": "k1", "team": "t"}))["key"]
+    k2 = (await a.call("generate_key", {}))["key"]
+    for i in range(3):
+        await one_call(a, k1, "cheap", 10, 20, latency_ms=5.0, route_reason="learned", request_id=f"r{i}")
+    await one_call(a, k1, "premium", 100, 50, route_reason="explicit")
+    await one_call(a, k2, "cheap", 1, 2)
+    rows = await a.call("ledger")
+    assert len(rows) == 5
+    first = rows[0]
+    assert (first["request_id"], first["model"], first["prompt_tokens"], first["completion_tokens"], first["status"],
+            first["route_reason"], first["latency_ms"]) == ("r0", "cheap", 10, 20, 200, "learned", 5.0)
+    assert first["cost_usd"] == pytest.approx(10 * 1e-6 + 20 * 2e-6)
+    by_model = {r["model"]: r for r in await a.call("usage", ["model"])}
+    assert by_model["cheap"]["requests"] == 4 and by_model["cheap"]["total_tokens"] == 93
+    assert by_model["premium"]["cost_usd"] == pytest.approx(100 * 1e-5 + 50 * 3e-5)
+    by_key = await a.call("usage", ["key", "day"])
+    assert sorted(r["requests"] for r in by_key) == [1, 4]
+    assert {r["day"] for r in by_key} == {datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    await a.close()
+
+
+async def test_auth_matrix_library(db_url):
+    a = make(db_url)
+    good = (await a.call("generate_key", {"models": ["cheap"]}))["key"]
+    revoked = await a.call("generate_key", {})
+    await a.call("delete_key", [revoked["key"]], [])
+    expired = (await a.call("generate_key", {"expires_at": datetime(2000, 1, 1)}))["key"]
+
+    assert (await refused(a.authorize(None, "cheap"))).code == "missing_api_key"
+    assert (await refused(a.authorize("sk-doka-unknown", "cheap"))).status == 401
+    assert (await refused(a.authorize("not-even-a-doka-key", "cheap"))).status == 401
+    assert (await refused(a.authorize(revoked["key"], "cheap"))).code == "key_revoked"
+    assert (await refused(a.authorize(expired, "cheap"))).code == "key_expired"
+    e = await refused(a.authorize(good, "premium"))
+    assert (e.status, e.type, e.code, e.param) == (403, "permission_error", "model_not_allowed", "model")
+    assert e.body()["error"]["message"]
+    assert (await a.authorize(good, "cheap")).key_id
+    assert (await a.authorize(MASTER, "premium")).master
+    await a.close()
+
+
+async def test_token_quota_exhaustion_and_restart_keeps_it(db_url):
+    a = make(db_url)
+    key = await a.call("generate_key", {"tokens_per_day": 100})
+    for _ in range(5):
+        await one_call(a, key["key"], p=10, c=10)
+    e = await refused(a.authorize(key["key"], "cheap", BODY))
+    assert (e.status, e.code) == (429, "insufficient_quota")
+    assert 0 < e.retry_after <= 86400 and int(e.headers()["Retry-After"]) >= 1
+    await a.close()
+
+    b = make(db_url)  # a restarted gateway: counters are rebuilt from the ledger
+    e = await refused(b.authorize(key["key"], "cheap", BODY))
+    assert e.code == "insufficient_quota"
+    info = await b.call("key_info", None, key["key_id"])
+    assert info["usage"]["tokens_today"] == 100 and info["usage"]["tokens_this_month"] == 100
+    spend = await b.call("usage", ["key"], key_id=key["key_id"])
+    assert spend[0]["total_tokens"] == 100 and spend[0]["requests"] == 7  # 5 served + 2 refused rows
+    await b.call("update_key", key["key"], None, {"tokens_per_day": 1000})
+    await one_call(b, key["key"])  # raising the quota takes effect at once
+    await b.close()
+
+
+async def test_budget_rate_and_token_rate_limits(db_url):
+    a = make(db_url)
+    budget = (await a.call("generate_key", {"max_budget": 0.001, "budget_period": "month"}))["key"]
+    await one_call(a, budget, "premium", 10, 40)  # 0.0013 USD: the one request that crosses the budget
+    e = await refused(a.authorize(budget, "premium", BODY))
+    assert (e.status, e.code) == (429, "budget_exceeded") and e.retry_after > 0
+
+    rpm = (await a.call("generate_key", {"rpm_limit": 2}))["key"]
+    await one_call(a, rpm)
+    await one_call(a, rpm)
+    e = await refused(a.authorize(rpm, "cheap", BODY))
+    assert (e.status, e.code) == (429, "rate_limit_exceeded") and 0 < e.retry_after <= 60
+
+    tpm = (await a.call("generate_key", {"tpm_limit": 30}))["key"]
+    await one_call(a, tpm, p=20, c=20)
+    assert (await refused(a.authorize(tpm, "cheap", BODY))).code == "rate_limit_exceeded"
+    await a.close()
+
+
+async def test_concurrent_reservations_cap_overspend(db_url):
+    """40 concurrent requests, quota worth 10: reservations admit at most 10 (+1 overshoot)."""
+    a = make(db_url)
+    key = (await a.call("generate_key", {"tokens_per_day": 10 * 20}))["key"]
+    body = {"messages": [{"role": "user", "content": "x" * 20}], "max_tokens": 10}  # reserves 20 tokens
+
+    async def call():
+        try:
+            p = await a.authorize(key, "cheap", body)
+        except AccountsError as e:
+            return e.status
+        await asyncio.sleep(0.01)
+        await a.settle(p, model="cheap", usage={"prompt_tokens": 10, "completion_tokens": 10})
+        return 200
+
+    statuses = await asyncio.gather(*[call() for _ in range(40)])
+    ok = statuses.count(200)
+    assert 1 <= ok <= 11 and statuses.count(429) == 40 - ok
+    rows = await a.call("ledger")
+    assert sum(r["status"] == 200 for r in rows) == ok
+    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows) == 20 * ok
+    await a.close()
+
+
+async def test_update_and_delete_take_effect_immediately(db_url):
+    a = make(db_url)
+    key = await a.call("generate_key", {})
+    await a.authorize(key["key"], "premium")  # now cached
+    await a.call("update_key", key["key"], None, {"models": ["cheap"]})
+    assert (await refused(a.authorize(key["key"], "premium"))).status == 403
+    await a.call("delete_key", [], [key["key_id"]])
+    assert (await refused(a.authorize(key["key"], "cheap"))).code == "key_revoked"
+    listed = await a.call("list_keys")
+    assert key["key_id"] not in {k["key_id"] for k in listed}
+    assert "key_hash" not in str(listed) and key["key"] not in str(listed)
+    await a.close()
+
+
+async def test_streams_charged_from_usage_or_delivered_text(db_url):
+    a = make(db_url)
+    key = (await a.call("generate_key", {}))["key"]
+
+    m = StreamMeter(BODY)
+    for word in ["Hello", " world", "!"]:
+        m.observe({"choices": [{"delta": {"content": word}}]})
+    m.observe({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    p = await a.authorize(key, "cheap", {**BODY, "stream": True})
+    await a.settle(p, model="cheap", usage=m.usage(), stream=True)
+
+    cut = StreamMeter(BODY)  # the client went away after 40 characters: charge those only
+    cut.observe({"choices": [{"delta": {"content": "a" * 40}}]})
+    p = await a.authorize(key, "cheap", {**BODY, "stream": True})
+    await a.settle(p, model="cheap", usage=cut.usage(), stream=True, status=499)
+
+    rows = await a.call("ledger")
+    assert [(r["prompt_tokens"], r["completion_tokens"], r["stream"]) for r in rows] == [
+        (7, 3, True), (cut.prompt_estimate, 10, True)]
+    await a.close()
+
+
+async def test_bad_key_settings_are_rejected():
+    from pydantic import ValidationError
+
+    from accounts.keys import GenerateKeyRequest
+
+    with pytest.raises(ValidationError):
+        GenerateKeyRequest(duration="forever")
+    with pytest.raises(ValidationError):
+        GenerateKeyRequest(tokens_per_day=-1)
+    values = GenerateKeyRequest(duration="2d").column_values(only_set=False)
+    assert values["expires_at"] > datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=1)
+
+
+@pytest.mark.postgres
+async def test_postgres_outage_gives_503_and_recovers_without_restart(tmp_path):
+    server = PgServer()
+    server.start()
+    try:
+        a = make(server.url())
+        cached = (await a.call("generate_key", {}))["key"]
+        uncached = (await a.call("generate_key", {}))["key"]
+        await one_call(a, cached)
+        server.stop()
+        e = await refused(a.authorize(uncached, "cheap"))
+        assert (e.status, e.type) == (503, "service_unavailable")
+        await one_call(a, cached)  # a cached key keeps working; its ledger row waits in memory
+        assert "error" in await a.backend.flush()
+        server.start()
+        await one_call(a, uncached)
+        rows = await a.call("ledger")
+        assert len(rows) == 3 and all(r["status"] == 200 for r in rows)
+        await a.close()
+    finally:
+        server.destroy()

@@ -1,0 +1,56 @@
+"""`doka config check` and the graph builder's entry points (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from app.config import DEFAULT_CONFIG_PATH
+from app.graph import app_builder
+from app.run_cli import local_mock_ports
+from tests.conftest import REPO, gateway_test_config
+
+
+def _doka(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_config_check_ok_on_default():
+    r = _doka("config", "check", str(DEFAULT_CONFIG_PATH))
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout and "default: local-tiny -> mock-mixtral -> mock-gpt-4" in r.stdout
+
+
+def test_config_check_names_the_bad_field(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    raw["model_list"][1]["model_info"]["timeout"] = -1
+    raw["fallbacks"]["default"].append("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    r = _doka("config", "check", str(bad))
+    assert r.returncode == 2
+    assert "model_list.1.model_info.timeout" in r.stderr
+
+
+def test_config_check_missing_file(tmp_path):
+    r = _doka("config", "check", str(tmp_path / "none.yaml"))
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_app_builder_accepts_inline_config_and_path(tmp_path):
+    raw = gateway_test_config(9999, 8888)
+    inline = app_builder({"config": raw})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from_file = app_builder({"config_path": str(path)})
+    for application in (inline, from_file):
+        assert type(application).__name__ == "Application"
+
+
+def test_run_detects_local_upstream_ports():
+    from app.config import parse_config
+
+    assert local_mock_ports(parse_config(gateway_test_config(9311, 8000))) == [9311]

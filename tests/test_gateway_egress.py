@@ -1,0 +1,111 @@
+"""The egress logic (EgressCore, no Ray) against the real mock upstream.
+
+Covers both call paths (OpenAI pass-through and litellm.Router.acompletion), error mapping,
+and LiteLLM's cooldown of a failing deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.config import parse_config
+from app.errors import UpstreamError
+from deployments.egress import EgressCore, _is_passthrough
+from tests.conftest import gateway_test_config
+
+BODY = {"model": "ignored", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _core(mock, cooldown_s: float = 0, **model_overrides) -> EgressCore:
+    raw = gateway_test_config(mock.port, 1)
+    raw["model_list"].append({"model_name": "litellm-mock", "litellm_params": {
+        "model": "openai/gpt-3.5-turbo", "mock_response": "canned answer from litellm"}})
+    return EgressCore(parse_config(raw), cooldown_s=cooldown_s)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _collect(agen):
+    return [c async for c in agen]
+
+
+def test_passthrough_selection():
+    assert _is_passthrough({"model": "openai/gpt-4o", "api_base": "http://x/v1"})
+    assert _is_passthrough({"model": "hosted_vllm/qwen", "api_base": "http://x/v1"})
+    assert not _is_passthrough({"model": "openai/gpt-4o"})  # no api_base: LiteLLM knows the URL
+    assert not _is_passthrough({"model": "anthropic/claude-3-5-sonnet", "api_base": "http://x"})
+    assert not _is_passthrough({"model": "openai/x", "api_base": "http://x", "mock_response": "hi"})
+
+
+def test_passthrough_chat_and_stream(mock):
+    async def go():
+        core = _core(mock)
+        try:
+            done = await core.call("chat", "mock-gpt-4", BODY, 5)
+            chunks = await _collect(core.stream("chat", "mock-gpt-4", {**BODY, "stream": True}, 5))
+            return done, chunks
+        finally:
+            await core.close()
+
+    done, chunks = run(go())
+    assert done["model"] == "gpt-4-turbo" and done["choices"][0]["message"]["content"]
+    assert len(chunks) == 9 and chunks[0]["object"] == "chat.completion.chunk"
+
+
+def test_litellm_path_for_other_providers(mock):
+    async def go():
+        core = _core(mock)
+        try:
+            done = await core.call("chat", "litellm-mock", BODY, 5)
+            chunks = await _collect(core.stream("chat", "litellm-mock", {**BODY, "stream": True}, 5))
+            return done, chunks
+        finally:
+            await core.close()
+
+    done, chunks = run(go())
+    assert done["choices"][0]["message"]["content"] == "canned answer from litellm"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "canned answer from litellm"
+
+
+def test_errors_map_to_upstream_error(mock):
+    async def go(fault):
+        mock.state(faults={"gpt-4-turbo": fault})
+        core = _core(mock)
+        try:
+            with pytest.raises(UpstreamError) as exc:
+                await core.call("chat", "mock-gpt-4", BODY, 1)
+            return exc.value
+        finally:
+            await core.close()
+
+    assert run(go("503")).status == 503
+    err = run(go("timeout"))
+    assert err.status == 504 and err.timed_out
+
+
+def test_failing_deployment_cools_down_then_recovers(mock):
+    async def go():
+        core = _core(mock, cooldown_s=1.5)
+        try:
+            mock.state(faults={"mixtral-8x7b": "503"})
+            for _ in range(2):  # allowed_fails=1: the second failure starts the cooldown
+                with pytest.raises(UpstreamError):
+                    await core.call("chat", "mock-mixtral", BODY, 5)
+            mock.state(faults={})
+            with pytest.raises(UpstreamError, match="cooling down") as exc:
+                await core.call("chat", "mock-mixtral", BODY, 5)
+            assert exc.value.status == 503
+            # other models are unaffected
+            assert (await core.call("chat", "mock-gpt-4", BODY, 5))["choices"]
+            await asyncio.sleep(2.0)
+            return await core.call("chat", "mock-mixtral", BODY, 5)
+        finally:
+            await core.close()
+
+    before = mock.state()["by_model"].get("mixtral-8x7b", 0)
+    assert run(go())["model"] == "mixtral-8x7b"
+    assert mock.state()["by_model"]["mixtral-8x7b"] == before + 3  # the cooled-down call never left

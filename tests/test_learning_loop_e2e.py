@@ -1,0 +1,76 @@
+"""The learning loop end to end through the real gateway.
+
+traffic -> traces -> feedback favouring one model for code prompts -> `doka train-from-traces`'s
+`run_loop` (train, replay-compare against the live artifact, publish, reconfigure the running
+app in place) -> `auto` now routes code prompts differently, with the new artifact version in the
+response headers.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.router_deployment_support import CHAT, CODE, chat, deploy, learned_config, publish, train_artifact, wait_for, wait_running
+
+APP = "doka-loop"
+PREFIX = "/loop"
+
+
+@pytest.fixture()
+def loop_app(gateway, mock_upstream, tmp_path):
+    from ray import serve
+
+    registry = tmp_path / "registry"
+    v1 = publish(registry, train_artifact(tmp_path / "a1"))  # code -> mock-gpt-4, small talk -> mock-mixtral
+    port = gateway.cfg["server"]["port"]
+    raw = learned_config(mock_upstream.port, port, tmp_path / "data", registry, app_name=APP, route_prefix=PREFIX)
+    deploy(raw)
+    wait_running(APP)
+    url = f"http://127.0.0.1:{port}{PREFIX}"
+    wait_for(lambda: (httpx.get(f"{url}/health/readiness", timeout=10).json().get("router") or {})
+             .get("artifact_version") == v1, 120, what="v1 loaded")
+    yield url, raw, v1
+    serve.delete(APP)
+
+
+def test_feedback_retrains_and_shifts_auto_routing(loop_app, mock, tmp_path):
+    from app.config import parse_config
+    from observability.feedback import load_joined
+    from observability.trace_store import traces_root
+    from training.from_traces import run_loop
+
+    url, raw, v1 = loop_app
+    probe = "Write a python function that checks whether a number is prime"
+    before = chat(url, probe)
+    assert before.headers["x-doka-model"] == "mock-gpt-4" and before.headers["x-doka-artifact-version"] == v1
+
+    # users try every prompt on each model: they like mock-gpt-3.5 for code, mock-mixtral for small talk
+    favour = {"code": "mock-gpt-3.5", "chat": "mock-mixtral"}
+    n = 0
+    for kind, prompts in (("code", CODE), ("chat", CHAT)):
+        for prompt in prompts:
+            for model in ("mock-mixtral", "mock-gpt-3.5", "mock-gpt-4"):
+                score = 1.0 if model == favour[kind] else 0.0
+                r = chat(url, prompt, model=model)
+                assert r.status_code == 200, r.text
+                fb = httpx.post(f"{url}/v1/feedback", json={"request_id": r.headers["x-doka-request-id"], "score": score},
+                                timeout=10)
+                assert fb.status_code == 200, fb.text
+                n += 1
+    cfg = parse_config(raw)
+    wait_for(lambda: sum(1 for t in load_joined(traces_root(cfg)) if t.get("feedback_score") is not None) >= n,
+             60, what="traces and feedback flushed")
+
+    report = run_loop(cfg, work_dir=tmp_path / "loop", reconfigure=True, holdout=0.25, seed=0)
+    assert report["better"] and report["published"] and report["published"] != v1, report
+    assert report["reconfigured_via"] == "controller"  # in place, through the Serve controller
+    v2 = report["published"]
+
+    after = wait_for(lambda: (lambda r: r if r.headers.get("x-doka-artifact-version") == v2 else None)(chat(url, probe)),
+                     120, what="the new artifact in the headers")
+    assert after.headers["x-doka-model"] == "mock-gpt-3.5"  # routing shifted with the feedback
+    assert after.headers["x-doka-strategy"] == "learned"
+    small_talk = chat(url, "Hi there! Lovely to see you again.")
+    assert small_talk.headers["x-doka-model"] == "mock-mixtral"
+    assert small_talk.headers["x-doka-artifact-version"] == v2

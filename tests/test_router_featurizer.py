@@ -1,0 +1,47 @@
+"""The ONNX Runtime hot path gives the sentence-transformers embedding."""
+
+import numpy as np
+import pytest
+
+from router.featurizer import FeaturizerError, get_featurizer
+
+TEXTS = [
+    "What is the capital of France?",
+    "Write a function to find the intersection of two arrays.",
+    "Please answer with the letter of the correct answer. " * 30 + "Which gas do plants absorb? A) O2 B) CO2",
+    "",
+]
+
+
+def test_onnx_matches_sentence_transformers():
+    onnx = get_featurizer("minilm-l6-v2", backend="onnx")
+    ref = get_featurizer("minilm-l6-v2", backend="torch")
+    a, b = onnx.embed(TEXTS), ref.embed(TEXTS)
+    assert a.dtype == np.float32 and a.shape == (len(TEXTS), 384) and onnx.dim == 384
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.abs(a - b).max() < 1e-4
+    assert onnx.id == ref.id == "minilm-l6-v2" and onnx.fingerprint == ref.fingerprint
+
+
+def test_reference_path_is_plain_sentence_transformers_on_short_text():
+    from sentence_transformers import SentenceTransformer
+
+    feat = get_featurizer("minilm-l6-v2")
+    st = SentenceTransformer(str(feat.model_dir), device="cpu")
+    short = TEXTS[:2]
+    assert np.abs(feat.embed(short) - st.encode(short, normalize_embeddings=True)).max() < 1e-4
+
+
+def test_truncation_keeps_head_and_tail_within_budget():
+    feat = get_featurizer("minilm-l6-v2")
+    ids, mask = feat.encode_ids(["start " + "filler " * 200 + "the real question at the end"])
+    assert ids.shape[1] == 48 and mask.sum() == 48
+    tail = feat._tok.decode(ids[0, -8:].tolist())
+    assert "question at the end" in tail and "start" in feat._tok.decode(ids[0, :4].tolist())
+    longer = get_featurizer("minilm-l6-v2@t128")
+    assert longer.id == "minilm-l6-v2@t128" and longer.encode_ids([TEXTS[2]])[0].shape[1] == 128
+
+
+def test_unknown_featurizer_is_refused():
+    with pytest.raises(FeaturizerError, match="unknown featurizer"):
+        get_featurizer("bert-huge")

@@ -1,0 +1,70 @@
+"""Helpers for the vLLM tests: a gateway config with the local vLLM tier, and deploying it as its
+own Serve application next to whatever else the test session runs."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import DEFAULT_CONFIG, REPO, free_port, gateway_test_config
+
+TINY_MODEL_DIR = REPO / ".doka" / "models" / "tiny-llama"
+
+
+def default_vllm_entry() -> dict[str, Any]:
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    return copy.deepcopy(next(m for m in raw["model_list"] if m.get("provider") == "vllm"))
+
+
+def vllm_gateway_config(mock_port: int, server_port: int, *, name: str, model_source: str,
+                        timeout: float, app_name: str) -> dict[str, Any]:
+    """The shared test config plus one vLLM model `name` in front of mock-mixtral in a chain."""
+    raw = gateway_test_config(mock_port, server_port)
+    entry = default_vllm_entry()
+    entry["model_name"] = name
+    entry["vllm"]["model_source"] = model_source
+    entry["model_info"]["timeout"] = timeout
+    raw["model_list"].insert(0, entry)
+    raw["fallbacks"] = {"local-chain": [name, "mock-mixtral"]}
+    raw["server"]["app_name"] = app_name
+    return raw
+
+
+def serve_http_port() -> int:
+    """The port of this cluster's Serve proxy, starting Serve on a free port if it is not up."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        return port
+    return int(client.get_serve_details()["http_options"]["port"])
+
+
+def deploy_gateway(raw: dict[str, Any], route_prefix: str, blocking: bool) -> str:
+    """Deploy the graph for `raw` under its own app name and prefix; returns the base URL."""
+    from ray import serve
+
+    from app.config import parse_config
+    from app.graph import build_app
+
+    cfg = parse_config(raw)
+    port = serve_http_port()
+    # serve._run: serve.run cannot skip waiting for RUNNING, which a broken vLLM tier never reaches
+    serve._run(build_app(cfg), name=cfg.server.app_name, route_prefix=route_prefix, _blocking=blocking)
+    url = f"http://127.0.0.1:{port}{route_prefix}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"gateway app {cfg.server.app_name} did not come up at {url}")
