@@ -41,10 +41,13 @@ run: bootstrap
 	$(PY) -m app.cli run --config $(CONFIG)
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -rfE --junitxml=.doka/test-results.xml
 
-bench: install
-	$(PY) -m app.cli bench --clients 1,50 --duration 15
+# mock direct vs doka vs LiteLLM proxy at 1/10/50 clients, then routing decision latency
+bench: bootstrap
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	$(PY) -m app.cli bench --compare
+	$(PY) -m load.bench_router
 
 clean:
 	rm -rf .doka/test

@@ -103,11 +103,45 @@ def mock_upstream() -> Iterator[MockUpstream]:
     mock.stop()
 
 
+def haproxy_env(tag: str) -> dict[str, str]:
+    """Env giving one cluster's HAProxy its own stats/metrics ports and files.
+
+    Serve's HAProxy binds fixed ports (8404 stats, 9101 metrics) and files under
+    /tmp/haproxy-serve by default, so two clusters on one machine (the session's and a
+    private `ray start --head`) would fight over them and the loser's proxy never starts.
+    """
+    base = Path(f"/tmp/dkh-{tag[:4]}{os.getpid()}")  # short: HAProxy caps socket paths at 97 chars
+    base.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+    }
+
+
+def kill_haproxy(env: dict[str, str]) -> None:
+    """Stop HAProxy processes left by a cluster started with `env` (they outlive `ray stop`)."""
+    import psutil
+
+    base = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if "haproxy" in (proc.info["name"] or "") and any(base in a for a in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One small local Ray cluster for the session (its own, not anyone else's)."""
     import ray
 
+    hap = haproxy_env("session")
+    os.environ.update(hap)  # inherited by the raylet and every worker it starts
     if not ray.is_initialized():
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"MOCK_API_KEY": os.environ["MOCK_API_KEY"],
@@ -120,6 +154,43 @@ def ray_cluster() -> Iterator[None]:
 
     serve.shutdown()
     ray.shutdown()
+    kill_haproxy(hap)
+
+
+def serve_http_port(preferred: int | None = None) -> int:
+    """The port of this cluster's Serve proxy, starting Serve (on `preferred` or a free port) if needed."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        port = preferred or free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        return port
+    return int(client.http_config.port)
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    """Block until `url` answers 200; fail loudly instead of letting every test hit a dead port."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not healthy within {timeout}s")
+
+
+# Modules that connect to a Ray cluster of their own (ray.init / ray.shutdown): they run before
+# any test that joins the session cluster, so neither tears down the other's connection.
+OWN_CLUSTER_MODULES = ("test_kuberay_cluster.py", "test_training_ray.py")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    first = [i for i in items if i.path.name in OWN_CLUSTER_MODULES]
+    items[:] = first + [i for i in items if i.path.name not in OWN_CLUSTER_MODULES]
 
 
 class Gateway:
@@ -150,17 +221,12 @@ def gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[Gateway]
         if m["model_name"] == "mock-gpt-4":
             m["model_info"]["timeout"] = 3
     cfg = parse_config(raw)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # Serve's HTTP options are cluster-wide: an earlier test may have started it on another port
+    port = serve_http_port(port)
+    raw["server"]["port"] = port
     serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
+    wait_healthy(f"{url}/health/liveliness", 120)
     yield Gateway(url, raw)
     serve.delete(cfg.server.app_name)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port, gateway_test_config
+from tests.conftest import free_port, gateway_test_config, serve_http_port
 
 MASTER = "sk-master-faults"
 
@@ -46,7 +46,6 @@ def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: b
                database_url: str | None = None, tweak: Any = None) -> App:
     """Deploy the test config (keys on, short tier timeouts) as app `name` under `prefix`."""
     from ray import serve
-    from ray.serve.context import _get_global_client
 
     from app.config import parse_config
     from app.graph import build_app
@@ -61,8 +60,7 @@ def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: b
     if tweak is not None:
         tweak(raw)
     cfg = parse_config(raw)
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})  # no-op when already started
-    port = _get_global_client().http_config.port
+    port = serve_http_port()
     serve.run(build_app(cfg), name=name, route_prefix=prefix)
     url = f"http://127.0.0.1:{port}{prefix}"
     wait_ok(f"{url}/health/liveliness", 120)

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port, gateway_test_config
+from tests.conftest import free_port, gateway_test_config, serve_http_port
 
 MASTER = "sk-master-e2e"
 APP = "doka-accounts-e2e"
@@ -30,7 +30,6 @@ def _deploy(cfg) -> None:
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
     from ray import serve
-    from ray.serve.context import _get_global_client
 
     from app.config import parse_config
 
@@ -40,8 +39,7 @@ def gw(ray_cluster, mock_upstream, tmp_path_factory):
     raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2}
     raw["deployments"]["ingress"]["num_replicas"] = 2
     cfg = parse_config(raw)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})  # no-op if the session already started it
-    port = _get_global_client().http_config.port
+    port = serve_http_port(port)
     _deploy(cfg)
     url = f"http://127.0.0.1:{port}{PREFIX}"
     deadline = time.time() + 60

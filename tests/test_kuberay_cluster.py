@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,10 @@ import yaml
 from app.config import load_config, parse_config
 from kuberay.options import load_options
 from kuberay.render import rayjob, rayservice
+from tests.conftest import free_port, haproxy_env, kill_haproxy
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "config" / "default.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -51,6 +45,7 @@ class LocalHead:
 
     def stop(self) -> None:
         """SIGTERM our own process group (ray start and everything it spawned), then SIGKILL."""
+        kill_haproxy(self.env)  # Serve starts HAProxy in a session of its own
         try:
             pgid = os.getpgid(self.proc.pid)
         except ProcessLookupError:
@@ -83,6 +78,7 @@ def start_head(num_cpus: int = 6, extra_env: dict[str, str] | None = None) -> Lo
         "RAY_USAGE_STATS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        **haproxy_env("kuberay"),
         **(extra_env or {}),
     }
     cmd = [
@@ -154,6 +150,13 @@ def _shape(app: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """The paths where two nested dicts differ, for a readable assertion message."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def _models(head: LocalHead) -> list[str]:
     r = httpx.get(f"http://127.0.0.1:{head.http_port}/v1/models",
                   headers={"Authorization": "Bearer sk-master-test"}, timeout=30)
@@ -217,7 +220,7 @@ def test_serve_config_v2_is_the_app_serve_run_starts(head, tmp_path, monkeypatch
     remote_models = _models(head)
 
     assert set(local["deployments"]) >= {"Ingress", "Router", "Egress"}
-    assert _shape(remote) == _shape(local)
+    assert _shape(remote) == _shape(local), _diff(_shape(remote), _shape(local))
     assert remote_models == local_models and "mock-gpt-4" in local_models
     router = remote["deployments"]["Router"]["deployment_config"]
     assert router["user_config"] == {"strategy": "learned", "artifact": "latest", "registry": str(tmp_path / "registry")}

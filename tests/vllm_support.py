@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import DEFAULT_CONFIG, REPO, free_port, gateway_test_config
+from tests.conftest import DEFAULT_CONFIG, REPO, free_port, gateway_test_config, serve_http_port
 
 TINY_MODEL_DIR = REPO / ".doka" / "models" / "tiny-llama"
 
@@ -32,19 +32,6 @@ def vllm_gateway_config(mock_port: int, server_port: int, *, name: str, model_so
     raw["fallbacks"] = {"local-chain": [name, "mock-mixtral"]}
     raw["server"]["app_name"] = app_name
     return raw
-
-
-def serve_http_port() -> int:
-    """The port of this cluster's Serve proxy, starting Serve on a free port if it is not up."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is None:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        return port
-    return int(client.get_serve_details()["http_options"]["port"])
 
 
 def deploy_gateway(raw: dict[str, Any], route_prefix: str, blocking: bool) -> str:
