@@ -99,7 +99,9 @@ class DeploymentOptions(_Strict):
     max_ongoing_requests: int = 256
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
-    graceful_shutdown_timeout_s: float = 20.0
+    graceful_shutdown_timeout_s: float = Field(20.0, gt=0, description="Serve force-kills a draining replica after this")
+    graceful_shutdown_wait_loop_s: float | None = Field(
+        None, gt=0, description="how often a draining replica re-checks for in-flight requests (Serve's default: 2 s)")
 
     def serve_options(self) -> dict[str, Any]:
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
@@ -109,6 +111,8 @@ class DeploymentOptions(_Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
         }
+        if self.graceful_shutdown_wait_loop_s is not None:  # only when set: rendered manifests stay stable
+            opts["graceful_shutdown_wait_loop_s"] = self.graceful_shutdown_wait_loop_s
         if self.autoscaling_config:
             opts["autoscaling_config"] = self.autoscaling_config
         elif self.num_replicas is not None:

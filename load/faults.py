@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -49,8 +50,10 @@ class Outcome:
     done: bool = False  # a stream ended with `data: [DONE]`
     error_event: bool = False  # a stream carried an OpenAI error event
     chunks: int = 0
+    text: str = ""  # streamed content, joined (to check nothing was lost)
     request_id: str | None = None
     model: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # the answer's x-doka-* headers
     error: str | None = None
     body: Any = None
 
@@ -106,6 +109,14 @@ def chat_body(model: str, stream: bool = False, **extra: Any) -> dict[str, Any]:
     return body
 
 
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    """The content a chat or completion chunk carries ('' for role/usage-only chunks)."""
+    parts = []
+    for c in chunk.get("choices") or []:
+        parts.append((c.get("delta") or {}).get("content") or c.get("text") or "")
+    return "".join(parts)
+
+
 async def _one(session: Any, url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> Outcome:
     import aiohttp
 
@@ -117,6 +128,7 @@ async def _one(session: Any, url: str, body: dict[str, Any], headers: dict[str, 
             out.status = r.status
             out.request_id = r.headers.get("x-doka-request-id")
             out.model = r.headers.get("x-doka-model")
+            out.headers = {k.lower(): v for k, v in r.headers.items() if k.lower().startswith("x-doka-")}
             if stream and r.status == 200:
                 async for line in r.content:
                     if not line.startswith(b"data:"):
@@ -130,6 +142,7 @@ async def _one(session: Any, url: str, body: dict[str, Any], headers: dict[str, 
                         out.error_event, out.body = True, chunk
                     else:
                         out.chunks += 1
+                        out.text += _chunk_text(chunk)
             else:
                 raw = await r.read()
                 try:
@@ -144,10 +157,13 @@ async def _one(session: Any, url: str, body: dict[str, Any], headers: dict[str, 
 
 async def drive_async(url: str, bodies: Callable[[int], dict[str, Any]], *, clients: int, requests: int | None = None,
                       duration: float | None = None, headers: Callable[[int], dict[str, str]] | None = None,
-                      timeout: float = 30.0, during: Callable[[], Any] | None = None) -> LoadRun:
+                      timeout: float = 30.0, during: Callable[[], Any] | None = None,
+                      until_during: bool = False) -> LoadRun:
     """`clients` concurrent loops posting `bodies(i)` until `requests` were sent or `duration` ran out.
 
     `during` (sync or async, optional) runs once, concurrently, while the load runs: the fault.
+    It is awaited (its exception fails the run); with `until_during` the load also stops when
+    it returns, so a fault script that waits for recovery sets the window's length.
     """
     import aiohttp
 
@@ -158,18 +174,24 @@ async def drive_async(url: str, bodies: Callable[[int], dict[str, Any]], *, clie
     counter = iter(range(requests if requests is not None else 10**9))
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
 
+    stopped: list[bool] = []
+
     async def worker(session: aiohttp.ClientSession) -> None:
         for i in counter:
-            if time.monotonic() >= deadline:
+            if stopped or time.monotonic() >= deadline:
                 return
             run.outcomes.append(await _one(session, url, bodies(i), headers(i) if headers else {}, timeout))
 
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [asyncio.create_task(worker(session)) for _ in range(clients)]
         if during is not None:
-            result = during() if not asyncio.iscoroutinefunction(during) else await during()
-            if asyncio.iscoroutine(result):
-                await result
+            try:
+                result = during()
+                if inspect.isawaitable(result):  # a coroutine, or the future of a sync fault in a thread
+                    await result
+            finally:
+                if until_during:
+                    stopped.append(True)
         await asyncio.gather(*tasks)
     run.elapsed = time.monotonic() - run.started
     return run
