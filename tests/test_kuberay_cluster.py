@@ -43,6 +43,9 @@ class LocalHead:
     env: dict[str, str]
     temp_dir: Path
 
+    def log_tail(self) -> str:
+        return (self.temp_dir / "ray-start.log").read_text()[-2000:]
+
     def stop(self) -> None:
         """SIGTERM our own process group (ray start and everything it spawned), then SIGKILL."""
         kill_haproxy(self.env)  # Serve starts HAProxy in a session of its own
@@ -190,6 +193,7 @@ def test_serve_config_v2_is_the_app_serve_run_starts(head, tmp_path, monkeypatch
     # 1. locally, the way `serve run app.graph:app_builder config_path=...` does it
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     for attempt in range(3):  # a loaded machine can time out the first GCS handshake
+        assert head.proc.poll() is None, f"the private Ray head exited: {head.log_tail()}"
         try:
             ray.init(address=head.gcs_address, log_to_driver=False)
             break
