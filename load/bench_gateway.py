@@ -3,6 +3,9 @@
 Starts a mock upstream (default 50 ms latency) and `doka run` on free loopback ports, then
 drives both with wrk (or a bounded asyncio load generator when wrk is missing) at each client
 count, and prints a Markdown table: requests/s, p50, p99 and the gateway's added p50.
+By default the gateway runs as in production: keys required (each request carries a virtual
+key with quotas, so it pays key check + reservation + settle + a ledger row) and `auto`
+answered by the learned router from `doka router bootstrap`; `--keys off` measures without.
 Only 127.0.0.1 is ever targeted; every run is bounded in time.
 """
 
@@ -25,6 +28,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+MASTER_KEY = "sk-doka-bench-master"  # a throwaway cluster's master key, only on 127.0.0.1
+REGISTRY = REPO / ".doka" / "registry"  # where `doka router bootstrap` publishes
 BODY = {"model": "{model}", "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 16}
 
 
@@ -34,8 +39,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_config(mock_port: int, server_port: int) -> dict[str, Any]:
-    """config/default.yaml with no vLLM model, keys off, pointed at the bench's ports."""
+def bench_config(mock_port: int, server_port: int, keys: bool = False, learned: bool = False,
+                 data_dir: str | None = None) -> dict[str, Any]:
+    """config/default.yaml with no vLLM model, pointed at the bench's ports.
+
+    keys: require gateway keys (master key MASTER_KEY; the ledger lives under data_dir).
+    learned: `auto` uses the latest artifact in REGISTRY (else weighted round-robin).
+    """
     raw = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     vllm = {m["model_name"] for m in raw["model_list"] if m.get("provider") == "vllm"}
     raw["model_list"] = [m for m in raw["model_list"] if m["model_name"] not in vllm]
@@ -44,12 +54,70 @@ def bench_config(mock_port: int, server_port: int) -> dict[str, Any]:
             m["litellm_params"]["api_base"] = f"http://127.0.0.1:{mock_port}/v1"
     raw["fallbacks"] = {k: [x for x in v if x not in vllm] for k, v in raw.get("fallbacks", {}).items()}
     raw["server"]["port"] = server_port
-    raw["accounts"] = {"require_keys": False, "master_key": None}
-    raw["router"].update(strategy="weighted_round_robin", registry=None)
+    raw["fallbacks"] = {k: v for k, v in raw["fallbacks"].items() if v}
+    if data_dir:
+        raw["server"]["data_dir"] = data_dir
+    raw["accounts"] = {"require_keys": keys, "master_key": MASTER_KEY if keys else None}
+    if learned:
+        raw["router"].update(strategy="learned", registry=str(REGISTRY), artifact="latest")
+    else:
+        raw["router"].update(strategy="weighted_round_robin", registry=None)
     return raw
 
 
-def _wait_http(url: str, timeout: float) -> None:
+def gateway_env(tag: str) -> dict[str, str]:
+    """Env for a bench's `doka run`: Serve's throughput mode, its own HAProxy ports and files,
+    and the dev signing key `doka router bootstrap` wrote (the bench's data dir is a temp dir).
+
+    Serve's HAProxy binds fixed ports (8404/9101) and /tmp/haproxy-serve by default, which
+    collides with any other cluster on the machine (the test session's, say).
+    """
+    base = Path(tempfile.mkdtemp(prefix="dkhb", dir="/tmp"))  # HAProxy caps socket paths at 97 chars
+    env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key"),
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state")}
+    key = REPO / ".doka" / "signing.key"
+    if key.exists() and not os.environ.get("DOKA_SIGNING_KEY"):
+        env.setdefault("DOKA_SIGNING_KEY_FILE", str(key))
+    return env
+
+
+def kill_haproxy(env: dict[str, str]) -> None:
+    """Stop the HAProxy a bench cluster started (it outlives `ray stop`); only ours, by its files."""
+    import psutil
+
+    base = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if "haproxy" in (proc.info["name"] or "") and any(base in a for a in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def create_key(gateway: str) -> str:
+    """A virtual key with quotas, budget and rate limits all far from exhausted (full accounting path)."""
+    import httpx
+
+    for _ in range(60):  # the ingress may answer health checks before its accounts seam is bound
+        r = httpx.post(f"{gateway}/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                       json={"tokens_per_day": 10**12, "tokens_per_month": 10**12, "max_budget": 10**6,
+                             "budget_period": "month", "rpm_limit": 10**7, "tpm_limit": 10**12}, timeout=60)
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    if r.status_code != 200:
+        raise RuntimeError(f"{gateway}/key/generate: {r.status_code} {r.text[:300]}")
+    return r.json()["key"]
+
+
+def _wait_http(url: str, timeout: float, log: Path | None = None) -> None:
     import httpx
 
     deadline = time.time() + timeout
@@ -60,13 +128,14 @@ def _wait_http(url: str, timeout: float) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up within {timeout:g}s")
+    raise RuntimeError(f"{url} did not come up within {timeout:g}s" + (f" (log: {log})" if log else ""))
 
 
 # ---------------------------------------------------------------- load generators
 _LUA = """wrk.method = "POST"
 wrk.body = [[{body}]]
 wrk.headers["Content-Type"] = "application/json"
+{headers}
 """
 
 
@@ -74,9 +143,11 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, body: dict[str, Any], clients: int, duration: int) -> dict[str, float]:
+def run_wrk(url: str, body: dict[str, Any], clients: int, duration: int,
+            headers: dict[str, str] | None = None) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_LUA.format(body=json.dumps(body)))
+        extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+        f.write(_LUA.format(body=json.dumps(body), headers=extra))
         script = f.name
     try:
         out = subprocess.run(
@@ -92,18 +163,21 @@ def run_wrk(url: str, body: dict[str, Any], clients: int, duration: int) -> dict
             "socket_errors": errors.group(0) if errors else ""}
 
 
-async def _py_load(url: str, body: dict[str, Any], clients: int, duration: int) -> dict[str, float]:
+async def _py_load(url: str, body: dict[str, Any], clients: int, duration: int,
+                   headers: dict[str, str] | None = None) -> dict[str, float]:
     import aiohttp
 
     latencies: list[float] = []
     failures = 0
+    payload = json.dumps(body).encode()
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
     deadline = time.perf_counter() + duration
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal failures
         while time.perf_counter() < deadline:
             t = time.perf_counter()
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, data=payload, headers=hdrs) as resp:
                 await resp.read()
                 if resp.status != 200:
                     failures += 1
@@ -119,10 +193,82 @@ async def _py_load(url: str, body: dict[str, Any], clients: int, duration: int) 
             "socket_errors": ""}
 
 
-def load(tool: str, url: str, body: dict[str, Any], clients: int, duration: int) -> dict[str, float]:
+def load(tool: str, url: str, body: dict[str, Any], clients: int, duration: int,
+         headers: dict[str, str] | None = None) -> dict[str, float]:
     if tool == "wrk":
-        return run_wrk(url, body, clients, duration)
-    return asyncio.run(_py_load(url, body, clients, duration))
+        return run_wrk(url, body, clients, duration, headers)
+    return asyncio.run(_py_load(url, body, clients, duration, headers))
+
+
+# ---------------------------------------------------------------- the gateway under test
+class Gateway:
+    """`doka run` on a bench config in its own session; `headers` carry a virtual key when keys are on."""
+
+    def __init__(self, mock_port: int, keys: bool, learned: bool, perf: bool = True, tag: str = "bench",
+                 log: Path | None = None) -> None:
+        self.keys, self.learned = keys, learned
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = tempfile.mkdtemp(prefix=f"doka-{tag}-")
+        cfg = Path(self.data_dir) / "doka.yaml"
+        cfg.write_text(yaml.safe_dump(bench_config(mock_port, self.port, keys=keys, learned=learned,
+                                                   data_dir=self.data_dir)))
+        self.env = gateway_env(tag)
+        self.env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dkrb")  # its own Ray session dir, not /tmp/ray
+        cmd = [sys.executable, "-m", "app.cli", "run", "--config", str(cfg), "--no-mock"]
+        if not perf:
+            cmd.append("--no-perf")
+        self.log = log or Path(tempfile.gettempdir()) / f"doka-{tag}-{self.port}.log"
+        self.cmd = cmd
+        self.proc = self._spawn()
+        self.headers: dict[str, str] = {}
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self.log.open("a"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready(self, timeout: float = 240, attempts: int = 3) -> None:
+        """Wait for the gateway; `doka run` is restarted when Ray's fixed 30 s node start-up
+        wait ran out (it does on a 2-core box at load average 20+)."""
+        import httpx
+
+        deadline = time.time() + timeout * attempts
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                attempts -= 1
+                if attempts <= 0:
+                    raise RuntimeError(f"doka run exited with {self.proc.returncode} (log: {self.log})")
+                self.proc = self._spawn()
+            if time.time() > deadline:
+                raise RuntimeError(f"{self.url} did not come up (log: {self.log})")
+            time.sleep(0.5)
+        if self.keys:
+            self.headers = {"Authorization": f"Bearer {create_key(self.url)}"}
+        if self.learned:  # the artifact loads in the background: wait until `auto` is learned
+            import httpx
+
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if httpx.get(f"{self.url}/health/readiness", timeout=10).json().get("status") == "ok":
+                    break
+                time.sleep(1)
+            else:
+                raise RuntimeError("the learned router never became ready (run `doka router bootstrap`)")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        kill_haproxy(self.env)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the bench
@@ -130,65 +276,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", default="1,50", help="comma-separated concurrent client counts")
     p.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     p.add_argument("--latency-ms", type=float, default=50.0, help="mock upstream latency")
-    p.add_argument("--model", default="mock-gpt-3.5", help="doka model name to call")
+    p.add_argument("--models", default="mock-gpt-3.5,auto", help="comma-separated doka model names to call")
+    p.add_argument("--keys", choices=["on", "off"], default="on",
+                   help="on: every request carries a virtual key (auth + quota + ledger row)")
+    p.add_argument("--router", choices=["learned", "static"], default="learned",
+                   help="what answers `auto` (learned needs `doka router bootstrap`)")
     p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--no-perf", action="store_true", help="run Serve without its throughput/HAProxy mode")
-    p.add_argument("--gateway-url", help="bench this running gateway instead of starting one")
     p.add_argument("--skip-direct", action="store_true", help="skip measuring the mock upstream directly")
+    p.add_argument("--compare", action="store_true",
+                   help="instead: mock vs doka vs LiteLLM proxy at 1/10/50 clients (load/compare.py)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.compare:
+        from load.compare import main as compare_main
+
+        argv = ["--duration", str(args.duration), "--latency-ms", str(args.latency_ms), "--tool", args.tool]
+        if args.clients != "1,50":
+            argv += ["--clients", args.clients]
+        return compare_main(argv)
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
     clients = [int(c) for c in args.clients.split(",")]
-    procs: list[subprocess.Popen] = []
-    tmp = None
+    models = [m for m in args.models.split(",") if m]
+    mock = gw = None
+    la_before = os.getloadavg()
     try:
         mock_port = _free_port()
-        procs.append(subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port),
-                                       "--latency-ms", str(args.latency_ms)], cwd=REPO))
+        mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port),
+                                 "--latency-ms", str(args.latency_ms)], cwd=REPO, stdout=subprocess.DEVNULL)
         _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
-        gateway = args.gateway_url
-        if not gateway:
-            port = _free_port()
-            tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-            yaml.safe_dump(bench_config(mock_port, port), tmp)
-            tmp.close()
-            env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key")}
-            cmd = [sys.executable, "-m", "app.cli", "run", "--config", tmp.name, "--no-mock"]
-            if args.no_perf:
-                cmd.append("--no-perf")
-            procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            gateway = f"http://127.0.0.1:{port}"
-            _wait_http(f"{gateway}/health/liveliness", 180)
-        direct_body = {**BODY, "model": "gpt-3.5-turbo"}
-        gw_body = {**BODY, "model": args.model}
-        load(tool, f"{gateway}/v1/chat/completions", gw_body, 8, 3)  # warm-up: connections, JIT caches
+        gw = Gateway(mock_port, keys=args.keys == "on", learned=args.router == "learned", perf=not args.no_perf)
+        gw.ready()
+        url = f"{gw.url}/v1/chat/completions"
+        for m in models:  # warm-up: connections, JIT caches, the router's first batches
+            load(tool, url, {**BODY, "model": m}, 8, 3, gw.headers)
         rows = []
         for n in clients:
             direct = None if args.skip_direct else load(tool, f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-                                                        direct_body, n, args.duration)
-            gw = load(tool, f"{gateway}/v1/chat/completions", gw_body, n, args.duration)
-            rows.append((n, direct, gw))
-        la = os.getloadavg()
-        print(f"\nbench: tool={tool}, {args.duration}s per point, upstream latency {args.latency_ms:g} ms, "
-              f"perf env {'off' if args.no_perf else 'on'}, load average after run {la[0]:.2f}\n")
-        print("| clients | target | req/s | p50 ms | p99 ms | added p50 ms | errors |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for n, direct, gw in rows:
-            if direct:
-                print(f"| {n} | mock upstream | {direct['rps']:.1f} | {direct['p50']:.1f} | {direct['p99']:.1f} | | {direct['non2xx']} |")
-            added = f"{gw['p50'] - direct['p50']:.1f}" if direct else ""
-            print(f"| {n} | doka gateway | {gw['rps']:.1f} | {gw['p50']:.1f} | {gw['p99']:.1f} | {added} | {gw['non2xx']} |")
-        return 0
+                                                        {**BODY, "model": "gpt-3.5-turbo"}, n, args.duration)
+            rows.append((n, "mock upstream", direct, None))
+            for m in models:
+                rows.append((n, f"doka {m}", load(tool, url, {**BODY, "model": m}, n, args.duration, gw.headers), direct))
+                r = rows[-1][2]
+                print(f"  {n:>3} clients  doka {m:<14} {r['rps']:8.1f} req/s  p50 {r['p50']:7.1f} ms  "
+                      f"p99 {r['p99']:7.1f} ms  errors {r['non2xx']}", flush=True)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if tmp is not None:
-            os.unlink(tmp.name)
+        if gw is not None:
+            gw.stop()
+        if mock is not None:
+            mock.terminate()
+            mock.wait(30)
+    la = os.getloadavg()
+    print(f"\nbench: tool={tool}, {args.duration}s per point, upstream latency {args.latency_ms:g} ms, "
+          f"keys {args.keys}, auto router {args.router}, perf env {'off' if args.no_perf else 'on'}, "
+          f"load average before/after {la_before[0]:.2f}/{la[0]:.2f}\n")
+    print("| clients | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, name, r, direct in rows:
+        if r is None:
+            continue
+        added = (f"{r['p50'] - direct['p50']:.1f}", f"{r['p99'] - direct['p99']:.1f}") if direct else ("", "")
+        print(f"| {n} | {name} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {added[0]} | {added[1]} | "
+              f"{r['non2xx']} |")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ bounded aiohttp loop): requests/s, p50/p99, the latency added over the mock's ow
 concurrency, errors, and the peak RSS of each process tree (sampled every 0.5 s). It writes a
 Markdown section into docs/benchmarks.md and a plot to docs/bench-compare.png:
 
-    python -m load.compare                       # = make bench-compare = doka bench --compare
+    python -m load.compare                       # = doka bench --compare (part of make bench)
     python -m load.compare --clients 1,10,50 --duration 15 --no-docs
 
 Only 127.0.0.1 is ever targeted and every step is bounded in time.
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from load.bench_gateway import BODY, _free_port, _wait_http, bench_config, load
+from load.bench_gateway import BODY, MASTER_KEY, REGISTRY, Gateway, _free_port, _wait_http, bench_config, load
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -44,9 +44,8 @@ def litellm_proxy_config(doka_raw: dict[str, Any]) -> dict[str, Any]:
               for m in doka_raw["model_list"] if m.get("provider", "litellm") == "litellm"]
     return {"model_list": models,
             "litellm_settings": {"telemetry": False, "drop_params": True, "num_retries": 0},
-            "general_settings": {"disable_spend_logs": True,
-                                 # no auth on either gateway (doka runs keys off here too)
-                                 "dangerously_permit_weak_or_unset_master_key": True}}
+            # a master key, no database: LiteLLM checks the key and keeps no ledger (doka does both)
+            "general_settings": {"disable_spend_logs": True, "master_key": MASTER_KEY}}
 
 
 class Tree:
@@ -54,6 +53,7 @@ class Tree:
 
     def __init__(self, name: str, proc: subprocess.Popen) -> None:
         self.name, self.proc, self.peak = name, proc, 0
+        self.gateway: Any = None  # doka's load.bench_gateway.Gateway, stopped with its HAProxy
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -80,6 +80,9 @@ class Tree:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.gateway is not None:
+            self.gateway.stop()  # doka: also its HAProxy and temp dirs
+            return
         self.proc.terminate()
         try:
             self.proc.wait(60)
@@ -92,45 +95,50 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[str, str]]:
-    """Mock, doka and LiteLLM proxy on free ports; returns their trees and chat URLs."""
+def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[str, str], dict[str, dict[str, str]]]:
+    """Mock, doka and LiteLLM proxy on free ports; returns their trees, chat URLs and auth headers.
+
+    doka runs as in production: keys required (a virtual key with quotas: key check, reservation,
+    settle, ledger row per request) and `auto` answered by the learned router.
+    """
     env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key"),
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-           # Serve's throughput mode; HAProxy only when its binary is installed
-           "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),
-           "RAY_SERVE_ENABLE_HA_PROXY": os.environ.get("RAY_SERVE_ENABLE_HA_PROXY",
-                                                       "1" if shutil.which("haproxy") else "0")}
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
     trees: dict[str, Tree] = {}
-    mock_port, doka_port, litellm_port = _free_port(), _free_port(), _free_port()
+    mock_port, litellm_port = _free_port(), _free_port()
     trees["mock upstream"] = Tree("mock upstream", _spawn(
         [sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port), "--latency-ms", str(latency_ms)],
         env, workdir / "mock.log"))
     _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
-    raw = bench_config(mock_port, doka_port)
-    (workdir / "doka.yaml").write_text(yaml.safe_dump(raw))
+    raw = bench_config(mock_port, 0)
     (workdir / "litellm.yaml").write_text(yaml.safe_dump(litellm_proxy_config(raw)))
-    trees["doka"] = Tree("doka", _spawn(
-        [sys.executable, "-m", "app.cli", "run", "--config", str(workdir / "doka.yaml"), "--no-mock"],
-        env, workdir / "doka.log"))
+    learned = (REGISTRY / "latest").exists()
+    gw = Gateway(mock_port, keys=True, learned=learned, tag="compare", log=workdir / "doka.log")
+    trees["doka"] = Tree("doka", gw.proc)
+    trees["doka"].gateway = gw
     litellm_bin = shutil.which("litellm", path=str(Path(sys.executable).parent)) or "litellm"
     trees["LiteLLM proxy"] = Tree("LiteLLM proxy", _spawn(
         [litellm_bin, "--config", str(workdir / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(litellm_port),
          "--num_workers", "1"], env, workdir / "litellm.log"))
-    _wait_http(f"http://127.0.0.1:{doka_port}/health/liveliness", 240)
-    _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", 240)
+    gw.ready()
+    trees["doka"].proc = gw.proc  # ready() may have restarted it
+    _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", 240, workdir / "litellm.log")
+    doka = f"{gw.url}/v1/chat/completions"
     urls = {"mock upstream": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-            "doka": f"http://127.0.0.1:{doka_port}/v1/chat/completions",
+            "doka": doka, "doka auto": doka,
             "LiteLLM proxy": f"http://127.0.0.1:{litellm_port}/v1/chat/completions"}
-    return trees, urls
+    headers = {"mock upstream": {}, "doka": gw.headers, "doka auto": gw.headers,
+               "LiteLLM proxy": {"Authorization": f"Bearer {MASTER_KEY}"}}
+    return trees, urls, headers
 
 
-def measure(urls: dict[str, str], clients: list[int], duration: int, tool: str) -> list[dict[str, Any]]:
+def measure(urls: dict[str, str], clients: list[int], duration: int, tool: str,
+            headers: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for name, url in urls.items():  # warm-up: connections, lazy imports, caches
-        load(tool, url, _body(name), 4, 2)
+        load(tool, url, _body(name), 4, 2, headers.get(name))
     for n in clients:
         for name, url in urls.items():
-            r = load(tool, url, _body(name), n, duration)
+            r = load(tool, url, _body(name), n, duration, headers.get(name))
             errors = int(r["non2xx"]) + _socket_errors(str(r.get("socket_errors", "")))
             rows.append({"clients": n, "target": name, "rps": r["rps"], "p50": r["p50"], "p99": r["p99"],
                          "errors": errors})
@@ -140,7 +148,7 @@ def measure(urls: dict[str, str], clients: list[int], duration: int, tool: str) 
 
 
 def _body(target: str) -> dict[str, Any]:
-    return {**BODY, "model": "gpt-3.5-turbo" if target == "mock upstream" else MODEL}
+    return {**BODY, "model": {"mock upstream": "gpt-3.5-turbo", "doka auto": "auto"}.get(target, MODEL)}
 
 
 def _socket_errors(text: str) -> int:
@@ -157,7 +165,7 @@ def table(rows: list[dict[str, Any]], peaks: dict[str, int]) -> str:
         added = ("", "") if r["target"] == "mock upstream" or d is None else (
             f"{r['p50'] - d['p50']:.1f}", f"{r['p99'] - d['p99']:.1f}")
         out.append(f"| {r['clients']} | {r['target']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                   f"{added[0]} | {added[1]} | {r['errors']} | {peaks.get(r['target'], 0) / 2**20:.0f} |")
+                   f"{added[0]} | {added[1]} | {r['errors']} | {peaks.get(r['target'], peaks.get(r['target'].split()[0], 0)) / 2**20:.0f} |")
     return "\n".join(out)
 
 
@@ -222,12 +230,12 @@ def run_compare(args: argparse.Namespace) -> int:
     la_before = os.getloadavg()
     trees: dict[str, Tree] = {}
     try:
-        trees, urls = start_all(args.latency_ms, workdir)
+        trees, urls, headers = start_all(args.latency_ms, workdir)
         idle = {name: t.rss() for name, t in trees.items()}
         for t in trees.values():
             t.peak = 0  # peaks under load only (start-up spikes are not the steady footprint)
         print(f"compare: tool={tool}, {args.duration}s per point, clients {clients}; logs in {workdir}", flush=True)
-        rows = measure(urls, clients, args.duration, tool)
+        rows = measure(urls, clients, args.duration, tool, headers)
         peaks = {name: max(t.peak, t.rss()) for name, t in trees.items()}
     finally:
         for t in reversed(list(trees.values())):
@@ -237,16 +245,23 @@ def run_compare(args: argparse.Namespace) -> int:
     top = max(clients)
     cmd = "python -m load.compare" + (f" --clients {args.clients}" if args.clients != "1,10,50" else "") + (
         f" --duration {args.duration}" if args.duration != 15 else "")
-    section = f"""## Side by side: mock upstream vs doka vs LiteLLM proxy
+    busy = max(la_before[0], la_after[0]) > 2 * (os.cpu_count() or 1)
+    caveat = (f" CAVEAT: load average reached {max(la_before[0], la_after[0]):.0f} on {os.cpu_count()} cores "
+              "(other work on the box), so these figures measure contention, not the gateways; rerun when "
+              "idle." if busy else "")
+    section = f"""## doka vs LiteLLM proxy
 
 ```bash
-{cmd}    # or: make bench-compare / doka bench --compare
+{cmd}    # or: doka bench --compare (make bench runs it)
 ```
 
-Same mock upstream ({args.latency_ms:g} ms latency), same model list (`{MODEL}`), keys off on both
-gateways, one LiteLLM proxy worker (`litellm --config ... --num_workers 1`, litellm
-{_litellm_version()}), doka via `doka run` (Ray Serve, one ingress and one egress replica,
-RAY_SERVE_THROUGHPUT_OPTIMIZED=1, HAProxy {'on' if shutil.which('haproxy') else 'off (binary not installed)'}).
+Same mock upstream ({args.latency_ms:g} ms latency), same model list (`{MODEL}`). LiteLLM proxy: one
+worker (`litellm --config ... --num_workers 1`, litellm {_litellm_version()}), master key, no
+database (so no key lookup and no spend rows). doka: `doka run` (Ray Serve, one ingress, egress
+and router replica, RAY_SERVE_THROUGHPUT_OPTIMIZED=1 with HAProxy), keys ON: every request
+carries a virtual key with quotas, budget and rate limits (key check + reservation + settle +
+ledger row); `doka auto` = `model: "auto"` answered by the learned router
+({'latest artifact of `doka router bootstrap`' if (REGISTRY / 'latest').exists() else 'weighted round-robin: no artifact'}).
 Load: {tool}, {args.duration} s per point, after a 2 s warm-up. "added" = the target's latency
 minus the mock's own at the same concurrency. Peak RSS: the whole process tree during the load
 (doka: driver + Ray GCS/raylet/dashboard + every replica; idle after start-up:
@@ -255,7 +270,7 @@ Load average before / after: {la_before[0]:.1f} / {la_after[0]:.1f} on a shared 
 
 {md}
 
-**{verdict(rows, top)}**
+**{verdict(rows, top)}**{caveat}
 
 ![side by side](bench-compare.png)
 """
