@@ -136,6 +136,10 @@ class ServedRouter:
         self.handle = serve.run(RouterDeployment.options(name="Router", num_replicas=1, user_config=None,
                                                          ray_actor_options={"num_cpus": 0.1}).bind(raw),
                                 name=name, route_prefix=None)
+        # this test calls the handle from plain (sync) code; with RAY_SERVE_THROUGHPUT_OPTIMIZED
+        # handles default to routing on the caller's event loop, which sync code does not have
+        if not self.handle.is_initialized:
+            self.handle._init(_run_router_in_separate_loop=True)
 
     def call(self, method: str, *args):
         return getattr(self.handle, method).remote(*args).result(timeout_s=60)
