@@ -280,6 +280,8 @@ class AccountsCore:
             meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
         self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
                      status, route_reason, request_id, stream)
+        if self._closed:  # no flush loop any more (shutting down): write this row now, not never
+            await self.flush()
         return _ok(cost_usd)
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:

@@ -8,7 +8,9 @@ every ingress replica shares one set of counters (one event loop decides admissi
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -41,7 +43,9 @@ class AccountsService:
 
         from app.config import parse_config
 
-        kwargs = core_kwargs(parse_config(config, source="accounts deployment"))
+        cfg = parse_config(config, source="accounts deployment")
+        kwargs = core_kwargs(cfg)
+        self._settle_wait_s = shutdown_timeout_s(cfg) - 5.0  # leave time for the final flush
         self.core = ray.remote(AccountsCore).options(num_cpus=0, max_concurrency=100_000).remote(**kwargs)
 
     async def core_handle(self) -> Any:
@@ -52,15 +56,33 @@ class AccountsService:
         await self.core.stats.remote()
 
     async def __del__(self) -> None:
+        """Graceful shutdown: let open reservations settle, then flush the ledger.
+
+        Serve stops an app's deployments in no particular order: on a redeploy this replica may
+        go while ingress replicas are still draining streams it authorized. Their settlements
+        come to this core, so it stays until none is open (or the shutdown budget runs out).
+        """
         try:
+            deadline = time.monotonic() + self._settle_wait_s
+            while time.monotonic() < deadline:
+                stats = await self.core.stats.remote()
+                if not stats.get("ok", {}).get("reservations"):
+                    break
+                await asyncio.sleep(0.2)
             await self.core.close.remote()
         except Exception:  # already gone: nothing left to flush
             log.exception("accounts: final flush failed")
 
 
+def shutdown_timeout_s(cfg: Any) -> float:
+    """Outlive the ingress's own drain (Serve floors an HAProxy-fronted ingress at 35 s)."""
+    return max(float(cfg.deployments.ingress.graceful_shutdown_timeout_s), 35.0) + 15.0
+
+
 def build_accounts_app(cfg: Any):
     """The accounts deployment bound to the config (what `app.graph` passes to the ingress)."""
-    return AccountsService.bind(cfg.model_dump(mode="json", exclude_unset=True))
+    return AccountsService.options(graceful_shutdown_timeout_s=shutdown_timeout_s(cfg)).bind(
+        cfg.model_dump(mode="json", exclude_unset=True))
 
 
 class Grant(Principal):

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 import uuid
+from functools import partial
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -154,6 +155,13 @@ class _Attempt:
         self.result, self.model, self.reason, self.tried = result, model, reason, tried
 
 
+def _settled(pending: set, request_id: str, task: asyncio.Task) -> None:
+    """Done callback of a settle task: forget it, log a failure (the answer was already sent)."""
+    pending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("ingress: settle failed for %s", request_id, exc_info=task.exception())
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -187,6 +195,21 @@ class Ingress:
         self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks or n in self._backends]
         self._public_set = set(self._public)
         self._models_payload = dumps(self._model_list())
+        self._settling: set[asyncio.Task] = set()  # ledger settlements still running
+
+    async def __del__(self) -> None:
+        """Graceful shutdown: finish ledger settlements still in flight (Serve bounds the wait).
+
+        Serve stops an app's deployments in no particular order, so a draining ingress may find
+        the accounts replica replaced; the settle then waits for the new one instead of being lost.
+        """
+        pending = [t for t in getattr(self, "_settling", ()) if not t.done()]
+        if pending:
+            logger.info("ingress: waiting for %d ledger settlements before exiting", len(pending))
+            await asyncio.wait(pending, timeout=self.cfg.deployments.ingress.graceful_shutdown_timeout_s)
+        parent = getattr(super(), "__del__", None)  # Serve's ASGI wrapper: the app's lifespan shutdown
+        if parent is not None:
+            await parent()
 
     # ------------------------------------------------------------------ endpoints
     @app.post("/v1/chat/completions")
@@ -392,6 +415,7 @@ class Ingress:
         """Chunks as they come; an error after the first chunk ends the stream with an error event."""
         usage: dict | None = None
         status = 200
+        settled = False
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
         try:
             if first is not None:
@@ -404,6 +428,9 @@ class Ingress:
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     yield b"data: " + dumps(chunk) + b"\n\n"
+            # settle before `[DONE]`: once the client has it, this generator may never run again
+            self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+            settled = True
             yield b"data: [DONE]\n\n"
         except Exception as e:
             err = _unwrap(e)
@@ -411,9 +438,10 @@ class Ingress:
             msg = err.message if isinstance(err, UpstreamError) else f"{type(err).__name__}: {err}"
             yield OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error").sse_event()
         finally:
+            if not settled:  # cut short (error, client gone): charge what was delivered
+                self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
-            await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
 
     # ------------------------------------------------------------------ helpers
     def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
@@ -432,19 +460,35 @@ class Ingress:
 
     async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
                       status: int, started: float, reason: str | None, stream: bool) -> None:
+        task = self._start_settle(grant, request_id, requested, model, usage, status, started, reason, stream)
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)  # a cancelled caller (client gone) leaves the settle running
+        except Exception:  # logged by _settled; the answer is already on its way, never break it
+            pass
+
+    def _start_settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
+                      status: int, started: float, reason: str | None, stream: bool) -> asyncio.Task | None:
+        """Record the request and start its ledger settlement as a task of its own.
+
+        Not tied to the request's coroutine: a stream's generator may be cancelled or never
+        resumed once the client has `[DONE]`, and the ledger row must not go with it. The
+        replica's __del__ waits for unfinished settlements on graceful shutdown.
+        """
         self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason)
         if isinstance(self._accounts, NoAccounts):
-            return
+            return None
         usage = usage or {}
         entry = self.cfg.model(model) if model else None
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        try:
-            await self._accounts.settle(
-                grant, request_id=request_id, model_requested=requested, model=model, prompt_tokens=p,
-                completion_tokens=c, cost_usd=entry.cost(p, c) if entry else None, status=status,
-                latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream)
-        except Exception:  # the answer is already on its way; a ledger error must not break it
-            logger.exception("ingress: settle failed for %s", request_id)
+        task = asyncio.ensure_future(self._accounts.settle(
+            grant, request_id=request_id, model_requested=requested, model=model, prompt_tokens=p,
+            completion_tokens=c, cost_usd=entry.cost(p, c) if entry else None, status=status,
+            latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream))
+        self._settling.add(task)
+        task.add_done_callback(partial(_settled, self._settling, request_id))
+        return task
 
     def _model_list(self) -> dict[str, Any]:
         data = []

@@ -80,12 +80,16 @@ def wait_ok(url: str, timeout: float) -> None:
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
-    """OS pids of the live replica actors of one deployment (Ray's state API)."""
-    from ray.util.state import list_actors
+    """OS pids of the RUNNING replicas of one deployment, from the Serve controller.
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{app}:{deployment}"), ("state", "=", "ALIVE")],
-                         detail=True)
-    return [a.pid for a in actors if a.pid]
+    (Serve's own details, not Ray's state API: that needs the dashboard, which the test
+    session's cluster does not start.)
+    """
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    dep = (details.get("applications", {}).get(app) or {}).get("deployments", {}).get(deployment) or {}
+    return [r["pid"] for r in dep.get("replicas", []) if r.get("state") == "RUNNING" and r.get("pid")]
 
 
 def kill_replica(app: str, deployment: str) -> int:
