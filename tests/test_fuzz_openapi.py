@@ -40,26 +40,8 @@ def _with_bodies(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-@pytest.fixture(scope="module")
-def ingress_spec(gateway):
-    spec = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()
-    loaded = schemathesis.openapi.from_dict(_with_bodies(spec))
-    loaded.config.base_url = gateway.url
-    yield loaded
-    record(ScenarioResult(
-        scenario="schemathesis fuzz of /openapi.json", load=f"{EXAMPLES} examples x every operation",
-        faults="generated valid + invalid params, bodies, headers", requests=sum(SEEN.values()),
-        errors=sum(v for k, v in SEEN.items() if k.startswith("5")), status_counts=dict(sorted(SEEN.items())),
-        data_lost=None, passed=not BAD, notes=f"{len(BAD)} bad answers" + (f": {BAD[:3]}" if BAD else "")))
-
-
-schema = schemathesis.pytest.from_fixture("ingress_spec")
-
-
-@schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-def test_no_500_and_every_error_in_openai_shape(case, gateway):
-    response = case.call(base_url=gateway.url, timeout=30)
+def _check(case: Any, base_url: str) -> None:
+    response = case.call(base_url=base_url, timeout=30)
     status = response.status_code
     SEEN[str(status)] += 1
     where = f"{case.method} {case.formatted_path} -> {status}"
@@ -71,3 +53,48 @@ def test_no_500_and_every_error_in_openai_shape(case, gateway):
         if not openai_error_shape(body):
             BAD.append(f"{where} (shape)")
         assert openai_error_shape(body), f"{where}: not an OpenAI error: {response.text[:300]}"
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_500_and_every_error_in_openai_shape(gateway, mock, mode):
+    """Hypothesis drives schemathesis' strategy for every operation (no pytest plugin magic)."""
+    from hypothesis import given
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
+
+    spec = httpx.get(f"{gateway.url}/openapi.json", timeout=30).json()
+    loaded = schemathesis.openapi.from_dict(_with_bodies(spec))
+    generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
+    before = sum(SEEN.values())
+    operations = [result.ok() for result in loaded.get_all_operations()]
+    skipped: list[str] = []
+    assert len(operations) >= 5, [f"{o.method} {o.path}" for o in operations]
+    for operation in operations:
+        try:
+            strategy = operation.as_strategy(generation_mode=generation)
+        except Exception as e:  # noqa: BLE001 - an operation with nothing to negate has no negative cases
+            if mode == "negative":
+                continue
+            raise AssertionError(f"{operation.method} {operation.path}: {e}") from e
+
+        @given(case=strategy)
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+                  derandomize=True, database=None)
+        def run(case: Any) -> None:
+            _check(case, gateway.url)
+
+        try:
+            run()
+        except Unsatisfiable:  # negative mode: an operation with no input has nothing to make invalid
+            assert mode == "negative", f"{operation.method} {operation.path}: no cases generated"
+            skipped.append(f"{operation.method} {operation.path}")
+    requests = sum(SEEN.values()) - before
+    assert requests >= len(operations) - len(skipped), f"only {requests} requests were made"
+    if mode == "negative":  # the bodies and parameters that matter must have been fuzzed
+        assert not {"POST /v1/chat/completions", "POST /v1/completions"} & set(skipped), skipped
+    if mode == "negative":
+        record(ScenarioResult(
+            scenario="schemathesis fuzz of /openapi.json", load=f"{EXAMPLES} examples x every operation x 2 modes",
+            faults="generated valid + invalid params, bodies, headers", requests=sum(SEEN.values()),
+            errors=sum(v for k, v in SEEN.items() if k.startswith("5")), status_counts=dict(sorted(SEEN.items())),
+            data_lost=None, passed=not BAD, notes=f"{len(BAD)} bad answers" + (f": {BAD[:3]}" if BAD else "")))
