@@ -99,7 +99,9 @@ class DeploymentOptions(_Strict):
     max_ongoing_requests: int = 256
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
-    graceful_shutdown_timeout_s: float = Field(20.0, gt=0, description="Serve force-kills a draining replica after this")
+    # 40 s: at or above the floor Serve puts on a direct-ingress replica (30 s drain + 5 s), so
+    # `serve run` and a declarative serveConfigV2 end up with the same setting
+    graceful_shutdown_timeout_s: float = Field(40.0, gt=0, description="Serve force-kills a draining replica after this")
     graceful_shutdown_wait_loop_s: float | None = Field(
         None, gt=0, description="how often a draining replica re-checks for in-flight requests (Serve's default: 2 s)")
 

@@ -66,9 +66,14 @@ class MockUpstream:
     def __init__(self, port: int, latency_ms: float = 5) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # its log goes to a file: a pipe nobody reads fills up with the tracebacks of injected
+        # faults and then blocks the mock mid-request
+        log_dir = REPO / ".doka" / "test"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_dir / f"mock-upstream-{port}.log", "w")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "load.mock_upstream", "--port", str(port), "--latency-ms", str(latency_ms)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -94,6 +99,7 @@ class MockUpstream:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
 
 
 @pytest.fixture(scope="session")

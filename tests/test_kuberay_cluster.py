@@ -210,6 +210,9 @@ def test_serve_config_v2_is_the_app_serve_run_starts(head, tmp_path, monkeypatch
         serve.delete(name)
         _wait_deleted(head, name)
     finally:
+        from ray.serve.context import _disconnect
+
+        _disconnect()  # forget this head's Serve controller: later tests use the session cluster's
         ray.shutdown()
 
     # 2. the RayService's serveConfigV2, deployed the way KubeRay does (the dashboard's Serve REST API)
