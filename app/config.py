@@ -140,7 +140,6 @@ class RouterConfig(_Strict):
     poll_interval_s: float = Field(0, ge=0, description="0 disables polling the registry for a newer `latest`")
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
-    max_prompt_tokens: int = Field(48, ge=8, description="routing input is truncated to this many tokens")
 
 
 class ServerConfig(_Strict):

@@ -98,7 +98,6 @@ def build_engine(cfg: DokaConfig, target: Any) -> Any:
     """Load, verify and bind one artifact (runs in the loader thread; raises ArtifactError)."""
     from router.artifact import ArtifactError
     from router.engine import LearnedEngine
-    from router.featurizer import featurizer_id_for, get_featurizer
     from router.reloader import router_signing_key
     from router.runtime import LearnedRouter
 
@@ -108,8 +107,9 @@ def build_engine(cfg: DokaConfig, target: Any) -> Any:
     if key is None:
         raise ArtifactError("no artifact signing key: set DOKA_SIGNING_KEY (or DOKA_SIGNING_KEY_FILE), or run "
                             "`doka router bootstrap` to create a local dev key in the data dir")
-    featurizer = get_featurizer(featurizer_id_for(cfg.router.max_prompt_tokens))  # once per replica
-    router = LearnedRouter.load(target.registry, target.artifact, key, featurizer=featurizer)
+    # The signed artifact names its featurizer (id + weights fingerprint, both verified on load);
+    # featurizers are shared per process, so a replica loads each embedding model once.
+    router = LearnedRouter.load(target.registry, target.artifact, key)
     engine = LearnedEngine(router, cfg)
     if not engine.models:
         raise ArtifactError(f"artifact {router.version} knows labels {router.labels}, none of which is an `auto` "

@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(run_all())
         version = status.get("artifact_version") or status.get("version")
+        from router.registry import Registry
+
+        meta = json.loads((Registry(args.registry).resolve(version or args.artifact) / "metadata.json").read_text())
+        featurizer = meta["featurizer"]["id"]
     finally:
         try:
             serve.shutdown()
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
             shutil.rmtree(tmp, ignore_errors=True)
     la = os.getloadavg()
-    print(f"\nrouter: artifact {version}, featurizer MiniLM-L6 ONNX ({r.max_prompt_tokens} tokens, "
+    print(f"\nrouter: artifact {version}, featurizer {featurizer} (ONNX/numpy, "
           f"{os.environ.get('DOKA_ONNX_THREADS', '1')} thread), serve.batch max {r.max_batch_size} / "
           f"{r.batch_wait_timeout_s * 1000:g} ms, 1 replica; load average before/after "
           f"{la_before[0]:.1f}/{la[0]:.1f} on {os.cpu_count()} cores\n")

@@ -111,12 +111,25 @@ def _fit_per_label(make, soft_labels: bool):
     return fit
 
 
+def _positive_linear(est: Any) -> tuple[np.ndarray, float] | None:
+    """(coef, intercept) of a binary LogisticRegression whose positive class is 1.0, else None."""
+    coef = getattr(est, "coef_", None)
+    classes = list(getattr(est, "classes_", []))
+    if coef is None or coef.shape[0] != 1 or classes != [0.0, 1.0]:
+        return None
+    return coef[0], float(est.intercept_[0])
+
+
 def _predict_per_label(proba: bool):
     def predict(state, X):
         out = np.zeros((len(X), len(state["models"])))
         for j, est in enumerate(state["models"]):
             if est is None:
                 out[:, j] = state["constants"][j]
+            elif proba and (lin := _positive_linear(est)) is not None:
+                # sigmoid(X w + b) is exactly predict_proba's class-1 column, without sklearn's
+                # per-call input validation (~0.4 ms per label, 11 labels, on every request)
+                out[:, j] = _sigmoid(np.asarray(X, dtype=np.float64) @ lin[0] + lin[1])
             elif proba:
                 out[:, j] = est.predict_proba(X)[:, list(est.classes_).index(1.0)]
             else:

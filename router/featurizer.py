@@ -8,6 +8,12 @@ The default, `minilm-l6-v2`, is sentence-transformers all-MiniLM-L6-v2 from the 
   one short query takes a few ms on one thread.
 - `torch`: the sentence-transformers module itself; the reference the ONNX path is tested against.
 
+`minilm-l6-v2-static` is the cheap path (Model2Vec-style distillation of the same model): every
+vocabulary token is run through MiniLM once ([CLS] token [SEP], mean-pooled), the 30k x 384
+table is cached under the cache dir, and a prompt's embedding is the Zipf-weighted mean of its
+tokens' rows. No transformer runs per request: ~0.1 ms per prompt instead of ~18 ms, so it can
+read far more of the prompt (default 256 tokens, head+tail) at a fraction of the cost.
+
 Routing input is truncated to a token budget (default 48) keeping the head and the tail of the
 prompt (1/4 head, 3/4 tail), because few-shot and long prompts carry the actual question at the
 end. The budget is part of the featurizer id (`minilm-l6-v2` = 48 tokens, `minilm-l6-v2@t128`
@@ -30,7 +36,13 @@ import numpy as np
 DEFAULT_FEATURIZER_ID = "minilm-l6-v2"
 DEFAULT_MAX_TOKENS = 48
 ONNX_OPSET = 17
-_ID_RE = re.compile(r"^(?P<base>minilm-l6-v2|hashing-(?P<dim>\d+))(?:@t(?P<tokens>\d+))?$")
+STATIC_FEATURIZER_ID = "minilm-l6-v2-static"
+STATIC_MAX_TOKENS = 256
+# What `doka router train` uses unless told otherwise: on RouterBench it routes better than the
+# full transformer at 48 tokens (docs/benchmarks.md) at ~1/30 of the per-request cost.
+ROUTING_FEATURIZER_ID = STATIC_FEATURIZER_ID
+STATIC_METHOD = "m2v1"  # part of the fingerprint: a change to the distillation invalidates artifacts
+_ID_RE = re.compile(r"^(?P<base>minilm-l6-v2-static|minilm-l6-v2|hashing-(?P<dim>\d+))(?:@t(?P<tokens>\d+))?$")
 
 
 class FeaturizerError(ValueError):
@@ -222,6 +234,96 @@ def export_minilm_onnx(model_dir: Path, target: Path) -> Path:
     return target
 
 
+class StaticMiniLMFeaturizer:
+    """MiniLM distilled to one vector per token: a table lookup and a weighted mean per prompt.
+
+    Token weights follow Model2Vec's Zipf heuristic: BERT's word-piece ids past the character
+    block are roughly frequency-ordered, so weight = log(1 + rank) damps "the", "of", "?" and
+    lets rarer, content-bearing tokens dominate the mean.
+    """
+
+    dim = 384
+
+    def __init__(self, max_tokens: int = STATIC_MAX_TOKENS):
+        if max_tokens < 8 or max_tokens > 4096:
+            raise FeaturizerError(f"max_tokens must be in [8, 4096], got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.id = STATIC_FEATURIZER_ID if max_tokens == STATIC_MAX_TOKENS else f"{STATIC_FEATURIZER_ID}@t{max_tokens}"
+        self._encoder = MiniLMFeaturizer(max_tokens=8)  # tokenizer, weights and ONNX graph of the teacher
+        self.fingerprint = f"{self._encoder.fingerprint}-{STATIC_METHOD}"
+        self._tok = self._encoder._tok
+        self._lock = threading.Lock()
+        self._table: np.ndarray | None = None
+        self._special = {self._tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]")}
+
+    def table_path(self) -> Path:
+        fp = self._encoder.fingerprint.split(":")[1]
+        return cache_dir() / "static" / f"minilm-l6-v2-{fp}-{STATIC_METHOD}.npy"
+
+    def table(self) -> np.ndarray:
+        """[vocab, 384] weighted token vectors (built once per machine, 47 MB in memory)."""
+        with self._lock:
+            if self._table is None:
+                path = self.table_path()
+                if not path.exists():
+                    build_static_table(self._encoder, path, self._special)
+                self._table = np.ascontiguousarray(np.load(path))
+            return self._table
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Head+tail token ids; text far over budget is cut by characters first (tokenising
+        a 100 kB prompt to keep 256 tokens would cost more than the embedding)."""
+        budget = self.max_tokens
+        head = budget // 4
+        chars = budget * 8
+        cut = [t if len(t) <= chars else t[: chars // 4] + " " + t[-(chars - chars // 4):] for t in (x or "" for x in texts)]
+        out = []
+        for enc in self._tok.encode_batch(cut, add_special_tokens=False):
+            ids = enc.ids
+            if len(ids) > budget:
+                ids = ids[:head] + ids[len(ids) - (budget - head):]
+            out.append(ids)
+        return out
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        table = self.table()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, ids in enumerate(self.token_ids(list(texts))):
+            if ids:
+                out[i] = table[np.asarray(ids, dtype=np.int64)].sum(axis=0)
+        return _l2(out)
+
+
+def build_static_table(encoder: MiniLMFeaturizer, target: Path, special: set[int], batch: int = 512) -> Path:
+    """Run every vocabulary token through MiniLM once; save the Zipf-weighted table atomically."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            return target
+        session = encoder._onnx()
+        vocab = encoder._tok.get_vocab_size()
+        cls, sep = encoder._cls, encoder._sep
+        table = np.zeros((vocab, encoder.dim), dtype=np.float32)
+        for start in range(0, vocab, batch):
+            ids = np.arange(start, min(vocab, start + batch), dtype=np.int64)
+            input_ids = np.stack([np.full_like(ids, cls), ids, np.full_like(ids, sep)], axis=1)
+            hidden = session.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
+                                                         "token_type_ids": np.zeros_like(input_ids)})[0]
+            table[start : start + len(ids)] = hidden.mean(axis=1)
+        table = _l2(table)
+        weights = np.log1p(np.arange(vocab, dtype=np.float32) + 1.0)  # Zipf: rank ~ id in BERT's vocab
+        weights[sorted(i for i in special if i is not None)] = 0.0
+        table *= weights[:, None]
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp.npy")
+        np.save(tmp, table.astype(np.float32))
+        os.replace(tmp, target)
+    return target
+
+
 class HashingFeaturizer:
     """A cheap, model-free featurizer (character n-gram hashing); for speed, not accuracy."""
 
@@ -247,7 +349,7 @@ def parse_featurizer_id(featurizer_id: str) -> tuple[str, int | None]:
     m = _ID_RE.match(featurizer_id or "")
     if not m:
         raise FeaturizerError(
-            f"unknown featurizer id {featurizer_id!r}; known: 'minilm-l6-v2[@t<tokens>]', 'hashing-<dim>'"
+            f"unknown featurizer id {featurizer_id!r}; known: 'minilm-l6-v2[@t<tokens>]', 'minilm-l6-v2-static[@t<tokens>]', 'hashing-<dim>'"
         )
     return m.group("base"), int(m.group("tokens")) if m.group("tokens") else None
 
@@ -259,15 +361,12 @@ def get_featurizer(featurizer_id: str = DEFAULT_FEATURIZER_ID, backend: str | No
     key = (featurizer_id, backend)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if base.startswith("hashing-"):
+            if base == STATIC_FEATURIZER_ID:
+                _CACHE[key] = StaticMiniLMFeaturizer(tokens or STATIC_MAX_TOKENS)
+            elif base.startswith("hashing-"):
                 if tokens is not None:
                     raise FeaturizerError("hashing featurizers take no token budget")
                 _CACHE[key] = HashingFeaturizer(int(base.split("-")[1]))
             else:
                 _CACHE[key] = MiniLMFeaturizer(tokens or DEFAULT_MAX_TOKENS, backend=backend)
         return _CACHE[key]
-
-
-def featurizer_id_for(max_tokens: int = DEFAULT_MAX_TOKENS, base: str = DEFAULT_FEATURIZER_ID) -> str:
-    """The id of MiniLM with a given token budget (the router config's `max_prompt_tokens`)."""
-    return base if max_tokens == DEFAULT_MAX_TOKENS else f"{base}@t{max_tokens}"

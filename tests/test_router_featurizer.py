@@ -45,3 +45,29 @@ def test_truncation_keeps_head_and_tail_within_budget():
 def test_unknown_featurizer_is_refused():
     with pytest.raises(FeaturizerError, match="unknown featurizer"):
         get_featurizer("bert-huge")
+
+
+def test_static_featurizer_is_minilm_distilled_to_token_vectors():
+    """The cheap path: each row of its table is MiniLM's own embedding of that one token."""
+    static = get_featurizer("minilm-l6-v2-static")
+    full = get_featurizer("minilm-l6-v2")
+    assert static.id == "minilm-l6-v2-static" and static.dim == 384
+    assert static.fingerprint.startswith(full.fingerprint) and static.fingerprint != full.fingerprint
+    word = static._tok.token_to_id("france")
+    row = static.table()[word]
+    assert np.dot(row / np.linalg.norm(row), full.embed(["france"])[0]) > 0.99  # [CLS] france [SEP], pooled
+    a = static.embed(TEXTS)
+    assert a.dtype == np.float32 and a.shape == (len(TEXTS), 384)
+    assert np.allclose(np.linalg.norm(a[:3], axis=1), 1.0, atol=1e-5) and not a[3].any()  # empty -> zero vector
+    assert np.array_equal(a, static.embed(TEXTS))  # deterministic
+    code = static.embed(["Write a python function that sorts a list of integers.",
+                         "Implement a function to reverse a linked list in python.",
+                         "Hi! How was your weekend? Anything fun?"])
+    assert code[0] @ code[1] > code[0] @ code[2]  # code is nearer code than small talk
+
+
+def test_static_featurizer_reads_head_and_tail_of_long_prompts():
+    static = get_featurizer("minilm-l6-v2-static@t64")
+    ids = static.token_ids(["start " + "filler " * 50_000 + "the real question at the end"])[0]
+    assert len(ids) == 64
+    assert "question at the end" in static._tok.decode(ids[-8:]) and "start" in static._tok.decode(ids[:2])

@@ -15,10 +15,10 @@ from .router_test_data import routerbench_slices
 STRONG, WEAK = "gpt-4-1106-preview", "claude-v2"
 
 
-@pytest.fixture(scope="module")
-def slices(tmp_path_factory):
+@pytest.fixture(scope="module", params=["minilm-l6-v2-static", "minilm-l6-v2"])
+def slices(request, tmp_path_factory):
     train, test = routerbench_slices(tmp_path_factory.mktemp("rb"), n_train=1000, n_test=300)
-    feat = get_featurizer("minilm-l6-v2")
+    feat = get_featurizer(request.param)
     return (train, embed_texts(train.prompts, feat, progress=False)), (test, embed_texts(test.prompts, feat, progress=False))
 
 
@@ -46,3 +46,15 @@ def test_families_handle_missing_scores():
         state = fit_state(name, X, Y, resolve_params(fam, None), progress=False)
         P = fam.predict(state, X)
         assert P.shape == (30, 3) and not np.isnan(P).any(), name
+
+
+def test_logreg_fast_path_is_predict_proba(slices):
+    """The router's numpy path for logistic regression gives sklearn's own probabilities."""
+    (train, Xtr), (_, Xte) = slices
+    fam = get_family("logreg")
+    state = fit_state("logreg", Xtr, train.scores, resolve_params(fam, None), progress=False)
+    ref = np.column_stack([
+        np.full(len(Xte), state["constants"][j]) if est is None else est.predict_proba(Xte)[:, 1]
+        for j, est in enumerate(state["models"])
+    ])
+    assert np.abs(fam.predict(state, Xte) - np.clip(ref, 0, 1)).max() < 1e-6  # float32 input rounding

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strong", default="gpt-4-1106-preview")
     ap.add_argument("--weak", default="mixtral-8x7b-chat")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES))
+    ap.add_argument("--featurizer", default="minilm-l6-v2-static", help="featurizer id every family is trained on")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for fam in args.families:
         t0 = time.time()
-        path = train(args.train, fam, out / f"artifact-{fam}", signing_key=key, holdout=0.0, progress=False)
+        path = train(args.train, fam, out / f"artifact-{fam}", signing_key=key, holdout=0.0, progress=False,
+                     featurizer_id=args.featurizer)
         secs = time.time() - t0
         router = LearnedRouter.from_path(path, key)
         two = evaluate(router, args.test, strong=args.strong, weak=args.weak, progress=False)

@@ -153,7 +153,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf")
     p.add_argument("--data", required=True, help="JSONL dataset")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--featurizer", default="minilm-l6-v2", help="featurizer id (minilm-l6-v2[@t<tokens>], hashing-<dim>)")
+    p.add_argument("--featurizer", default="minilm-l6-v2-static",
+                   help="featurizer id: minilm-l6-v2-static[@t<tokens>] (default, static MiniLM token vectors), "
+                        "minilm-l6-v2[@t<tokens>] (the full transformer), hashing-<dim>")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="family hyperparameter (JSON value)")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction held out for the metrics in the metadata (0: none)")
     p.add_argument("--cost", action="append", metavar="MODEL=USD", help="per-call cost for models without costs")

@@ -12,7 +12,7 @@ import numpy as np
 
 from router.artifact import save_artifact
 from router.families import get_family, resolve_params
-from router.featurizer import DEFAULT_FEATURIZER_ID, get_featurizer
+from router.featurizer import ROUTING_FEATURIZER_ID, get_featurizer
 from training.dataset import Dataset, config_prices, fill_costs, load_jsonl, split
 from training.embeddings import embed_texts
 from training.metrics import multi_model_report
@@ -41,7 +41,7 @@ def train(
     family: str,
     out: str | Path,
     *,
-    featurizer_id: str = DEFAULT_FEATURIZER_ID,
+    featurizer_id: str = ROUTING_FEATURIZER_ID,
     params: dict[str, Any] | None = None,
     holdout: float = 0.2,
     use_ray: bool = False,
