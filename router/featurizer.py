@@ -185,7 +185,10 @@ class MiniLMFeaturizer:
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads
                 opts.inter_op_num_threads = 1
-                self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                # CUDA when this replica has a GPU and onnxruntime-gpu is installed; CPU otherwise
+                providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                             if p in ort.get_available_providers()]
+                self._session = ort.InferenceSession(str(path), opts, providers=providers)
             return self._session
 
 

@@ -96,7 +96,7 @@ def test_serve_config_v2_is_the_app_config(crds):
     assert app["import_path"] == "app.graph:app_builder" and app["name"] == cfg.server.app_name
     assert parse_config(app["args"]["config"]) == cfg  # the inline config is the same config
     deps = {d["name"]: d for d in app["deployments"]}
-    assert deps["Router"]["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert deps["Router"]["ray_actor_options"] == {"num_cpus": 1.0}  # static featurizer: CPU replicas
     assert deps["Router"]["user_config"] == {"strategy": "learned", "artifact": "latest",
                                              "registry": "s3://doka/registry"}
     assert deps["Ingress"]["autoscaling_config"]["max_replicas"] == 8
@@ -104,12 +104,12 @@ def test_serve_config_v2_is_the_app_config(crds):
 
 def test_gpu_worker_group_only_when_the_config_needs_gpus(crds):
     gpu_cfg = load_config(GPU)
-    assert needed_gpus(gpu_cfg) == 5  # 4 vLLM replicas x 1 GPU + 4 router replicas x 0.25
+    assert needed_gpus(gpu_cfg) == 4  # 4 vLLM replicas x 1 GPU (routers run on CPU workers)
     groups = render_all(gpu_cfg, load_options(VALUES))["rayservice.yaml"]["spec"]["rayClusterConfig"][
         "workerGroupSpecs"]
     cpu, gpu = groups
     assert (cpu["groupName"], cpu["minReplicas"], cpu["maxReplicas"]) == ("cpu", 1, 6)
-    assert (gpu["groupName"], gpu["minReplicas"], gpu["maxReplicas"]) == ("gpu-l4", 1, 5)
+    assert (gpu["groupName"], gpu["minReplicas"], gpu["maxReplicas"]) == ("gpu-l4", 1, 4)
     pod = gpu["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
@@ -192,6 +192,9 @@ def test_gpu_example_config_loads():
     qwen = cfg.model("qwen2.5-7b")
     assert qwen.provider == "vllm" and qwen.vllm.model_source == "Qwen/Qwen2.5-7B-Instruct"
     assert qwen.vllm.accelerator_type == "L4"
-    assert cfg.deployments.router.serve_options()["ray_actor_options"]["num_gpus"] == 0.25
+    assert "num_gpus" not in cfg.deployments.router.serve_options()["ray_actor_options"]
+    raw = yaml.safe_load(GPU.read_text())  # a GPU share for transformer-featurizer routers reaches Serve
+    raw["deployments"]["router"]["ray_actor_options"] = {"num_gpus": 0.25}
+    assert parse_config(raw).deployments.router.serve_options()["ray_actor_options"]["num_gpus"] == 0.25
     assert all(m.litellm_params["api_key"].startswith("os.environ/") for m in cfg.model_list if m.provider == "litellm")
     assert cfg.chain_for("qwen2.5-7b") == ["qwen2.5-7b", "gpt-4o-mini", "gpt-4o"]
