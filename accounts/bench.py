@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,12 @@ from typing import Any
 
 import yaml
 
+from load.isolation import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 MASTER = "sk-master-bench"
 BODY = {"model": "mock-gpt-3.5", "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
         "max_tokens": 16}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(mock_port: int, data_dir: str, keys: bool) -> dict[str, Any]:
@@ -89,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("MOCK_API_KEY", "mock-key")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    mock_port, port = _port(), _port()
+    mock_port, port = free_port(), free_port()
     mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port),
                              "--latency-ms", str(args.latency_ms)], cwd=REPO, stdout=subprocess.DEVNULL)
     data_dir = tempfile.mkdtemp(prefix="doka-bench-")

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,12 @@ from typing import Any
 
 import yaml
 
+from load.isolation import free_port, haproxy_env, kill_haproxy
+
 REPO = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-doka-bench-master"  # a throwaway cluster's master key, only on 127.0.0.1
 REGISTRY = REPO / ".doka" / "registry"  # where `doka router bootstrap` publishes
 BODY = {"model": "{model}", "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 16}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_config(mock_port: int, server_port: int, keys: bool = False, learned: bool = False,
@@ -66,39 +61,17 @@ def bench_config(mock_port: int, server_port: int, keys: bool = False, learned: 
 
 
 def gateway_env(tag: str) -> dict[str, str]:
-    """Env for a bench's `doka run`: Serve's throughput mode, its own HAProxy ports and files,
-    and the dev signing key `doka router bootstrap` wrote (the bench's data dir is a temp dir).
-
-    Serve's HAProxy binds fixed ports (8404/9101) and /tmp/haproxy-serve by default, which
-    collides with any other cluster on the machine (the test session's, say).
-    """
-    base = Path(tempfile.mkdtemp(prefix="dkhb", dir="/tmp"))  # HAProxy caps socket paths at 97 chars
+    """Env for a bench's `doka run`: Serve's throughput mode, its own HAProxy ports and files
+    (load/isolation.py), and the dev signing key `doka router bootstrap` wrote (the bench's
+    data dir is a temp dir)."""
+    base = Path(tempfile.mkdtemp(prefix="dkhb", dir="/tmp"))  # short: HAProxy caps socket paths
     env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key"),
            "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
-           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
-           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
-           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state")}
+           **haproxy_env(base)}
     key = REPO / ".doka" / "signing.key"
     if key.exists() and not os.environ.get("DOKA_SIGNING_KEY"):
         env.setdefault("DOKA_SIGNING_KEY_FILE", str(key))
     return env
-
-
-def kill_haproxy(env: dict[str, str]) -> None:
-    """Stop the HAProxy a bench cluster started (it outlives `ray stop`); only ours, by its files."""
-    import psutil
-
-    base = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if "haproxy" in (proc.info["name"] or "") and any(base in a for a in proc.info["cmdline"] or []):
-                proc.kill()
-        except psutil.Error:
-            pass
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def create_key(gateway: str) -> str:
@@ -207,7 +180,7 @@ class Gateway:
     def __init__(self, mock_port: int, keys: bool, learned: bool, perf: bool = True, tag: str = "bench",
                  log: Path | None = None) -> None:
         self.keys, self.learned = keys, learned
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix=f"doka-{tag}-")
         cfg = Path(self.data_dir) / "doka.yaml"
@@ -267,6 +240,7 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         kill_haproxy(self.env)
+        shutil.rmtree(self.env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
         shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
 
@@ -302,7 +276,7 @@ def run_bench(args: argparse.Namespace) -> int:
     mock = gw = None
     la_before = os.getloadavg()
     try:
-        mock_port = _free_port()
+        mock_port = free_port()
         mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port),
                                  "--latency-ms", str(args.latency_ms)], cwd=REPO, stdout=subprocess.DEVNULL)
         _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)

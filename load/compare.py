@@ -23,13 +23,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from load.bench_gateway import BODY, MASTER_KEY, REGISTRY, Gateway, _free_port, _wait_http, bench_config, load
+from load.bench_gateway import BODY, MASTER_KEY, REGISTRY, Gateway, _wait_http, bench_config, load
+from load.isolation import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -104,7 +104,7 @@ def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[s
     env = {**os.environ, "MOCK_API_KEY": os.environ.get("MOCK_API_KEY", "mock-key"),
            "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
     trees: dict[str, Tree] = {}
-    mock_port, litellm_port = _free_port(), _free_port()
+    mock_port, litellm_port = free_port(), free_port()
     trees["mock upstream"] = Tree("mock upstream", _spawn(
         [sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port), "--latency-ms", str(latency_ms)],
         env, workdir / "mock.log"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,9 @@ import httpx
 import pytest
 import yaml
 
+from load.isolation import free_port, kill_haproxy
+from load.isolation import haproxy_env as isolated_haproxy_env
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "config" / "default.yaml"
 
@@ -26,12 +28,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MOCK_API_KEY", "mock-key")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> dict[str, Any]:
@@ -110,35 +106,8 @@ def mock_upstream() -> Iterator[MockUpstream]:
 
 
 def haproxy_env(tag: str) -> dict[str, str]:
-    """Env giving one cluster's HAProxy its own stats/metrics ports and files.
-
-    Serve's HAProxy binds fixed ports (8404 stats, 9101 metrics) and files under
-    /tmp/haproxy-serve by default, so two clusters on one machine (the session's and a
-    private `ray start --head`) would fight over them and the loser's proxy never starts.
-    """
-    base = Path(f"/tmp/dkh-{tag[:4]}{os.getpid()}")  # short: HAProxy caps socket paths at 97 chars
-    base.mkdir(parents=True, exist_ok=True)
-    return {
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
-    }
-
-
-def kill_haproxy(env: dict[str, str]) -> None:
-    """Stop HAProxy processes left by a cluster started with `env` (they outlive `ray stop`)."""
-    import psutil
-
-    base = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if "haproxy" in (proc.info["name"] or "") and any(base in a for a in proc.info["cmdline"] or []):
-                proc.kill()
-        except psutil.Error:
-            pass
+    """A cluster's own HAProxy ports and files (load/isolation.py), named by tag and this session."""
+    return isolated_haproxy_env(Path(f"/tmp/dkh-{tag[:4]}{os.getpid()}"))  # short: HAProxy caps socket paths
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,48 @@
+"""One more gateway on a shared machine: free loopback ports and a private HAProxy.
+
+Serve's HAProxy binds fixed ports (8404 stats, 9101 metrics) and files under
+/tmp/haproxy-serve by default, so two clusters on one machine (a bench's and the test
+session's, or the session's and a private `ray start --head`) fight over them and the loser's
+proxy never starts. Benches and tests give each cluster its own through `haproxy_env`.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_env(base: Path) -> dict[str, str]:
+    """Env giving one cluster's HAProxy its own ports and its files under `base`.
+
+    Keep `base` short: HAProxy caps socket paths at 97 characters.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+    }
+
+
+def kill_haproxy(env: dict[str, str]) -> None:
+    """Stop the HAProxy a cluster started with `env` (it outlives `ray stop`); only that one."""
+    import psutil
+
+    base = env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if "haproxy" in (proc.info["name"] or "") and any(base in a for a in proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
