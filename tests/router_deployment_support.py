@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -123,3 +124,40 @@ def chat(url: str, prompt: str, model: str = "auto", headers: dict[str, str] | N
     if doka is not None:
         body["doka"] = doka
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers or {}, timeout=timeout)
+
+
+class LearnedApp:
+    """A learned-router app deployed declaratively: its URL, config, registry and first version."""
+
+    def __init__(self, url: str, raw: dict[str, Any], registry: Path, work: Path, v1: str) -> None:
+        self.url, self.raw, self.registry, self.work, self.v1 = url, raw, registry, work, v1
+
+    def readiness(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/health/readiness", timeout=10)
+
+    def router(self) -> dict[str, Any]:
+        """The readiness answer as a dict, with its HTTP status under `http`."""
+        r = self.readiness()
+        return {"http": r.status_code, **r.json()}
+
+    def reconfigure(self, **user_config: Any) -> None:
+        """Apply a Router user_config in place (Serve `reconfigure`, as KubeRay would)."""
+        deploy(self.raw, {"strategy": "learned", "registry": str(self.registry), **user_config})
+
+
+@contextmanager
+def learned_app(mock_port: int, port: int, work: Path, app_name: str, route_prefix: str) -> Iterator[LearnedApp]:
+    """Train and publish v1, deploy the app on `port`, wait until v1 serves; delete it after."""
+    from ray import serve
+
+    registry = work / "registry"
+    v1 = publish(registry, train_artifact(work / "a1"))
+    raw = learned_config(mock_port, port, work / "data", registry, app_name=app_name, route_prefix=route_prefix)
+    deploy(raw)
+    wait_running(app_name)
+    app = LearnedApp(f"http://127.0.0.1:{port}{route_prefix}", raw, registry, work, v1)
+    wait_for(lambda: app.readiness().json().get("router", {}).get("artifact_version") == v1, 120, what="v1 loaded")
+    try:
+        yield app
+    finally:
+        serve.delete(app_name)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from load.faults import ScenarioResult, drive, record
 from tests.conftest import free_port, serve_http_port
-from tests.router_deployment_support import CODE, deploy, learned_config, publish, train_artifact, wait_for, wait_running
+from tests.router_deployment_support import CODE, LearnedApp, learned_app, wait_for
 
 APP, PREFIX = "doka-faults-router", "/faults-router"
 CLIENTS = 4
@@ -28,33 +26,11 @@ FAULT_AT_S = 2.0
 DEGRADED_HOLD_S = 3.0  # keep the fault on this long after readiness reports it
 
 
-class LearnedApp:
-    def __init__(self, url: str, raw: dict[str, Any], registry: Path, v1: str) -> None:
-        self.url, self.raw, self.registry, self.v1 = url, raw, registry, v1
-
-    def router(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.url}/health/readiness", timeout=10)
-        return {"http": r.status_code, **r.json()}
-
-    def reconfigure(self, **user_config: Any) -> None:
-        deploy(self.raw, {"strategy": "learned", "registry": str(self.registry), **user_config})
-
-
 @pytest.fixture(scope="module")
 def learned(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    work = tmp_path_factory.mktemp("faults-router")
-    registry = work / "registry"
-    v1 = publish(registry, train_artifact(work / "a1"))
-    port = serve_http_port()
-    raw = learned_config(mock_upstream.port, port, work / "data", registry, app_name=APP, route_prefix=PREFIX)
-    deploy(raw)
-    wait_running(APP)
-    app = LearnedApp(f"http://127.0.0.1:{port}{PREFIX}", raw, registry, v1)
-    wait_for(lambda: app.router().get("router", {}).get("artifact_version") == v1, 120, what="v1 loaded")
-    yield app
-    serve.delete(APP)
+    with learned_app(mock_upstream.port, serve_http_port(), tmp_path_factory.mktemp("faults-router"), APP,
+                     PREFIX) as app:
+        yield app
 
 
 def _auto(i: int) -> dict[str, Any]:

@@ -9,48 +9,24 @@ from __future__ import annotations
 
 import re
 import threading
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.router_deployment_support import (
-    CHAT, CODE, GPT35, chat, deploy, learned_config, publish, train_artifact, wait_for, wait_running,
+    CHAT, CODE, GPT35, chat, learned_app, publish, train_artifact, wait_for,
 )
 
 APP = "doka-learned"
 PREFIX = "/learned"
 
 
-class LearnedGateway:
-    def __init__(self, url: str, raw: dict[str, Any], registry: Path, work: Path, v1: str) -> None:
-        self.url, self.raw, self.registry, self.work, self.v1 = url, raw, registry, work, v1
-
-    def readiness(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health/readiness", timeout=10)
-
-    def reconfigure(self, **user_config: Any) -> None:
-        deploy(self.raw, {"strategy": "learned", "registry": str(self.registry), **user_config})
-
-
 @pytest.fixture(scope="module")
 def learned(gateway, mock_upstream, tmp_path_factory):
     """One learned app for the module; shares the session gateway's Serve instance and port."""
-    from ray import serve
-
-    work = tmp_path_factory.mktemp("learned-gateway")
-    registry = work / "registry"
-    v1 = publish(registry, train_artifact(work / "a1"))
-    port = gateway.cfg["server"]["port"]
-    raw = learned_config(mock_upstream.port, port, work / "data", registry, app_name=APP, route_prefix=PREFIX)
-    deploy(raw)
-    wait_running(APP)
-    url = f"http://127.0.0.1:{port}{PREFIX}"
-    lg = LearnedGateway(url, raw, registry, work, v1)
-    wait_for(lambda: lg.readiness().json().get("router", {}).get("artifact_version") == v1, 120, what="v1 loaded")
-    yield lg
-    serve.delete(APP)
+    with learned_app(mock_upstream.port, gateway.cfg["server"]["port"], tmp_path_factory.mktemp("learned-gateway"),
+                     APP, PREFIX) as app:
+        yield app
 
 
 def test_auto_lands_on_different_models_by_prompt(learned, mock):
