@@ -428,9 +428,11 @@ class Ingress:
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     yield b"data: " + dumps(chunk) + b"\n\n"
-            # settle before `[DONE]`: once the client has it, this generator may never run again
-            self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+            # settle before `[DONE]`, and wait for it as a plain answer does: once the client has
+            # `[DONE]` this generator may never run again, and a replica killed right after it
+            # must not take the ledger row with it (the settle itself is shielded from cancellation)
             settled = True
+            await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
             yield b"data: [DONE]\n\n"
         except Exception as e:
             err = _unwrap(e)
