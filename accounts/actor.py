@@ -42,6 +42,7 @@ def core_kwargs(cfg: Any) -> dict[str, Any]:
         "prices": prices,
         "require_keys": cfg.accounts.require_keys,
         "settle_interval_s": cfg.accounts.settle_interval_s,
+        "owner_lease_s": cfg.accounts.reservation_lease_s,
     }
 
 

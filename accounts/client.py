@@ -97,11 +97,15 @@ class Accounts:
     # ---- the ingress seam ----
     async def authorize(
         self, api_key: str | None, model: str | None, body: dict[str, Any] | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, owner: str | None = None,
     ) -> Principal:
-        """Admit the request or raise AccountsError (401/403/429/503)."""
+        """Admit the request or raise AccountsError (401/403/429/503).
+
+        `owner`: the caller's id when it heartbeats (`heartbeat`); if it stops, the core closes
+        its open reservations with a ledger row instead of holding them for `reservation_ttl_s`.
+        """
         est = estimate.reservation(body)
-        p = await self.call("authorize", api_key, model, est, request_id)
+        p = await self.call("authorize", api_key, model, est, request_id, owner)
         return Principal(**p, model_requested=model, request_id=request_id)
 
     async def settle(
@@ -130,6 +134,9 @@ class Accounts:
             route_reason=route_reason, request_id=request_id or principal.request_id, stream=stream,
             cost_usd=cost_usd,
         )
+
+    async def heartbeat(self, owner: str) -> None:
+        await self.call("heartbeat", owner)
 
     def stream_meter(self, body: dict[str, Any] | None = None) -> estimate.StreamMeter:
         return estimate.StreamMeter(body)

@@ -29,6 +29,9 @@ T = TypeVar("T")
 MASTER_ID = "master"
 MAX_BUFFER = 200_000  # ledger rows kept in memory while the database is down
 MAX_CACHED_KEYS = 100_000
+MAX_ORPHANS_KEPT = 10_000
+ORPHAN_STATUS = 502
+ORPHAN_REASON = "orphaned: the ingress replica was lost before settling"
 DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # outage, not a bug: answer 503
 
 
@@ -53,6 +56,7 @@ class AccountsCore:
         settle_interval_s: float = 1.0,
         key_ttl_s: float = 5.0,
         reservation_ttl_s: float = 600.0,
+        owner_lease_s: float = 30.0,
     ) -> None:
         self.url = db.normalize_url(database_url)
         self.engine = db.make_engine(self.url)
@@ -63,6 +67,9 @@ class AccountsCore:
         self.settle_interval_s = settle_interval_s
         self.key_ttl_s = key_ttl_s
         self.reservation_ttl_s = reservation_ttl_s
+        self.owner_lease_s = owner_lease_s
+        self._owners: dict[str, float] = {}  # ingress replica -> last heard of (monotonic)
+        self._orphaned: dict[str, None] = {}  # recent orphaned reservation ids (bounded), for late settles
         self._migrated = False
         self._keys: dict[str, tuple[dict[str, Any] | None, float]] = {}  # hash -> (row, loaded at)
         self._meters: dict[str, KeyMeter] = {}
@@ -105,12 +112,40 @@ class AccountsCore:
                 log.exception("accounts flush loop")
 
     def _sweep_reservations(self) -> None:
-        """Release reservations whose request never settled (its replica died)."""
-        cutoff = time.time() - self.reservation_ttl_s
-        for rid in [r for r, res in self._reservations.items() if res.created < cutoff]:
+        """Close reservations whose ingress replica died before settling them.
+
+        A reservation is orphaned when its owner has not been heard of for `owner_lease_s`
+        (ingress replicas heartbeat; see `heartbeat`), or, with no owner (library use), after
+        `reservation_ttl_s`. Its hold is released and it gets a ledger row (status 502, nothing
+        charged: the gateway failed it, and what was delivered is unknown) so no admitted
+        request is missing from the ledger.
+        """
+        now, mono = time.time(), time.monotonic()
+        dead = {o for o, seen in self._owners.items() if mono - seen > self.owner_lease_s}
+        cutoff = now - self.reservation_ttl_s
+
+        def orphaned(res: Reservation) -> bool:
+            return res.owner in dead if res.owner is not None else res.created < cutoff
+
+        orphans = [rid for rid, res in self._reservations.items() if orphaned(res)]
+        for owner in dead:
+            del self._owners[owner]
+        for rid in orphans:
             res = self._reservations.pop(rid)
             if res.key_id in self._meters:
                 self._meters[res.key_id].release(res)
+            self._orphaned[rid] = None
+            self._record(res.key_id, res.model, None, 0, 0, 0.0, None, ORPHAN_STATUS, ORPHAN_REASON,
+                         res.request_id, False)
+        while len(self._orphaned) > MAX_ORPHANS_KEPT:
+            del self._orphaned[next(iter(self._orphaned))]
+        if orphans:
+            log.warning("accounts: closed %d reservations of lost ingress replicas", len(orphans))
+
+    async def heartbeat(self, owner: str) -> dict[str, Any]:
+        """An ingress replica is alive: its open reservations stay open (see _sweep_reservations)."""
+        self._owners[owner] = time.monotonic()
+        return _ok(True)
 
     async def ready(self) -> dict[str, Any]:
         """Migrate now (start-up); returns an error dict when the database is down."""
@@ -209,11 +244,17 @@ class AccountsCore:
 
     # ---------------------------------------------------------------- hot path
     async def authorize(
-        self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None
+        self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None,
+        owner: str | None = None,
     ) -> dict[str, Any]:
-        """Admit or refuse one request; on admission reserve `est_tokens` against every limit."""
+        """Admit or refuse one request; on admission reserve `est_tokens` against every limit.
+
+        `owner` names the ingress replica that will settle it; it must keep calling `heartbeat`.
+        """
         try:
             await self._start()
+            if owner is not None:
+                self._owners[owner] = time.monotonic()
             if not self.require_keys and not api_key:
                 return _ok({"key_id": None, "reservation_id": None, "anonymous": True})
             if not api_key:
@@ -242,6 +283,7 @@ class AccountsCore:
                 self._record(row["id"], model, None, 0, 0, 0.0, None, refusal.status, refusal.code, request_id, False)
                 raise refusal
             res = meter.reserve(row["id"], est_tokens, est_cost, now)
+            res.owner, res.request_id, res.model = owner, request_id, model
             rid = uuid.uuid4().hex
             self._reservations[rid] = res
             return _ok({
@@ -273,6 +315,8 @@ class AccountsCore:
             p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
             cost_usd = prompt_tokens * p_in + completion_tokens * p_out
         res = self._reservations.pop(reservation_id, None) if reservation_id else None
+        if res is None and reservation_id in self._orphaned:  # its replica was presumed lost, yet it settles
+            log.warning("accounts: reservation %s settled after it was closed as orphaned", reservation_id)
         meter = self._meters.get(key_id or "")
         if meter is not None:
             if res is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter
@@ -109,12 +110,27 @@ class GatewayAccounts:
         global _CURRENT
         self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote())
         self.master_key = master_key(cfg)
+        self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
+        self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
+        self._heartbeat: asyncio.Task | None = None
         _CURRENT = self
+
+    async def _beat(self) -> None:
+        """Keep this replica's reservations open; if the process dies the core closes them."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self.accounts.heartbeat(self.owner)
+            except Exception as e:  # accounts down: authorize answers 503 meanwhile; keep trying
+                log.debug("accounts heartbeat failed: %r", e)
 
     async def authorize(self, request: Any, model: str, body: dict[str, Any], request_id: str) -> Grant:
         """Raises the ingress's OpenAIError (401/403/429/503, Retry-After) on refusal."""
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         try:
-            p = await self.accounts.authorize(api_key_from_headers(request.headers), model, body, request_id)
+            p = await self.accounts.authorize(api_key_from_headers(request.headers), model, body, request_id,
+                                              owner=self.owner)
         except AccountsError as e:
             raise _openai_error(e) from None
         return Grant(**p.model_dump(), meter=StreamMeter(body) if body.get("stream") else None)

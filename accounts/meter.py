@@ -95,6 +95,9 @@ class Reservation:
     tokens: int
     cost: float
     created: float
+    owner: str | None = None  # the ingress replica that must settle it (see AccountsCore.heartbeat)
+    request_id: str | None = None
+    model: str | None = None
 
 
 @dataclass

@@ -159,6 +159,9 @@ class AccountsConfig(_Strict):
     master_key: str | None = "os.environ/DOKA_MASTER_KEY"
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir")
     settle_interval_s: float = Field(1.0, gt=0)
+    reservation_lease_s: float = Field(
+        30.0, gt=0, description="an ingress replica silent this long is presumed lost: its open "
+        "reservations are released and logged (status 502, nothing charged)")
 
 
 class ObservabilityConfig(_Strict):

@@ -16,6 +16,7 @@ import httpx
 from tests.conftest import free_port, gateway_test_config, serve_http_port
 
 MASTER = "sk-master-faults"
+LEASE_S = 4.0  # a killed ingress's open reservations are closed (and logged) this long after it went silent
 
 
 class App:
@@ -41,6 +42,18 @@ class App:
     def ledger_ids(self, key_id: str) -> set[str]:
         return {row["request_id"] for row in self.ledger(key_id)}
 
+    def inflight(self, key_id: str) -> int:
+        r = self.admin("GET", "/key/info", params={"key_id": key_id})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["inflight"]
+
+    def settle_all(self, key_id: str, timeout: float = 4 * LEASE_S) -> int:
+        """Wait until the key holds no open reservation (a lost replica's close after LEASE_S); the count left."""
+        deadline = time.time() + timeout
+        while (left := self.inflight(key_id)) and time.time() < deadline:
+            time.sleep(0.5)
+        return left
+
 
 def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: bool = True,
                database_url: str | None = None, tweak: Any = None) -> App:
@@ -54,6 +67,7 @@ def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: b
     raw["server"].update(data_dir=data_dir, app_name=name, route_prefix=prefix)
     if keys:
         raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2,
+                           "reservation_lease_s": LEASE_S,
                            **({"database_url": database_url} if database_url else {})}
     for m in raw["model_list"]:  # short tiers: a timed-out first tier costs 1 s, not 30
         m["model_info"]["timeout"] = 1.0 if m["model_name"] == "mock-mixtral" else 5.0

@@ -152,6 +152,36 @@ async def test_concurrent_reservations_cap_overspend(db_url):
     await a.close()
 
 
+async def test_reservations_of_a_lost_replica_are_released_and_logged(db_url):
+    """An owner that stops heartbeating (its ingress died) loses its holds; each request gets a row."""
+    from accounts.estimate import reservation
+    from accounts.keys import hash_key
+
+    a = Accounts(AccountsCore(db_url, prices=PRICES, master_key_hash=hash_key(MASTER), settle_interval_s=0.1,
+                              owner_lease_s=0.5))
+    body = {"messages": [{"role": "user", "content": "x" * 20}], "max_tokens": 10}
+    hold = reservation(body)
+    key = await a.call("generate_key", {"tokens_per_day": 3 * hold})
+    await a.authorize(key["key"], "cheap", body, request_id="lost-1", owner="dead-replica")
+    await a.authorize(key["key"], "cheap", body, request_id="lost-2", owner="dead-replica")
+    alive = await a.authorize(key["key"], "cheap", body, request_id="kept", owner="live-replica")
+    assert (await refused(a.authorize(key["key"], "cheap", body))).code == "insufficient_quota"
+    for _ in range(10):  # the live replica heartbeats across the lease; the dead one is silent
+        await asyncio.sleep(0.1)
+        await a.heartbeat("live-replica")
+    info = await a.call("key_info", None, key["key_id"])
+    assert info["usage"]["reserved_tokens"] == hold and info["usage"]["inflight"] == 1  # only the live hold
+    rows = {r["request_id"]: r for r in await a.call("ledger", key["key_id"]) if r["request_id"]}
+    assert set(rows) == {"lost-1", "lost-2"}  # (beside the 429's row)
+    assert all(r["status"] == 502 and r["cost_usd"] == 0 and r["prompt_tokens"] == 0 and
+               r["route_reason"].startswith("orphaned") for r in rows.values())
+    await a.authorize(key["key"], "cheap", body)  # the released holds admit new requests
+    await a.settle(alive, model="cheap", usage={"prompt_tokens": 5, "completion_tokens": 5})
+    rows = {r["request_id"]: r for r in await a.call("ledger", key["key_id"])}
+    assert rows["kept"]["status"] == 200 and rows["kept"]["completion_tokens"] == 5
+    await a.close()
+
+
 async def test_update_and_delete_take_effect_immediately(db_url):
     a = make(db_url)
     key = await a.call("generate_key", {})
