@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from accounts import estimate
+from accounts.batching import Coalescer
 from accounts.errors import AccountsError, unavailable
 
 log = logging.getLogger("doka.accounts")
@@ -54,10 +56,16 @@ def api_key_from_headers(headers: Any) -> str | None:
 class Accounts:
     """Thin async facade over the core (actor handle or local object)."""
 
-    def __init__(self, backend: Any, refresh: Callable[[], Awaitable[Any]] | None = None) -> None:
-        """`backend`: an AccountsCore, its Ray actor handle, or None with a `refresh` that finds it."""
+    def __init__(self, backend: Any, refresh: Callable[[], Awaitable[Any]] | None = None, *,
+                 batched: bool = False) -> None:
+        """`backend`: an AccountsCore, its Ray actor handle, or None with a `refresh` that finds it.
+
+        `batched`: concurrent authorize and settle calls share round trips to the core
+        (accounts.batching); worth it when the core is a Ray actor.
+        """
         self.backend = backend
         self._refresh = refresh
+        self._batcher = Coalescer(partial(self._raw, "batch")) if batched else None
 
     @classmethod
     def from_config(cls, cfg: Any, *, actor: bool = True, detached: bool = True) -> "Accounts":
@@ -75,24 +83,37 @@ class Accounts:
         fn = getattr(self.backend, method)
         return await (fn.remote(*args, **kwargs) if hasattr(fn, "remote") else fn(*args, **kwargs))
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a core method and unwrap `{"ok"}` / raise `AccountsError` for `{"error"}`."""
+    async def _raw(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a core method as is; a replaced actor is found again, an unreachable one is a 503."""
         try:
             try:
-                result = await self._invoke(method, *args, **kwargs)
+                return await self._invoke(method, *args, **kwargs)
             except Exception as e:
                 if self._refresh is None or not _actor_gone(e):
                     raise
                 self.backend = None  # the accounts actor was replaced (gateway restart): find the new one
-                result = await self._invoke(method, *args, **kwargs)
+                return await self._invoke(method, *args, **kwargs)
         except AccountsError:
             raise
         except Exception as e:  # the actor died or is restarting: answer 503, never 500
             log.warning("accounts backend call %s failed: %r", method, e)
             raise unavailable(f"accounts service unavailable: {type(e).__name__}") from e
+
+    @staticmethod
+    def _unwrap(result: dict[str, Any]) -> Any:
         if "error" in result:
             raise AccountsError.from_dict(result["error"])
         return result["ok"]
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a core method and unwrap `{"ok"}` / raise `AccountsError` for `{"error"}`."""
+        return self._unwrap(await self._raw(method, *args, **kwargs))
+
+    async def _hot(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A hot-path call: alone, or with concurrent ones in one round trip (`batched=True`)."""
+        if self._batcher is None:
+            return await self.call(method, *args, **kwargs)
+        return self._unwrap(await self._batcher.submit((method, args, kwargs)))
 
     # ---- the ingress seam ----
     async def authorize(
@@ -105,7 +126,7 @@ class Accounts:
         its open reservations with a ledger row instead of holding them for `reservation_ttl_s`.
         """
         est = estimate.reservation(body)
-        p = await self.call("authorize", api_key, model, est, request_id, owner)
+        p = await self._hot("authorize", api_key, model, est, request_id, owner)
         return Principal(**p, model_requested=model, request_id=request_id)
 
     async def settle(
@@ -127,7 +148,7 @@ class Accounts:
         if usage:
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
-        return await self.call(
+        return await self._hot(
             "settle", principal.reservation_id, principal.key_id,
             model_requested=principal.model_requested, model=model, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, status=status, latency_ms=latency_ms,

@@ -328,6 +328,17 @@ class AccountsCore:
             await self.flush()
         return _ok(cost_usd)
 
+    async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Many `authorize` / `settle` calls in one actor call (the ingress's group commit, see
+        accounts.batching); answers in the same order.
+
+        Each op is decided on its own and in order: with the key cached an authorization has no
+        await before its reservation; a key-cache miss waits for its one database read without
+        holding up the others.
+        """
+        methods = {"authorize": self.authorize, "settle": self.settle}
+        return list(await asyncio.gather(*(methods[name](*args, **kwargs) for name, args, kwargs in ops)))
+
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
         now = to_naive_utc(time.time())
         self._buffer.append({

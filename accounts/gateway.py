@@ -108,7 +108,7 @@ class GatewayAccounts:
 
     def __init__(self, cfg: Any, handle: Any) -> None:
         global _CURRENT
-        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote())
+        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote(), batched=True)
         self.master_key = master_key(cfg)
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4

@@ -18,10 +18,11 @@ BODY = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 
 MASTER = "master-secret"
 
 
-def make(url: str) -> Accounts:
+def make(url: str, batched: bool = False) -> Accounts:
     from accounts.keys import hash_key
 
-    return Accounts(AccountsCore(url, prices=PRICES, master_key_hash=hash_key(MASTER), settle_interval_s=0.2))
+    return Accounts(AccountsCore(url, prices=PRICES, master_key_hash=hash_key(MASTER), settle_interval_s=0.2),
+                    batched=batched)
 
 
 async def refused(coro) -> AccountsError:
@@ -128,9 +129,14 @@ async def test_budget_rate_and_token_rate_limits(db_url):
     await a.close()
 
 
-async def test_concurrent_reservations_cap_overspend(db_url):
-    """40 concurrent requests, quota worth 10: reservations admit at most 10 (+1 overshoot)."""
-    a = make(db_url)
+@pytest.mark.parametrize("batched", [False, True], ids=["one-call-each", "group-commit"])
+async def test_concurrent_reservations_cap_overspend(db_url, batched):
+    """40 concurrent requests, quota worth 10: reservations admit at most 10 (+1 overshoot).
+
+    The same with the ingress's group commit (accounts.batching): the calls share round trips
+    and each is still decided on its own.
+    """
+    a = make(db_url, batched)
     key = (await a.call("generate_key", {"tokens_per_day": 10 * 20}))["key"]
     body = {"messages": [{"role": "user", "content": "x" * 20}], "max_tokens": 10}  # reserves 20 tokens
 
@@ -146,6 +152,8 @@ async def test_concurrent_reservations_cap_overspend(db_url):
     statuses = await asyncio.gather(*[call() for _ in range(40)])
     ok = statuses.count(200)
     assert 1 <= ok <= 11 and statuses.count(429) == 40 - ok
+    if batched:  # 40 authorizations and `ok` settlements in a handful of round trips
+        assert a._batcher.items == 40 + ok and a._batcher.batches <= 6
     rows = await a.call("ledger")
     assert sum(r["status"] == 200 for r in rows) == ok
     assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows) == 20 * ok
