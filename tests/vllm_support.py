@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import DEFAULT_CONFIG, REPO, free_port, gateway_test_config, serve_http_port
+from tests.conftest import DEFAULT_CONFIG, REPO, gateway_test_config, serve_http_port
 
 TINY_MODEL_DIR = REPO / ".doka" / "models" / "tiny-llama"
 
