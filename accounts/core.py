@@ -29,7 +29,6 @@ T = TypeVar("T")
 MASTER_ID = "master"
 MAX_BUFFER = 200_000  # ledger rows kept in memory while the database is down
 MAX_CACHED_KEYS = 100_000
-MAX_ORPHANS_KEPT = 10_000
 ORPHAN_STATUS = 502
 ORPHAN_REASON = "orphaned: the ingress replica was lost before settling"
 DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # outage, not a bug: answer 503
@@ -69,7 +68,6 @@ class AccountsCore:
         self.reservation_ttl_s = reservation_ttl_s
         self.owner_lease_s = owner_lease_s
         self._owners: dict[str, float] = {}  # ingress replica -> last heard of (monotonic)
-        self._orphaned: dict[str, None] = {}  # recent orphaned reservation ids (bounded), for late settles
         self._migrated = False
         self._keys: dict[str, tuple[dict[str, Any] | None, float]] = {}  # hash -> (row, loaded at)
         self._meters: dict[str, KeyMeter] = {}
@@ -134,11 +132,8 @@ class AccountsCore:
             res = self._reservations.pop(rid)
             if res.key_id in self._meters:
                 self._meters[res.key_id].release(res)
-            self._orphaned[rid] = None
             self._record(res.key_id, res.model, None, 0, 0, 0.0, None, ORPHAN_STATUS, ORPHAN_REASON,
                          res.request_id, False)
-        while len(self._orphaned) > MAX_ORPHANS_KEPT:
-            del self._orphaned[next(iter(self._orphaned))]
         if orphans:
             log.warning("accounts: closed %d reservations of lost ingress replicas", len(orphans))
 
@@ -315,8 +310,8 @@ class AccountsCore:
             p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
             cost_usd = prompt_tokens * p_in + completion_tokens * p_out
         res = self._reservations.pop(reservation_id, None) if reservation_id else None
-        if res is None and reservation_id in self._orphaned:  # its replica was presumed lost, yet it settles
-            log.warning("accounts: reservation %s settled after it was closed as orphaned", reservation_id)
+        if res is None and reservation_id:  # closed as orphaned (its replica was presumed lost), or a core restart
+            log.warning("accounts: reservation %s settled but no longer open; recording it anyway", reservation_id)
         meter = self._meters.get(key_id or "")
         if meter is not None:
             if res is not None:

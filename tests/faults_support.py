@@ -47,7 +47,7 @@ class App:
         assert r.status_code == 200, r.text
         return r.json()["usage"]["inflight"]
 
-    def settle_all(self, key_id: str, timeout: float = 4 * LEASE_S) -> int:
+    def wait_no_holds(self, key_id: str, timeout: float = 4 * LEASE_S) -> int:
         """Wait until the key holds no open reservation (a lost replica's close after LEASE_S); the count left."""
         deadline = time.time() + timeout
         while (left := self.inflight(key_id)) and time.time() < deadline:

@@ -59,7 +59,7 @@ def test_killing_a_replica_under_load(app, mock, deployment):
     wait_ok(f"{app.url}/health/liveliness", 60)
     after = drive(f"{app.url}/v1/chat/completions", _body, clients=4, requests=12,
                   headers=lambda i: {"Authorization": f"Bearer {key['key']}"})
-    held = app.settle_all(key["key_id"])  # a killed ingress's open reservations close after its lease
+    held = app.wait_no_holds(key["key_id"])  # a killed ingress's open reservations close after its lease
     rows = app.ledger(key["key_id"])
     have = {r["request_id"] for r in rows}
     lost = ledger_missing(run, have) + ledger_missing(after, have)
