@@ -246,8 +246,38 @@ class AccountsCore:
 
         `owner` names the ingress replica that will settle it; it must keep calling `heartbeat`.
         """
+        await self._start()
+        decided = self._authorize_now(api_key, model, est_tokens, request_id, owner)
+        if decided is not None:
+            return decided
+        try:  # the key is not cached: one database read (shared by every request waiting on it)
+            row = await self._lookup(hash_key(api_key or ""))
+            if row is not None and row["id"] not in self._meters:
+                await self._build_meter(row)
+        except AccountsError as e:
+            return _err(e)
+        return self._authorize_now(api_key, model, est_tokens, request_id, owner, row=(row,))  # type: ignore[return-value]
+
+    def _cached_row(self, key_hash: str) -> tuple[dict[str, Any] | None] | None:
+        """The key's row as a 1-tuple when the cache (and its meter) can decide now, else None."""
+        cached = self._keys.get(key_hash)
+        if cached is None or time.monotonic() - cached[1] >= self.key_ttl_s:
+            return None
+        row = cached[0]
+        if row is not None and row["id"] not in self._meters:
+            return None
+        return (row,)
+
+    def _authorize_now(
+        self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None,
+        owner: str | None, row: tuple[dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any] | None:
+        """The whole admission decision, synchronously; None when it needs the database first.
+
+        No await from the limit check to the reservation, so concurrent requests from any number
+        of replicas see one consistent count. `row`: the key's row (1-tuple) when just loaded.
+        """
         try:
-            await self._start()
             if owner is not None:
                 self._owners[owner] = time.monotonic()
             if not self.require_keys and not api_key:
@@ -259,36 +289,47 @@ class AccountsCore:
                 return _ok({"key_id": MASTER_ID, "reservation_id": None, "master": True})
             if not api_key.startswith(KEY_PREFIX):
                 raise unauthorized("invalid API key")
-            row = await self._lookup(h)
-            if row is None:
+            found = row if row is not None else self._cached_row(h)
+            if found is None:
+                return None
+            key = found[0]
+            if key is None:
                 raise unauthorized("invalid API key")
-            if row["revoked_at"] is not None:
+            if key["revoked_at"] is not None:
                 raise unauthorized("API key has been revoked", "key_revoked")
-            if row["expires_at"] is not None and row["expires_at"] <= to_naive_utc(time.time()):
+            if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
                 raise unauthorized("API key has expired", "key_expired")
-            allowed = row["models"] or []
+            allowed = key["models"] or []
             if allowed and model not in allowed:
-                self._record(row["id"], model, None, 0, 0, 0.0, None, 403, "model_not_allowed", request_id, False)
+                self._record(key["id"], model, None, 0, 0, 0.0, None, 403, "model_not_allowed", request_id, False)
                 raise forbidden(f"this key may not use model {model!r}; allowed: {', '.join(allowed)}")
-            meter = self._meters.get(row["id"]) or await self._build_meter(row)
+            meter = self._meters[key["id"]]
             now = time.time()
             est_cost = est_tokens * self._price(model)
-            refusal = meter.check(row, est_tokens, est_cost, now)  # no await from here to reserve
+            refusal = meter.check(key, est_tokens, est_cost, now)
             if refusal is not None:
-                self._record(row["id"], model, None, 0, 0, 0.0, None, refusal.status, refusal.code, request_id, False)
+                self._record(key["id"], model, None, 0, 0, 0.0, None, refusal.status, refusal.code, request_id, False)
                 raise refusal
-            res = meter.reserve(row["id"], est_tokens, est_cost, now)
+            res = meter.reserve(key["id"], est_tokens, est_cost, now)
             res.owner, res.request_id, res.model = owner, request_id, model
             rid = uuid.uuid4().hex
             self._reservations[rid] = res
             return _ok({
-                "key_id": row["id"], "reservation_id": rid, "key_alias": row["alias"], "team": row["team"],
-                "user": row["user"], "metadata": row["meta"] or {}, "models": allowed,
+                "key_id": key["id"], "reservation_id": rid, "key_alias": key["alias"], "team": key["team"],
+                "user": key["user"], "metadata": key["meta"] or {}, "models": allowed,
             })
         except AccountsError as e:
             return _err(e)
 
-    async def settle(
+    async def settle(self, reservation_id: str | None, key_id: str | None, **outcome: Any) -> dict[str, Any]:
+        """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
+        await self._start()
+        result = self._settle_now(reservation_id, key_id, **outcome)
+        if self._closed:  # no flush loop any more (shutting down): write this row now, not never
+            await self.flush()
+        return result
+
+    def _settle_now(
         self,
         reservation_id: str | None,
         key_id: str | None,
@@ -304,8 +345,6 @@ class AccountsCore:
         stream: bool = False,
         cost_usd: float | None = None,
     ) -> dict[str, Any]:
-        """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
-        await self._start()
         if cost_usd is None:
             p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
             cost_usd = prompt_tokens * p_in + completion_tokens * p_out
@@ -319,20 +358,31 @@ class AccountsCore:
             meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
         self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
                      status, route_reason, request_id, stream)
-        if self._closed:  # no flush loop any more (shutting down): write this row now, not never
-            await self.flush()
         return _ok(cost_usd)
 
     async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Many `authorize` / `settle` calls in one actor call (the ingress's group commit, see
         accounts.batching); answers in the same order.
 
-        Each op is decided on its own and in order: with the key cached an authorization has no
-        await before its reservation; a key-cache miss waits for its one database read without
-        holding up the others.
+        Each op is decided on its own and in order, synchronously when the key is cached (no
+        task per op: at a few hundred requests/s that bookkeeping was most of this actor's
+        work); an op that needs a database read waits for it without holding up the others.
         """
-        methods = {"authorize": self.authorize, "settle": self.settle}
-        return list(await asyncio.gather(*(methods[name](*args, **kwargs) for name, args, kwargs in ops)))
+        await self._start()
+        results: list[dict[str, Any] | None] = []
+        waiting: list[tuple[int, Any]] = []
+        for i, (name, args, kwargs) in enumerate(ops):
+            if name == "settle" and not self._closed:
+                results.append(self._settle_now(*args, **kwargs))
+                continue
+            decided = self._authorize_now(*args, **kwargs) if name == "authorize" else None
+            results.append(decided)
+            if decided is None:
+                waiting.append((i, getattr(self, name)(*args, **kwargs)))
+        if waiting:
+            for (i, _), result in zip(waiting, await asyncio.gather(*(c for _, c in waiting))):
+                results[i] = result
+        return results  # type: ignore[return-value]
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
         now = to_naive_utc(time.time())
