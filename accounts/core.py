@@ -248,8 +248,14 @@ class AccountsCore:
         """
         await self._start()
         decided = self._authorize_now(api_key, model, est_tokens, request_id, owner)
-        if decided is not None:
-            return decided
+        return decided if decided is not None else await self._authorize_loaded(
+            api_key, model, est_tokens, request_id, owner)
+
+    async def _authorize_loaded(
+        self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None,
+        owner: str | None = None,
+    ) -> dict[str, Any]:
+        """`_authorize_now` once the key's row (and meter) are loaded."""
         try:  # the key is not cached: one database read (shared by every request waiting on it)
             row = await self._lookup(hash_key(api_key or ""))
             if row is not None and row["id"] not in self._meters:
@@ -372,16 +378,17 @@ class AccountsCore:
         results: list[dict[str, Any] | None] = []
         waiting: list[tuple[int, Any]] = []
         for i, (name, args, kwargs) in enumerate(ops):
-            if name == "settle" and not self._closed:
+            if name == "settle":
                 results.append(self._settle_now(*args, **kwargs))
                 continue
-            decided = self._authorize_now(*args, **kwargs) if name == "authorize" else None
-            results.append(decided)
-            if decided is None:
-                waiting.append((i, getattr(self, name)(*args, **kwargs)))
+            results.append(self._authorize_now(*args, **kwargs))
+            if results[-1] is None:
+                waiting.append((i, self._authorize_loaded(*args, **kwargs)))
         if waiting:
             for (i, _), result in zip(waiting, await asyncio.gather(*(c for _, c in waiting))):
                 results[i] = result
+        if self._closed:  # no flush loop any more (shutting down): write these rows now, not never
+            await self.flush()
         return results  # type: ignore[return-value]
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
