@@ -7,15 +7,16 @@ library use) and turns refusals into `AccountsError` (status, OpenAI type/code, 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
 from accounts import estimate
 from accounts.batching import Coalescer
 from accounts.errors import AccountsError, unavailable
+from accounts.wire import WireClient, WireClosed
 
 log = logging.getLogger("doka.accounts")
 
@@ -44,6 +45,9 @@ class Principal(BaseModel):
     request_id: str | None = None
 
 
+P = TypeVar("P", bound=Principal)
+
+
 def api_key_from_headers(headers: Any) -> str | None:
     """The key from `Authorization: Bearer ...`, `x-api-key` or `api-key` (Azure style)."""
     auth = headers.get("authorization") or headers.get("Authorization")
@@ -57,15 +61,21 @@ class Accounts:
     """Thin async facade over the core (actor handle or local object)."""
 
     def __init__(self, backend: Any, refresh: Callable[[], Awaitable[Any]] | None = None, *,
-                 batched: bool = False) -> None:
+                 batch_linger_s: float | None = None, wire: bool = False) -> None:
         """`backend`: an AccountsCore, its Ray actor handle, or None with a `refresh` that finds it.
 
-        `batched`: concurrent authorize and settle calls share round trips to the core
-        (accounts.batching); worth it when the core is a Ray actor.
+        `batch_linger_s`: when set, concurrent authorize and settle calls share round trips to
+        the core, lingering this long while busy (accounts.batching). `wire`: those round trips
+        go over the core's socket (accounts.wire) instead of Ray actor calls; both need an actor.
         """
         self.backend = backend
         self._refresh = refresh
-        self._batcher = Coalescer(partial(self._raw, "batch")) if batched else None
+        self._batcher = (Coalescer(self._send_batch, linger_s=batch_linger_s)
+                         if batch_linger_s is not None else None)
+        self._use_wire = wire
+        self._wire: WireClient | None = None
+        self._client_id = uuid.uuid4().hex  # numbers this caller's batches (resends apply once)
+        self._seq = 0
 
     @classmethod
     def from_config(cls, cfg: Any, *, actor: bool = True, detached: bool = True) -> "Accounts":
@@ -99,6 +109,25 @@ class Accounts:
             log.warning("accounts backend call %s failed: %r", method, e)
             raise unavailable(f"accounts service unavailable: {type(e).__name__}") from e
 
+    async def _send_batch(self, ops: list[Any]) -> list[Any]:
+        """One batch to the core: over its socket when `wire`, else (or if that fails) a Ray call.
+
+        A lost connection is retried once after asking the core where it listens (it may have
+        been replaced); the resend keeps its number, so a core that already applied it does not
+        apply it again. The Coalescer sends one batch at a time, so `_seq` needs no lock.
+        """
+        self._seq += 1
+        seq = self._seq
+        for _ in range(2 if self._use_wire else 0):
+            try:
+                if self._wire is None:
+                    self._wire = WireClient(await self.call("serve_wire"))
+                return await self._wire.batch(self._client_id, seq, ops)
+            except WireClosed as e:
+                log.info("accounts wire: %s; asking the core again", e)
+                self._wire = None
+        return await self._raw("batch", ops, self._client_id, seq)
+
     @staticmethod
     def _unwrap(result: dict[str, Any]) -> Any:
         if "error" in result:
@@ -110,7 +139,7 @@ class Accounts:
         return self._unwrap(await self._raw(method, *args, **kwargs))
 
     async def _hot(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A hot-path call: alone, or with concurrent ones in one round trip (`batched=True`)."""
+        """A hot-path call: alone, or with concurrent ones in one round trip (`batch_linger_s` set)."""
         if self._batcher is None:
             return await self.call(method, *args, **kwargs)
         return self._unwrap(await self._batcher.submit((method, args, kwargs)))
@@ -118,16 +147,19 @@ class Accounts:
     # ---- the ingress seam ----
     async def authorize(
         self, api_key: str | None, model: str | None, body: dict[str, Any] | None = None,
-        request_id: str | None = None, owner: str | None = None,
-    ) -> Principal:
+        request_id: str | None = None, owner: str | None = None, *, as_type: type[P] = Principal,  # type: ignore[assignment]
+        **extra: Any,
+    ) -> P:
         """Admit the request or raise AccountsError (401/403/429/503).
 
         `owner`: the caller's id when it heartbeats (`heartbeat`); if it stops, the core closes
         its open reservations with a ledger row instead of holding them for `reservation_ttl_s`.
+        `as_type`/`extra`: a Principal subclass to build, with its own fields (the core's answer
+        is trusted, so it is not validated again: this runs on every request).
         """
         est = estimate.reservation(body)
         p = await self._hot("authorize", api_key, model, est, request_id, owner)
-        return Principal(**p, model_requested=model, request_id=request_id)
+        return as_type.model_construct(**p, model_requested=model, request_id=request_id, **extra)
 
     async def settle(
         self,

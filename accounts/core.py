@@ -34,6 +34,18 @@ ORPHAN_REASON = "orphaned: the ingress replica was lost before settling"
 DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # outage, not a bug: answer 503
 
 
+def _node_ip() -> str:
+    """This node's IP in a Ray cluster (where other nodes reach this actor), else loopback."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # pragma: no cover - outside Ray
+        pass
+    return "127.0.0.1"
+
+
 def _ok(value: Any) -> dict[str, Any]:
     return {"ok": value}
 
@@ -78,6 +90,8 @@ class AccountsCore:
         self._flush_lock: asyncio.Lock | None = None
         self.flush_failures = 0
         self._closed = False
+        self._wire: Any = None  # accounts.wire.WireServer, started by serve_wire
+        self._last_batch: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}  # client -> (seq, answers)
 
     # ---------------------------------------------------------------- plumbing
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -136,6 +150,17 @@ class AccountsCore:
                          res.request_id, False)
         if orphans:
             log.warning("accounts: closed %d reservations of lost ingress replicas", len(orphans))
+
+    async def serve_wire(self) -> dict[str, Any]:
+        """Start (once) the socket the ingress sends its batches over (accounts.wire); its address.
+
+        It listens on this node's IP, so ingress replicas on other nodes reach it too.
+        """
+        from accounts.wire import WireServer
+
+        if self._wire is None:
+            self._wire = WireServer(self.batch, host=_node_ip())
+        return _ok(await self._wire.start())
 
     async def heartbeat(self, owner: str) -> dict[str, Any]:
         """An ingress replica is alive: its open reservations stay open (see _sweep_reservations)."""
@@ -366,14 +391,22 @@ class AccountsCore:
                      status, route_reason, request_id, stream)
         return _ok(cost_usd)
 
-    async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Many `authorize` / `settle` calls in one actor call (the ingress's group commit, see
+    async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]], client: str | None = None,
+                    seq: int | None = None) -> list[dict[str, Any]]:
+        """Many `authorize` / `settle` calls in one round trip (the ingress's group commit, see
         accounts.batching); answers in the same order.
+
+        `client`/`seq` number a caller's batches: the same batch sent again (its answer was lost
+        with a connection, see accounts.wire) gets the first answer instead of being applied twice.
 
         Each op is decided on its own and in order, synchronously when the key is cached (no
         task per op: at a few hundred requests/s that bookkeeping was most of this actor's
         work); an op that needs a database read waits for it without holding up the others.
         """
+        if client is not None:
+            last = self._last_batch.get(client)
+            if last is not None and last[0] == seq:
+                return last[1]
         await self._start()
         results: list[dict[str, Any] | None] = []
         waiting: list[tuple[int, Any]] = []
@@ -389,6 +422,8 @@ class AccountsCore:
                 results[i] = result
         if self._closed:  # no flush loop any more (shutting down): write these rows now, not never
             await self.flush()
+        if client is not None:
+            self._last_batch[client] = (seq, results)  # type: ignore[assignment]
         return results  # type: ignore[return-value]
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
@@ -501,4 +536,5 @@ class AccountsCore:
 
     async def stats(self) -> dict[str, Any]:
         return _ok({"buffered": len(self._buffer), "reservations": len(self._reservations),
-                    "cached_keys": len(self._keys), "flush_failures": self.flush_failures})
+                    "cached_keys": len(self._keys), "flush_failures": self.flush_failures,
+                    "wire_batches": self._wire.batches if self._wire is not None else 0})

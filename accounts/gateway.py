@@ -108,7 +108,9 @@ class GatewayAccounts:
 
     def __init__(self, cfg: Any, handle: Any) -> None:
         global _CURRENT
-        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote(), batched=True)
+        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote(),
+                                 batch_linger_s=cfg.accounts.batch_linger_ms / 1000,
+                                 wire=cfg.accounts.transport == "socket")
         self.master_key = master_key(cfg)
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
@@ -129,11 +131,11 @@ class GatewayAccounts:
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         try:
-            p = await self.accounts.authorize(api_key_from_headers(request.headers), model, body, request_id,
-                                              owner=self.owner)
+            return await self.accounts.authorize(
+                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, as_type=Grant,
+                meter=StreamMeter(body) if body.get("stream") else None)
         except AccountsError as e:
             raise _openai_error(e) from None
-        return Grant(**p.model_dump(), meter=StreamMeter(body) if body.get("stream") else None)
 
     async def settle(self, grant: Grant | None, **outcome: Any) -> None:
         if grant is None:

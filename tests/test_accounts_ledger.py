@@ -22,7 +22,7 @@ def make(url: str, batched: bool = False) -> Accounts:
     from accounts.keys import hash_key
 
     return Accounts(AccountsCore(url, prices=PRICES, master_key_hash=hash_key(MASTER), settle_interval_s=0.2),
-                    batched=batched)
+                    batch_linger_s=0.002 if batched else None)
 
 
 async def refused(coro) -> AccountsError:
