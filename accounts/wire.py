@@ -1,10 +1,10 @@
 """The hot path's transport: authorize/settle batches over one TCP connection per ingress replica.
 
-Why not a Ray actor call: one costs about 0.7 ms of CPU in the caller and as much again in the
-accounts actor (`python -m accounts.wire --bench`; docs/benchmarks.md), whatever it carries, and
-each request needs two. On a saturated gateway that was most of what keys cost. A msgpack frame
-on a persistent connection costs about 15 us on each side. Only `AccountsCore.batch` travels
-here; the admin API, heartbeats and flushes stay Ray actor calls.
+Why not a Ray actor call: one costs several hundred us of CPU in the caller and as much again in
+the accounts actor, whatever it carries (`python -m load.bench_accounts_transport`;
+docs/benchmarks.md), and each request needs two. On a saturated gateway that was most of what
+keys cost. A msgpack frame on a persistent connection costs tens of us on each side. Only
+`AccountsCore.batch` travels here; the admin API, heartbeats and flushes stay Ray actor calls.
 
 Safety: the server listens on the node's IP inside the accounts actor; a client must first send
 the random token it got from that actor through a Ray call (so only what can already call the

@@ -5,7 +5,8 @@ drives both with wrk (or a bounded asyncio load generator when wrk is missing) a
 count, and prints a Markdown table: requests/s, p50, p99 and the gateway's added p50.
 By default the gateway runs as in production: keys required (each request carries a virtual
 key with quotas, so it pays key check + reservation + settle + a ledger row) and `auto`
-answered by the learned router from `doka router bootstrap`; `--keys off` measures without.
+answered by the learned router from `doka router bootstrap`; `--keys off` measures without, and
+`--keys both` runs the two side by side (load/bench_keys.py).
 Only 127.0.0.1 is ever targeted; every run is bounded in time.
 """
 
@@ -173,6 +174,15 @@ def load(tool: str, url: str, body: dict[str, Any], clients: int, duration: int,
     return asyncio.run(_py_load(url, body, clients, duration, headers))
 
 
+def start_mock(latency_ms: float) -> tuple[subprocess.Popen, int]:
+    """The in-repo mock upstream on a free loopback port, once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
+                             "--latency-ms", str(latency_ms)], cwd=REPO, stdout=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{port}/health", 30)
+    return proc, port
+
+
 # ---------------------------------------------------------------- the gateway under test
 class Gateway:
     """`doka run` on a bench config in its own session; `headers` carry a virtual key when keys are on."""
@@ -251,8 +261,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     p.add_argument("--latency-ms", type=float, default=50.0, help="mock upstream latency")
     p.add_argument("--models", default="mock-gpt-3.5,auto", help="comma-separated doka model names to call")
-    p.add_argument("--keys", choices=["on", "off"], default="on",
-                   help="on: every request carries a virtual key (auth + quota + ledger row)")
+    p.add_argument("--keys", choices=["on", "off", "both"], default="on",
+                   help="on: every request carries a virtual key (auth + quota + ledger row); both: a "
+                   "keys-off and a keys-on gateway side by side, alternated (load/bench_keys.py)")
+    p.add_argument("--rounds", type=int, default=5, help="with --keys both: off/on pairs to alternate")
     p.add_argument("--router", choices=["learned", "static"], default="learned",
                    help="what answers `auto` (learned needs `doka router bootstrap`)")
     p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
@@ -271,15 +283,16 @@ def run_bench(args: argparse.Namespace) -> int:
             argv += ["--clients", args.clients]
         return compare_main(argv)
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    if args.keys == "both":
+        from load.bench_keys import run_keys_ab
+
+        return run_keys_ab(args, tool)
     clients = [int(c) for c in args.clients.split(",")]
     models = [m for m in args.models.split(",") if m]
     mock = gw = None
     la_before = os.getloadavg()
     try:
-        mock_port = free_port()
-        mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port),
-                                 "--latency-ms", str(args.latency_ms)], cwd=REPO, stdout=subprocess.DEVNULL)
-        _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
+        mock, mock_port = start_mock(args.latency_ms)
         gw = Gateway(mock_port, keys=args.keys == "on", learned=args.router == "learned", perf=not args.no_perf)
         gw.ready()
         url = f"{gw.url}/v1/chat/completions"
