@@ -26,6 +26,8 @@ import msgpack
 
 log = logging.getLogger("doka.accounts")
 MAX_FRAME = 64 * 1024 * 1024
+MAX_HELLO = 1024  # before the token checks out, nothing bigger is read
+HELLO_TIMEOUT_S = 10.0  # nor is a silent connection kept
 _LEN = 4
 
 Handler = Callable[[list[Any], str, int], Awaitable[list[Any]]]  # (ops, client, seq) -> results
@@ -40,10 +42,10 @@ def encode(obj: Any) -> bytes:
     return len(body).to_bytes(_LEN, "big") + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Any:
     n = int.from_bytes(await reader.readexactly(_LEN), "big")
-    if n > MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes is over the {MAX_FRAME} byte limit")
+    if n > limit:
+        raise ValueError(f"frame of {n} bytes is over the {limit} byte limit")
     return msgpack.unpackb(await reader.readexactly(n), raw=False)
 
 
@@ -72,7 +74,7 @@ class WireServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello = await read_frame(reader)
+            hello = await asyncio.wait_for(read_frame(reader, MAX_HELLO), HELLO_TIMEOUT_S)
             if not isinstance(hello, str) or not hmac.compare_digest(hello, self.token):
                 log.warning("accounts wire: refused a connection from %s (bad token)",
                             writer.get_extra_info("peername"))
@@ -89,8 +91,8 @@ class WireServer:
                     continue
                 writer.write(encode({"results": results}))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client went away
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            pass  # the client went away, or never said who it is
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             log.warning("accounts wire: dropped a connection sending a malformed frame: %r", e)
         finally:

@@ -71,6 +71,10 @@ async def test_a_wrong_token_or_a_malformed_frame_is_refused_and_the_server_keep
     writer.write((10).to_bytes(4, "big") + b"\xc1" * 10)  # 0xc1 is never valid msgpack
     assert await reader.read() == b""  # dropped
     writer.close()
+    reader, writer = await asyncio.open_connection(address["host"], address["port"])
+    writer.write((1 << 30).to_bytes(4, "big"))  # a 1 GiB frame before the token: not read, dropped
+    assert await reader.read() == b""
+    writer.close()
     [answer] = await WireClient(address).batch("y", 1, [authorize_op(None, "r")])
     assert answer["error"]["status"] == 401
     await c.close()
