@@ -91,7 +91,7 @@ class AccountsCore:
         self.flush_failures = 0
         self._closed = False
         self._wire: Any = None  # accounts.wire.WireServer, started by serve_wire
-        self._last_batch: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}  # client -> (seq, answers)
+        self._last_batch: dict[str, tuple[int | None, asyncio.Future]] = {}  # client -> (seq, its answers)
 
     # ---------------------------------------------------------------- plumbing
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -403,10 +403,22 @@ class AccountsCore:
         task per op: at a few hundred requests/s that bookkeeping was most of this actor's
         work); an op that needs a database read waits for it without holding up the others.
         """
-        if client is not None:
-            last = self._last_batch.get(client)
-            if last is not None and last[0] == seq:
-                return last[1]
+        if client is None:
+            return await self._batch_now(ops)
+        last = self._last_batch.get(client)
+        if last is not None and last[0] == seq:  # a resend, maybe while the first is still running
+            return await asyncio.shield(last[1])
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._last_batch[client] = (seq, answer)
+        try:
+            answer.set_result(await self._batch_now(ops))
+        except BaseException as e:  # maybe part-applied: a resend gets this failure, not a second go
+            answer.set_exception(e)
+            answer.exception()  # retrieved here; a resend waiting on it sees it too
+            raise
+        return answer.result()
+
+    async def _batch_now(self, ops: list[tuple[str, tuple, dict[str, Any]]]) -> list[dict[str, Any]]:
         await self._start()
         results: list[dict[str, Any] | None] = []
         waiting: list[tuple[int, Any]] = []
@@ -422,8 +434,6 @@ class AccountsCore:
                 results[i] = result
         if self._closed:  # no flush loop any more (shutting down): write these rows now, not never
             await self.flush()
-        if client is not None:
-            self._last_batch[client] = (seq, results)  # type: ignore[assignment]
         return results  # type: ignore[return-value]
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:

@@ -106,3 +106,14 @@ def test_the_facade_finds_the_socket_again_and_falls_back_to_ray(ray_cluster, tm
         ray.kill(actor)
 
     asyncio.run(run())
+
+
+async def test_a_resend_while_the_first_is_still_running_waits_for_it(tmp_path):
+    c = core(tmp_path)
+    key = (await c.generate_key({}))["ok"]["key"]  # not cached yet: the first batch reads the database
+    first = asyncio.ensure_future(c.batch([authorize_op(key, "r1")], "ingress-1", 1))
+    await asyncio.sleep(0)
+    again = await c.batch([authorize_op(key, "r1")], "ingress-1", 1)
+    assert again == await first and again[0]["ok"]["reservation_id"]
+    assert (await c.stats())["ok"]["reservations"] == 1  # reserved once
+    await c.close()
