@@ -67,11 +67,6 @@ class WireServer:
             self.port = self._server.sockets[0].getsockname()[1]
         return {"host": self.host, "port": self.port, "token": self.token}
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             hello = await asyncio.wait_for(read_frame(reader, MAX_HELLO), HELLO_TIMEOUT_S)
