@@ -27,6 +27,11 @@ LOCAL_ENV = {
     "HF_HUB_OFFLINE": "1",
     "RAY_AUTH_MODE": "disabled",  # a local, loopback-only cluster
 }
+# A gateway starts its few actors once: no spare workers started ahead (each idle one holds ~45 MB).
+# Names checked in Ray's ray_config_def.h (`RAY_<name>` env vars override them).
+RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
+# Runs in every Ray worker before an actor's code loads (app/lean_imports.py: no pandas for Serve).
+WORKER_SETUP_HOOK = "app.lean_imports.setup_worker"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -90,18 +95,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         mocks = start_mocks(cfg, args.mock_latency_ms)
         if mocks:
             os.environ.setdefault("MOCK_API_KEY", "mock-key")
+    from app.lean_imports import skip_serve_pandas
+
+    skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
     import ray
     from ray import serve
 
     from app.graph import build_app
 
     try:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
+                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
         serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
+        dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
-              f"Ray dashboard: http://127.0.0.1:8265; Ctrl-C stops")
+              f"Ray dashboard: {dash}; Ctrl-C stops")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -142,6 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--mock-latency-ms", type=float, default=50.0)
     run.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
     run.add_argument("--no-perf", action="store_true", help="leave Serve's throughput/HAProxy mode off")
+    run.add_argument("--no-dashboard", action="store_true",
+                     help="start Ray without its dashboard (saves ~400 MB, docs/benchmarks.md; no /metrics export "
+                     "from Ray's agent, no dashboard UI)")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="config file tools")

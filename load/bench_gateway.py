@@ -188,7 +188,7 @@ class Gateway:
     """`doka run` on a bench config in its own session; `headers` carry a virtual key when keys are on."""
 
     def __init__(self, mock_port: int, keys: bool, learned: bool, perf: bool = True, tag: str = "bench",
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.keys, self.learned = keys, learned
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -201,6 +201,7 @@ class Gateway:
         cmd = [sys.executable, "-m", "app.cli", "run", "--config", str(cfg), "--no-mock"]
         if not perf:
             cmd.append("--no-perf")
+        cmd.extend(extra_args)
         self.log = log or Path(tempfile.gettempdir()) / f"doka-{tag}-{self.port}.log"
         self.cmd = cmd
         self.proc = self._spawn()

@@ -90,7 +90,7 @@ def _jsonable(x: Any) -> Any:
 
 def save_artifact(out_dir: str | Path, state: dict[str, Any], metadata: dict[str, Any], key: bytes | str | None = None) -> Path:
     """Write model + metadata and sign them. `out_dir` must not already hold another artifact."""
-    import skops.io as sio
+    from app.lean_imports import skops_io; sio = skops_io()  # noqa: E702 (no torch: app/lean_imports.py)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ _ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """Load the skops model file, trusting only sklearn/numpy/scipy types (never pickle)."""
-    import skops.io as sio
+    from app.lean_imports import skops_io; sio = skops_io()  # noqa: E702 (no torch: app/lean_imports.py)
 
     f = Path(path) / MODEL_FILE
     try:
