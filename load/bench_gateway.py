@@ -271,11 +271,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--no-perf", action="store_true", help="run Serve without its throughput/HAProxy mode")
     p.add_argument("--skip-direct", action="store_true", help="skip measuring the mock upstream directly")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: idle RSS/PSS/USS per process of a gateway node, by role (load/bench_memory.py)")
+    p.add_argument("--no-dashboard", action="store_true", help="with --memory: `doka run --no-dashboard`")
     p.add_argument("--compare", action="store_true",
                    help="instead: mock vs doka vs LiteLLM proxy at 1/10/50 clients (load/compare.py)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.memory:
+        from load.bench_memory import main as memory_main
+
+        argv = ["--keys", "on" if args.keys == "both" else args.keys, "--router", args.router, "--processes"]
+        return memory_main(argv + (["--no-perf"] if args.no_perf else []) + (["--no-dashboard"] if args.no_dashboard else []))
     if args.compare:
         from load.compare import main as compare_main
 
