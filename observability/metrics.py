@@ -139,12 +139,17 @@ class GatewayMetrics:
         self.error_label = LabelLimiter(max_values=30)
         self.version_label = LabelLimiter(max_values=20)
         self._artifact_version: str | None = None
+        self._degraded: bool | None = None
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         use_mirror = _in_serve_replica() if mirror_to_ray is None else mirror_to_ray
         self._mirror = _Mirror() if use_mirror else None
 
     def _record(self, name: str, value: float = 1.0, **labels: str) -> None:
-        metric = self._prom[name]
-        target = metric.labels(**labels) if labels else metric
+        key = (name, tuple(labels.values()))
+        target = self._children.get(key)
+        if target is None:  # prometheus-client's labels() takes a lock and builds a key every call
+            metric = self._prom[name]
+            target = self._children[key] = metric.labels(**labels) if labels else metric
         kind = SPECS[name].kind
         if kind == "counter":
             target.inc(value)
@@ -168,7 +173,8 @@ class GatewayMetrics:
             self.set_router_state(degraded=None, artifact_version=decision.get("artifact_version"))
 
     def set_router_state(self, degraded: bool | None, artifact_version: str | None) -> None:
-        if degraded is not None:
+        if degraded is not None and degraded != self._degraded:  # a gauge: written when it changes
+            self._degraded = degraded
             self._record("doka_router_degraded", 1.0 if degraded else 0.0)
         if artifact_version and artifact_version != self._artifact_version:
             if self._artifact_version is not None:

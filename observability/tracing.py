@@ -6,8 +6,10 @@ GenAI-aware backend (Langfuse, Phoenix, Grafana Tempo) understands them, plus do
 routing attributes (`llm.routing.*`, `router.*`).
 
 Spans go to an OTLP/HTTP collector taken from `observability.otlp_endpoint` or the standard
-`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` env vars. With neither set,
-spans are still created (cheap, no export) so the call sites never branch.
+`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` env vars. With neither set
+(and no exporter passed in) no span is created at all: the tracer is OpenTelemetry's no-op
+tracer, whose non-recording spans ignore attributes, so the call sites never branch and a
+request pays nothing for tracing it does not export (Langfuse keeps its own provider).
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class AttemptSpan:
 
 def record_response(span: Span, response: Mapping[str, Any]) -> None:
     """Set GenAI response attributes from an OpenAI-shaped response or final stream chunk."""
+    if not span.is_recording():  # tracing off: nothing would be kept
+        return
     _set(span, GEN_AI_RESPONSE_MODEL, response.get("model"))
     _set(span, GEN_AI_RESPONSE_ID, response.get("id"))
     usage = response.get("usage") or {}
@@ -126,6 +130,8 @@ class RoutingSpan:
         self._start = time.perf_counter()
 
     def decided(self, decision: Mapping[str, Any]) -> None:
+        if not self.span.is_recording():
+            return
         latency_ms = round((time.perf_counter() - self._start) * 1000, 3)
         for target in (self.span, self._request_span):
             _set(target, ROUTING_SELECTED, decision.get("model"))
@@ -201,6 +207,8 @@ class RequestSpan:
         attempts: int | None = None,
     ) -> None:
         """Final outcome of the request (call once, before the `request` context ends)."""
+        if not self.span.is_recording():
+            return
         _set(self.span, "doka.served_model", model)
         if response:
             record_response(self.span, response)
@@ -225,8 +233,9 @@ class Tracing:
     """Per-process tracing facade used by the ingress."""
 
     def __init__(self, cfg: ObservabilityConfig, exporter: SpanExporter | None = None) -> None:
-        self.provider = make_provider(cfg, exporter)
-        self.tracer = self.provider.get_tracer(TRACER_NAME)
+        self.enabled = exporter is not None or resolve_endpoint(cfg) is not None
+        self.provider: TracerProvider | None = make_provider(cfg, exporter) if self.enabled else None
+        self.tracer: trace.Tracer = self.provider.get_tracer(TRACER_NAME) if self.provider else trace.NoOpTracer()
 
     def start_request(
         self, request_id: str, requested_model: str, stream: bool = False, key_id: str | None = None
@@ -260,7 +269,8 @@ class Tracing:
             req.end()
 
     def flush(self, timeout_ms: int = 5000) -> bool:
-        return self.provider.force_flush(timeout_ms)
+        return self.provider.force_flush(timeout_ms) if self.provider else True
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        if self.provider:
+            self.provider.shutdown()

@@ -319,3 +319,29 @@ async def test_observed_backends_record_attempts_and_streams(tmp_path, receiver,
     assert spans["chat b"]["attributes"]["doka.attempt.fallback"] is True
     assert "doka.stream" in spans
     assert 'doka_fallbacks_total{from_model="a",to_model="b"} 1.0' in obs.metrics_body()[0].decode()
+
+
+def test_no_exporter_creates_no_spans(receiver, monkeypatch):
+    """Without a collector the tracer is a no-op (no span objects kept, nothing exported); the
+    same calls against a configured collector do produce spans, so the test can see them."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def one(tracing: Tracing) -> bool:
+        with tracing.request("req-x", "auto") as req:
+            with req.routing(["m"]) as routing:
+                routing.decided({"model": "m", "strategy": "learned"})
+            with req.attempt("m") as attempt:
+                attempt.succeeded({"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+            req.finish("m", {"model": "m"})
+            return req.span.is_recording()
+
+    off = Tracing(ObservabilityConfig())
+    assert off.enabled is False and off.provider is None
+    assert one(off) is False
+    assert off.flush()
+    on = Tracing(ObservabilityConfig(otlp_endpoint=receiver.url))
+    assert on.enabled and one(on) is True
+    assert on.flush()
+    assert {s["name"] for s in receiver.spans()} == {"doka.request", "doka.route", "chat m"}
+    on.shutdown()
