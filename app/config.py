@@ -66,6 +66,11 @@ class VLLMParams(_Strict):
     placement_group_config: dict[str, Any] | None = None
     runtime_env: dict[str, Any] | None = None
     lora_config: dict[str, Any] | None = None
+    stream_batching_interval_ms: float | None = Field(
+        None, ge=0, description="how long ray.serve.llm's LLMServer collects streamed tokens before "
+        "sending them on as one batch (its `experimental_configs.stream_batching_interval_ms`); "
+        "0 sends each token at once (lowest time to first token, more messages per token); "
+        "unset: ray.serve.llm's default (50 ms, or RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)")
 
 
 class ModelEntry(_Strict):

@@ -99,6 +99,8 @@ def llm_config_for(entry: ModelEntry) -> "LLMConfig":
         kwargs["placement_group_config"] = v.placement_group_config
     if v.lora_config:
         kwargs["lora_config"] = resolve_secret(v.lora_config)
+    if v.stream_batching_interval_ms is not None:
+        kwargs["experimental_configs"] = {"stream_batching_interval_ms": v.stream_batching_interval_ms}
     runtime_env = _runtime_env(entry)
     if runtime_env:
         kwargs["runtime_env"] = runtime_env

@@ -32,13 +32,15 @@ DIRECT_APP, DIRECT_PREFIX = "raysllm-bench-vllm", "/direct"
 MODEL = "local-tiny"
 
 
-def _gateway_config(port: int) -> dict[str, Any]:
+def _gateway_config(port: int, interval_ms: float | None = None) -> dict[str, Any]:
     import yaml
 
     raw = yaml.safe_load((REPO / "config" / "default.yaml").read_text())
     entry = next(m for m in raw["model_list"] if m.get("provider") == "vllm" and m["model_name"] == MODEL)
     entry["vllm"]["model_source"] = str(REPO / ".doka" / "models" / "tiny-llama")
     entry["model_info"]["timeout"] = 300
+    if interval_ms is not None:  # the one LLMServer both paths share: same setting for both
+        entry["vllm"]["stream_batching_interval_ms"] = interval_ms
     raw["model_list"] = [entry]
     raw["fallbacks"] = {}
     raw["server"].update(port=port, app_name=GW_APP, data_dir=str(REPO / ".doka" / "bench"))
@@ -48,7 +50,7 @@ def _gateway_config(port: int) -> dict[str, Any]:
     return raw
 
 
-def _deploy(port: int) -> None:
+def _deploy(port: int, interval_ms: float | None = None) -> None:
     from ray import serve
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
@@ -57,7 +59,7 @@ def _deploy(port: int) -> None:
     from app.graph import build_app
     from deployments.vllm import llm_config_for
 
-    cfg = parse_config(_gateway_config(port))
+    cfg = parse_config(_gateway_config(port, interval_ms))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg), name=GW_APP, route_prefix=GW_PREFIX)
     llm_config = llm_config_for(cfg.model(MODEL))
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2, help="gateway/direct phase pairs, interleaved")
     p.add_argument("--port", type=int, default=8631)
+    p.add_argument("--stream-batching-interval-ms", type=float, default=None,
+                   help="vllm.stream_batching_interval_ms for the shared LLMServer (default: ray.serve.llm's, 50 ms)")
     p.add_argument("--out", default=str(REPO / ".doka" / "bench" / "vllm.json"))
     args = p.parse_args(argv)
 
@@ -165,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         t0 = time.perf_counter()
-        _deploy(args.port)
+        _deploy(args.port, args.stream_batching_interval_ms)
         startup = time.perf_counter() - t0
         out = asyncio.run(_bench(args.port, args))
         out["startup_s"] = startup
+        out["stream_batching_interval_ms"] = args.stream_batching_interval_ms
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -63,6 +63,15 @@ def test_lora_and_runtime_env_pass_through() -> None:
     assert llm.deployment_config["autoscaling_config"]["min_replicas"] == 0
 
 
+def test_stream_batching_interval_reaches_llm_server_config() -> None:
+    from deployments.vllm import llm_config_for
+
+    assert llm_config_for(_entry(stream_batching_interval_ms=0)).experimental_configs == {"stream_batching_interval_ms": 0}
+    assert "stream_batching_interval_ms" not in llm_config_for(_entry()).experimental_configs  # ray.serve.llm's default
+    with pytest.raises(ValueError):
+        _entry(stream_batching_interval_ms=-1)
+
+
 def test_non_vllm_entry_is_refused() -> None:
     from deployments.vllm import llm_config_for
 
