@@ -153,8 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
     run.add_argument("--no-perf", action="store_true", help="leave Serve's throughput/HAProxy mode off")
     run.add_argument("--no-dashboard", action="store_true",
-                     help="start Ray without its dashboard (saves ~400 MB, docs/benchmarks.md; no /metrics export "
-                     "from Ray's agent, no dashboard UI)")
+                     help="start Ray without its dashboard UI and HTTP API (~240 MB less, docs/benchmarks.md; "
+                     "Serve, the gateway's /metrics and Ray's metrics agent run as usual)")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="config file tools")
