@@ -144,43 +144,42 @@ class Accounts:
         """Call a core method and unwrap `{"ok"}` / raise `AccountsError` for `{"error"}`."""
         return self._unwrap(await self._raw(method, *args, **kwargs))
 
-    async def _hot_call(self, method: str, *args: Any, batched: bool = True, **kwargs: Any) -> Any:
-        if self._batcher is None or not batched:
-            return await self.call(method, *args, **kwargs)
-        return self._unwrap(await self._batcher.submit((method, args, kwargs)))
-
-    async def _hot(self, method: str, *args: Any, on_abandon: Callable[[asyncio.Task, int], None] | None = None,
+    async def _hot(self, method: str, *args: Any, on_abandon: Callable[[asyncio.Future, int], None] | None = None,
                    batched: bool = True, **kwargs: Any) -> Any:
         """A hot-path call: alone, or with concurrent ones in one round trip (`batch_linger_s` set).
 
         Bounded by `call_timeout_s` (503 `accounts_unavailable` past it). The call itself keeps
         running when its caller stops waiting (deadline or cancellation): what it did still
-        happens at the core, so `on_abandon(task, status)` gets it to undo (a late reservation;
-        status 503 past the deadline, 499 when the caller was cancelled: the client left).
+        happens at the core, so `on_abandon(future, status)` gets it to undo (a late
+        reservation; status 503 past the deadline, 499 when the caller was cancelled: the
+        client left). The future's result is the core's raw `{"ok"}`/`{"error"}` answer.
         """
-        task = asyncio.ensure_future(self._hot_call(method, *args, batched=batched, **kwargs))
+        if self._batcher is not None and batched:
+            fut: asyncio.Future = self._batcher.enqueue((method, args, kwargs))
+        else:
+            fut = asyncio.ensure_future(self._raw(method, *args, **kwargs))
         try:
-            return await asyncio.wait_for(asyncio.shield(task), self.call_timeout_s)
+            return self._unwrap(await asyncio.wait_for(asyncio.shield(fut), self.call_timeout_s))
         except asyncio.TimeoutError:
-            self._abandon(task, on_abandon, 503)
+            self._abandon(fut, on_abandon, 503)
             log.warning("accounts: %s got no answer within %gs", method, self.call_timeout_s)
             raise unavailable(f"accounts service did not answer within {self.call_timeout_s:g}s") from None
         except asyncio.CancelledError:
-            self._abandon(task, on_abandon, 499)
+            self._abandon(fut, on_abandon, 499)
             raise
 
-    def _abandon(self, task: asyncio.Task, on_abandon: Callable[[asyncio.Task, int], None] | None,
+    def _abandon(self, task: asyncio.Future, on_abandon: Callable[[asyncio.Future, int], None] | None,
                  status: int) -> None:
         self._late.add(task)
         task.add_done_callback(self._late.discard)
         task.add_done_callback(lambda t: on_abandon(t, status) if on_abandon else (t.cancelled() or t.exception()))
 
-    def _release_late(self, model: str | None, request_id: str | None) -> Callable[[asyncio.Task, int], None]:
+    def _release_late(self, model: str | None, request_id: str | None) -> Callable[[asyncio.Future, int], None]:
         """Done callback for an authorize nobody waits for: settle its reservation at zero."""
-        def release(task: asyncio.Task, status: int) -> None:
+        def release(task: asyncio.Future, status: int) -> None:
             if task.cancelled() or task.exception() is not None:
                 return
-            p = task.result()
+            p = task.result().get("ok") or {}
             if p.get("reservation_id"):
                 settle = asyncio.ensure_future(self._hot(
                     "settle", p["reservation_id"], p.get("key_id"), model_requested=model, model=None,

@@ -2,9 +2,10 @@
 
 Every operation of a keys-on gateway (admin API included) is called with generated inputs
 (valid and invalid: schemathesis' positive and negative modes), as the master key and as a
-virtual key. The chat/completions operations read
-their body themselves, so the spec lists no body for them; the test adds doka's request
-models (app/schemas.py) to the fetched spec so their bodies are fuzzed too. Asserted for every
+virtual key. The chat/completions and admin POST
+operations read their body themselves, so the spec lists no body for them; the test adds doka's
+request models (app/schemas.py, accounts/admin_api.py) to the fetched spec so their bodies are
+fuzzed too. Asserted for every
 response: no 5xx, and every error is OpenAI's `{"error": {message, type, param, code}}`.
 Bounded: a fixed number of examples per operation.
 """
@@ -30,9 +31,12 @@ BAD: list[str] = []
 
 
 def _with_bodies(spec: dict[str, Any]) -> dict[str, Any]:
+    from accounts.admin_api import DeleteKeyRequest, GenerateKeyRequest, UpdateKeyRequest
     from app.schemas import ChatCompletionRequest, CompletionRequest
 
-    for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest)):
+    for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest),
+                        ("/key/generate", GenerateKeyRequest), ("/key/update", UpdateKeyRequest),
+                        ("/key/delete", DeleteKeyRequest)):
         op = spec["paths"].get(path, {}).get("post")
         if op is None:
             continue
