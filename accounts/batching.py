@@ -32,11 +32,15 @@ class Coalescer:
         self.items = 0
 
     async def submit(self, item: Any) -> Any:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Any) -> asyncio.Future:
+        """Queue `item`; the future gets its result (a caller may stop waiting and still read it)."""
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
         if self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self._drain())
-        return await fut
+        return fut
 
     async def _drain(self) -> None:
         try:

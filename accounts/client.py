@@ -6,6 +6,7 @@ library use) and turns refusals into `AccountsError` (status, OpenAI type/code, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,12 +62,15 @@ class Accounts:
     """Thin async facade over the core (actor handle or local object)."""
 
     def __init__(self, backend: Any, refresh: Callable[[], Awaitable[Any]] | None = None, *,
-                 batch_linger_s: float | None = None, wire: bool = False) -> None:
+                 batch_linger_s: float | None = None, wire: bool = False,
+                 call_timeout_s: float | None = None) -> None:
         """`backend`: an AccountsCore, its Ray actor handle, or None with a `refresh` that finds it.
 
         `batch_linger_s`: when set, concurrent authorize and settle calls share round trips to
         the core, lingering this long while busy (accounts.batching). `wire`: those round trips
         go over the core's socket (accounts.wire) instead of Ray actor calls; both need an actor.
+        `call_timeout_s`: the deadline of each hot-path call; past it the caller gets a 503
+        `accounts_unavailable` (a stalled core must not hang every request).
         """
         self.backend = backend
         self._refresh = refresh
@@ -76,6 +80,8 @@ class Accounts:
         self._wire: WireClient | None = None
         self._client_id = uuid.uuid4().hex  # numbers this caller's batches (resends apply once)
         self._seq = 0
+        self.call_timeout_s = call_timeout_s
+        self._late: set[asyncio.Task] = set()  # answers still coming after their caller gave up
 
     @classmethod
     def from_config(cls, cfg: Any, *, actor: bool = True, detached: bool = True) -> "Accounts":
@@ -138,11 +144,51 @@ class Accounts:
         """Call a core method and unwrap `{"ok"}` / raise `AccountsError` for `{"error"}`."""
         return self._unwrap(await self._raw(method, *args, **kwargs))
 
-    async def _hot(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A hot-path call: alone, or with concurrent ones in one round trip (`batch_linger_s` set)."""
-        if self._batcher is None:
-            return await self.call(method, *args, **kwargs)
-        return self._unwrap(await self._batcher.submit((method, args, kwargs)))
+    async def _hot(self, method: str, *args: Any, on_abandon: Callable[[asyncio.Future, int], None] | None = None,
+                   batched: bool = True, **kwargs: Any) -> Any:
+        """A hot-path call: alone, or with concurrent ones in one round trip (`batch_linger_s` set).
+
+        Bounded by `call_timeout_s` (503 `accounts_unavailable` past it). The call itself keeps
+        running when its caller stops waiting (deadline or cancellation): what it did still
+        happens at the core, so `on_abandon(future, status)` gets it to undo (a late
+        reservation; status 503 past the deadline, 499 when the caller was cancelled: the
+        client left). The future's result is the core's raw `{"ok"}`/`{"error"}` answer.
+        """
+        if self._batcher is not None and batched:
+            fut: asyncio.Future = self._batcher.enqueue((method, args, kwargs))
+        else:
+            fut = asyncio.ensure_future(self._raw(method, *args, **kwargs))
+        try:
+            return self._unwrap(await asyncio.wait_for(asyncio.shield(fut), self.call_timeout_s))
+        except asyncio.TimeoutError:
+            self._abandon(fut, on_abandon, 503)
+            log.warning("accounts: %s got no answer within %gs", method, self.call_timeout_s)
+            raise unavailable(f"accounts service did not answer within {self.call_timeout_s:g}s") from None
+        except asyncio.CancelledError:
+            self._abandon(fut, on_abandon, 499)
+            raise
+
+    def _abandon(self, task: asyncio.Future, on_abandon: Callable[[asyncio.Future, int], None] | None,
+                 status: int) -> None:
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        task.add_done_callback(lambda t: on_abandon(t, status) if on_abandon else (t.cancelled() or t.exception()))
+
+    def _release_late(self, model: str | None, request_id: str | None) -> Callable[[asyncio.Future, int], None]:
+        """Done callback for an authorize nobody waits for: settle its reservation at zero."""
+        def release(task: asyncio.Future, status: int) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            p = task.result().get("ok") or {}
+            if p.get("reservation_id"):
+                settle = asyncio.ensure_future(self._hot(
+                    "settle", p["reservation_id"], p.get("key_id"), model_requested=model, model=None,
+                    prompt_tokens=0, completion_tokens=0, status=status, latency_ms=None,
+                    route_reason="abandoned", request_id=request_id, stream=False, cost_usd=0.0))
+                self._late.add(settle)
+                settle.add_done_callback(self._late.discard)
+                settle.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return release
 
     # ---- the ingress seam ----
     async def authorize(
@@ -158,7 +204,8 @@ class Accounts:
         is trusted, so it is not validated again: this runs on every request).
         """
         est = estimate.reservation(body)
-        p = await self._hot("authorize", api_key, model, est, request_id, owner)
+        p = await self._hot("authorize", api_key, model, est, request_id, owner,
+                            on_abandon=self._release_late(model, request_id))
         return as_type.model_construct(**p, model_requested=model, request_id=request_id, **extra)
 
     async def settle(
@@ -187,6 +234,11 @@ class Accounts:
             route_reason=route_reason, request_id=request_id or principal.request_id, stream=stream,
             cost_usd=cost_usd,
         )
+
+    async def feedback_principal(self, api_key: str | None, request_id: str) -> Principal:
+        """The caller of `POST /v1/feedback`: a valid key that made `request_id` (401/404 else)."""
+        p = await self._hot("feedback_principal", api_key, request_id, batched=False)
+        return Principal.model_construct(**p, request_id=request_id)
 
     async def heartbeat(self, owner: str) -> None:
         await self.call("heartbeat", owner)

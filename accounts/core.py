@@ -352,6 +352,36 @@ class AccountsCore:
         except AccountsError as e:
             return _err(e)
 
+    async def feedback_principal(self, api_key: str | None, request_id: str) -> dict[str, Any]:
+        """Who may score `request_id`: a valid key that made that request (the master key: any).
+
+        Feedback is not a model call: no model allow-list, no quota, no rpm, no reservation. A
+        key that did not make the request gets the same 404 as an unknown id (ids do not leak).
+        """
+        try:
+            if not api_key:
+                raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
+            h = hash_key(api_key)
+            if self.master_key_hash is not None and h == self.master_key_hash:
+                return _ok({"key_id": MASTER_ID, "master": True})
+            if not api_key.startswith(KEY_PREFIX):
+                raise unauthorized("invalid API key")
+            key = await self._lookup(h)
+            if key is None:
+                raise unauthorized("invalid API key")
+            if key["revoked_at"] is not None:
+                raise unauthorized("API key has been revoked", "key_revoked")
+            if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
+                raise unauthorized("API key has expired", "key_expired")
+            owned = any(r["request_id"] == request_id and r["key_id"] == key["id"] for r in self._buffer)
+            if not owned:
+                owned = await self._db(db.request_owned_by, request_id, key["id"])
+            if not owned:
+                raise not_found(f"no request {request_id!r} was made with this key", "request_id")
+            return _ok({"key_id": key["id"], "key_alias": key["alias"], "team": key["team"], "user": key["user"]})
+        except AccountsError as e:
+            return _err(e)
+
     async def settle(self, reservation_id: str | None, key_id: str | None, **outcome: Any) -> dict[str, Any]:
         """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
         await self._start()

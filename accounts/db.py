@@ -191,3 +191,11 @@ def ledger_rows(engine: Engine, *, key_id: str | None = None, limit: int = 10_00
         rows = conn.execute(stmt).mappings().all()
     cols = [c.key for c in LedgerEntry.__mapper__.column_attrs]
     return [{c: r[LedgerEntry.__table__.c[c]] for c in cols} for r in rows]
+
+
+def request_owned_by(engine: Engine, request_id: str, key_id: str) -> bool:
+    """True when `key_id` has a ledger row for `request_id` (who may score that request)."""
+    stmt = (select(LedgerEntry.id).where(LedgerEntry.request_id == request_id, LedgerEntry.key_id == key_id)
+            .limit(1))
+    with engine.connect() as conn:
+        return conn.execute(stmt).first() is not None

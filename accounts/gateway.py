@@ -110,7 +110,8 @@ class GatewayAccounts:
         global _CURRENT
         self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote(),
                                  batch_linger_s=cfg.accounts.batch_linger_ms / 1000,
-                                 wire=cfg.accounts.transport == "socket")
+                                 wire=cfg.accounts.transport == "socket",
+                                 call_timeout_s=cfg.accounts.call_timeout_s)
         self.master_key = master_key(cfg)
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
@@ -134,6 +135,13 @@ class GatewayAccounts:
             return await self.accounts.authorize(
                 api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, as_type=Grant,
                 meter=StreamMeter(body) if body.get("stream") else None)
+        except AccountsError as e:
+            raise _openai_error(e) from None
+
+    async def feedback_principal(self, request: Any, request_id: str) -> Principal:
+        """Who scores `request_id`: a valid key that made it; no quota, rpm or model check."""
+        try:
+            return await self.accounts.feedback_principal(api_key_from_headers(request.headers), request_id)
         except AccountsError as e:
             raise _openai_error(e) from None
 

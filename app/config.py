@@ -174,6 +174,10 @@ class AccountsConfig(_Strict):
         1.0, ge=0, le=100, description="while busy, an ingress replica waits this long before each "
         "round trip to the accounts core so more checks and settlements share it (fewer, larger "
         "batches: less CPU on both sides; an idle gateway never waits)")
+    call_timeout_s: float = Field(
+        5.0, gt=0, description="deadline of each key check and settlement sent to the accounts core; "
+        "past it the request gets 503 accounts_unavailable with Retry-After (a stalled core must not "
+        "hang every request); an authorization that lands later is released at once")
     reservation_lease_s: float = Field(
         30.0, gt=0, description="an ingress replica silent this long is presumed lost: its open "
         "reservations are released and logged (status 502, nothing charged)")

@@ -64,18 +64,35 @@ def validate_body(model: type[_Common], body: Any) -> _Common:
         raise bad_request(f"Invalid value for '{loc}': {first['msg']}", param=loc, code="invalid_value") from None
 
 
-def prompt_text(body: dict[str, Any], limit: int = 2000) -> str:
-    """The text a router looks at: the last user message (or the prompt), truncated."""
-    if "messages" in body:
-        for m in reversed(body["messages"]):
-            if m.get("role") == "user":
-                c = m.get("content")
-                if isinstance(c, list):
-                    c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-                return (c or "")[:limit]
+PROMPT_TEXT_LIMIT = 2000
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):  # content parts: only the text ones carry words
+        return " ".join(p.get("text") or "" for p in content
+                        if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str))
+    return content if isinstance(content, str) else ""
+
+
+def prompt_text(body: dict[str, Any], limit: int = PROMPT_TEXT_LIMIT) -> str:
+    """The one text a request is routed on, recorded as, and trained on: the last user message
+    (or the completion prompt), truncated to `limit` characters.
+
+    The router featurizes it at serve time, the trace store records it and `doka
+    train-from-traces` learns from what was recorded, so train and serve see the same text
+    (a system prompt or earlier turns never shift a request's features). Computed once per
+    request by the ingress.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user":
+                return _content_text(m.get("content"))[:limit]
         return ""
     p = body.get("prompt", "")
-    return (p if isinstance(p, str) else " ".join(map(str, p)))[:limit]
+    if isinstance(p, str):
+        return p[:limit]
+    return " ".join(map(str, p))[:limit] if isinstance(p, list) else ""
 
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIError", "validate_body", "prompt_text"]

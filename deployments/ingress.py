@@ -58,26 +58,41 @@ from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, m
 app.include_router(admin_router())
 
 
+def request_id_of(request: Request) -> str:
+    """The request's id: the one `_serve` chose, else the client's `x-request-id`, else a new one.
+
+    Every doka response carries it as `x-doka-request-id` (errors included), so a response
+    without it did not come from doka (a proxy's or Serve's own 500, say).
+    """
+    state = request.scope.setdefault("state", {})
+    rid = state.get("doka_request_id")
+    if rid is None:
+        rid = state["doka_request_id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return rid
+
+
 @app.exception_handler(OpenAIError)
-async def _openai_error(_: Request, e: OpenAIError) -> JSONResponse:
-    return e.response()
+async def _openai_error(request: Request, e: OpenAIError) -> JSONResponse:
+    return e.response({"x-doka-request-id": request_id_of(request)})
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-    return bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}").response()
+async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+    return bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}").response(
+        {"x-doka-request-id": request_id_of(request)})
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
     msg = "Not found" if e.status_code == 404 else str(e.detail)
-    return OpenAIError(e.status_code, msg).response()
+    return OpenAIError(e.status_code, msg).response({"x-doka-request-id": request_id_of(request)})
 
 
 @app.exception_handler(Exception)
-async def _server_error(_: Request, e: Exception) -> JSONResponse:
+async def _server_error(request: Request, e: Exception) -> JSONResponse:
     logger.exception("ingress: unhandled error")
-    return OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error").response()
+    return OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error").response(
+        {"x-doka-request-id": request_id_of(request)})
 
 
 class NoAccounts:
@@ -153,6 +168,37 @@ class _Attempt:
 
     def __init__(self, result: Any, model: str, reason: str, tried: list[str]) -> None:
         self.result, self.model, self.reason, self.tried = result, model, reason, tried
+
+
+class _Once:
+    """Who settles a stream: the first to `claim()` it (its generator or its response)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def claim(self) -> bool:
+        first, self.done = not self.done, True
+        return first
+
+
+class _SettlingStream(StreamingResponse):
+    """A StreamingResponse that calls `on_close()` however it ends.
+
+    Starlette may never start the body generator (client gone before the headers went out),
+    and a generator never started runs no `finally`: this is where such a stream is settled.
+    """
+
+    def __init__(self, content: Any, on_close: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _settled(pending: set, request_id: str, task: asyncio.Task) -> None:
@@ -270,38 +316,67 @@ class Ingress:
 
     @app.post("/v1/feedback")
     async def feedback(self, request: Request) -> Response:
-        """Score an earlier answer by its request id; stored beside the traces for retraining."""
+        """Score an earlier answer by its request id; stored beside the traces for retraining.
+
+        Needs only a valid key that made that request (the master key may score any): no model
+        allow-list, quota or rpm applies, since feedback calls no model.
+        """
         body = await self._read_json(request)
-        rid = uuid.uuid4().hex  # the key check reserves nothing billable: settled at zero right away
-        grant = await self._accounts.authorize(request, self._auto, {}, rid)
-        await self._accounts.settle(grant, request_id=rid, model_requested=self._auto, model=None, prompt_tokens=0,
-                                    completion_tokens=0, cost_usd=0.0, status=200, latency_ms=0.0,
-                                    route_reason="feedback", stream=False)
-        status, payload = self._obs.add_feedback(body, key_id=getattr(grant, "key_id", None))
+        key_id = None
+        if not isinstance(self._accounts, NoAccounts):
+            rid = body.get("request_id") if isinstance(body, dict) else None
+            if not isinstance(rid, str) or not rid:
+                raise bad_request("Missing required parameter: 'request_id'", param="request_id",
+                                  code="missing_required_parameter")
+            key_id = (await self._accounts.feedback_principal(request, rid)).key_id
+        status, payload = self._obs.add_feedback(body, key_id=key_id)
         return JSONResponse(payload, status_code=status)
 
     # ------------------------------------------------------------------ request path
-    async def _serve(self, request: Request, kind: str, schema: type) -> Response:
+    async def _serve(self, request: Request, kind: str, schema: type, body: dict | None = None) -> Response:
+        """The request path of every model endpoint: validate, authorize, plan, call, settle.
+
+        `body`: an OpenAI chat/completion body already translated by another endpoint (used
+        instead of reading the request's; the request still gives headers, key, disconnects).
+        Every way out after `authorize` (answer, error, client cancel) settles the reservation
+        exactly once; a stream hands that duty to its response (`_SettlingStream`).
+        """
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        body = await self._read_json(request)
+        request_id = request_id_of(request)
+        if body is None:
+            body = await self._read_json(request)
         req = validate_body(schema, body)
         routing_ext = body.pop("doka", None)  # doka's own request extension: never sent upstream
         requested = req.model
         if requested not in self._public_set:
             raise unknown_model(requested, self._public)
+        stream = bool(req.stream)
+        prompt = prompt_text(body)  # once per request: routing and the trace store share it
         grant = await self._accounts.authorize(request, requested, body, request_id)
-        self._obs.start(request_id, requested, body, key_id=getattr(grant, "key_id", None), stream=bool(req.stream))
-        chain, base_reason, decision = await self._plan(requested, body, request, routing_ext)
-        if req.stream:
-            return await self._serve_stream(kind, requested, body, chain, base_reason, decision, request_id,
-                                            grant, started)
+        self._obs.start(request_id, requested, body, key_id=getattr(grant, "key_id", None), stream=stream,
+                        prompt=prompt)
+        status = 500
         try:
-            att = await self._run_chain(kind, body, chain, base_reason)
+            chain, base_reason, decision = await self._plan(requested, body, request, routing_ext, prompt,
+                                                            getattr(grant, "models", None))
+            att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
         except OpenAIError as e:
-            await self._settle(grant, request_id, requested, None, None, e.status, started, None, False)
+            status = e.status
             e.headers.setdefault("x-doka-request-id", request_id)
             raise
+        except asyncio.CancelledError:  # client gone (disconnect, timeout): Serve cancelled us
+            status = 499
+            raise
+        except BaseException:
+            status = 500
+            raise
+        else:
+            status = 200
+        finally:
+            if status != 200:
+                self._start_settle(grant, request_id, requested, None, None, status, started, None, stream)
+        if stream:
+            return self._serve_stream(att, requested, decision, request_id, grant, started)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False)
         return Response(dumps(att.result), media_type="application/json",
@@ -332,24 +407,49 @@ class Ingress:
         except ValueError as e:
             raise bad_request(f"Request body is not valid JSON: {e}", code="invalid_json") from None
 
-    async def _plan(self, requested: str, body: dict[str, Any], request: Request,
-                    ext: Any = None) -> tuple[list[str], str, dict | None]:
-        """The ordered tiers to try, the base route reason and the router's decision (auto)."""
+    async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
+                    prompt: str | None = None, allowed: list[str] | None = None) -> tuple[list[str], str, dict | None]:
+        """The ordered tiers to try, the base route reason and the router's decision (auto).
+
+        `allowed`: the key's model allow-list (empty/None: every model). Only allowed models are
+        ever called: the router chooses among allowed candidates, and chain tiers outside the
+        list are skipped; nothing left is a 403.
+        """
+        permitted = set(allowed) if allowed else None
         if requested != self._auto:
             reason = f"chain:{requested}" if requested in self.cfg.fallbacks else "explicit"
-            return self.cfg.chain_for(requested), reason, None
+            return self._allowed_chain(self.cfg.chain_for(requested), permitted, requested), reason, None
         if not self._candidates:
             raise OpenAIError(503, "No model is available for automatic routing", code="no_candidates")
         cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
+        if permitted is not None:
+            candidates = [c for c in candidates if c in permitted]
+            if not candidates:
+                raise OpenAIError(403, f"this key may use none of the {self._auto!r} candidates; allowed: "
+                                  f"{', '.join(sorted(permitted))}", type="permission_error", param="model",
+                                  code="model_not_allowed")
         with self._obs.routing(candidates) as routing:
             try:
-                decision = await self._router.route.remote(prompt_text(body), cost_weight, candidates)
+                decision = await self._router.route.remote(prompt_text(body) if prompt is None else prompt,
+                                                           cost_weight, candidates)
             except Exception as e:
                 logger.warning("ingress: router failed (%s); using the first candidate", e)
                 decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
                             "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
             routing.decided(decision)
-        return self.cfg.chain_for(decision["model"]), f"auto:{decision['strategy']}", decision
+        chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
+        return chain, f"auto:{decision['strategy']}", decision
+
+    def _allowed_chain(self, chain: list[str], permitted: set[str] | None, requested: str) -> list[str]:
+        """The chain without the tiers the key may not use (403 when none is left)."""
+        if permitted is None:
+            return chain
+        kept = [m for m in chain if m in permitted]
+        if not kept:
+            raise OpenAIError(403, f"this key may use no model of {requested!r} ({', '.join(chain)}); allowed: "
+                              f"{', '.join(sorted(permitted))}", type="permission_error", param="model",
+                              code="model_not_allowed")
+        return kept
 
     async def _run_chain(self, kind: str, body: dict[str, Any], chain: list[str], base_reason: str,
                          stream: bool = False) -> _Attempt:
@@ -395,27 +495,45 @@ class Ingress:
             self._router.report.remote(model, False)
         raise upstream_exhausted(tried, last_error, timed_out)
 
-    async def _serve_stream(self, kind: str, requested: str, body: dict[str, Any], chain: list[str],
-                            base_reason: str, decision: dict | None, request_id: str, grant: Any,
-                            started: float) -> Response:
-        try:
-            att = await self._run_chain(kind, body, chain, base_reason, stream=True)
-        except OpenAIError as e:
-            await self._settle(grant, request_id, requested, None, None, e.status, started, None, True)
-            e.headers.setdefault("x-doka-request-id", request_id)
-            raise
+    def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
+                      started: float) -> Response:
+        """The open stream as an SSE response; from here on the response settles the request."""
         first, it = att.result
         headers = self._headers(att, request_id, decision)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        return StreamingResponse(self._sse(first, it, att, requested, request_id, grant, started),
-                                 media_type="text/event-stream", headers=headers)
+        once = _Once()
+        body = self._sse(first, it, att, requested, request_id, grant, started, once)
+        return _SettlingStream(body, partial(self._stream_abandoned, once, it, att, requested, request_id, grant,
+                                             started, body), media_type="text/event-stream", headers=headers)
+
+    def _stream_abandoned(self, once: "_Once", it: AsyncIterator[dict] | None, att: _Attempt, requested: str,
+                          request_id: str, grant: Any, started: float, body: AsyncIterator[bytes]) -> None:
+        """The response ended; if `_sse` has not settled yet (client gone), make it happen now.
+
+        A suspended `_sse` is closed (its `finally` settles what it delivered, status 499); one
+        that never started runs no `finally`, so the stream is settled here instead.
+        """
+        if once.done:
+            return
+
+        async def close() -> None:
+            try:
+                await body.aclose()
+            finally:
+                if once.claim():
+                    self._start_settle(grant, request_id, requested, att.model, None, 499, started, att.reason, True)
+                    if it is not None:
+                        await it.aclose()  # stop the upstream call
+
+        task = asyncio.ensure_future(close())
+        self._settling.add(task)
+        task.add_done_callback(partial(_settled, self._settling, request_id))
 
     async def _sse(self, first: dict | None, it: AsyncIterator[dict] | None, att: _Attempt, requested: str,
-                   request_id: str, grant: Any, started: float) -> AsyncIterator[bytes]:
+                   request_id: str, grant: Any, started: float, once: "_Once") -> AsyncIterator[bytes]:
         """Chunks as they come; an error after the first chunk ends the stream with an error event."""
         usage: dict | None = None
         status = 200
-        settled = False
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
         try:
             if first is not None:
@@ -431,16 +549,19 @@ class Ingress:
             # settle before `[DONE]`, and wait for it as a plain answer does: once the client has
             # `[DONE]` this generator may never run again, and a replica killed right after it
             # must not take the ledger row with it (the settle itself is shielded from cancellation)
-            settled = True
-            await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+            if once.claim():
+                await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
             yield b"data: [DONE]\n\n"
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+            status = 499
+            raise
         except Exception as e:
             err = _unwrap(e)
             status = err.status if isinstance(err, UpstreamError) else 502
             msg = err.message if isinstance(err, UpstreamError) else f"{type(err).__name__}: {err}"
             yield OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error").sse_event()
         finally:
-            if not settled:  # cut short (error, client gone): charge what was delivered
+            if once.claim():  # cut short (error, client gone): charge what was delivered
                 self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise

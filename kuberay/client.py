@@ -103,18 +103,31 @@ class KubeRay:
         return cluster
 
     def reload_router(self, name: str, *, artifact: str | None = None, registry: str | None = None,
-                      app_name: str | None = None) -> dict[str, Any]:
-        """Merge-patch serveConfigV2 with the router's user_config changed; returns that user_config."""
-        svc = self.get_rayservice(name)
-        if svc is None:
-            raise KubeRayError(f"RayService {self.namespace}/{name} not found")
-        serve_cfg = yaml.safe_load(svc["spec"].get("serveConfigV2") or "") or {}
-        new_cfg, user_config = with_router_user_config(serve_cfg, artifact=artifact, registry=registry,
-                                                       app_name=app_name)
-        patch = {"spec": {"serveConfigV2": dump_yaml(new_cfg)}}
-        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, RAYSERVICES, name, patch,
-                                                _content_type=MERGE_PATCH)
-        return user_config
+                      app_name: str | None = None, attempts: int = 5) -> dict[str, Any]:
+        """Merge-patch serveConfigV2 with the router's user_config changed; returns that user_config.
+
+        Optimistic concurrency: the patch carries the resourceVersion it was computed from, so
+        the API server refuses it (409) if the RayService changed since the read; then it is
+        read and computed again (up to `attempts` times), so a concurrent edit is never lost.
+        """
+        for attempt in range(attempts):
+            svc = self.get_rayservice(name)
+            if svc is None:
+                raise KubeRayError(f"RayService {self.namespace}/{name} not found")
+            serve_cfg = yaml.safe_load(svc["spec"].get("serveConfigV2") or "") or {}
+            new_cfg, user_config = with_router_user_config(serve_cfg, artifact=artifact, registry=registry,
+                                                           app_name=app_name)
+            patch = {"metadata": {"resourceVersion": svc["metadata"]["resourceVersion"]},
+                     "spec": {"serveConfigV2": dump_yaml(new_cfg)}}
+            try:
+                self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, RAYSERVICES, name, patch,
+                                                        _content_type=MERGE_PATCH)
+                return user_config
+            except ApiException as e:
+                if e.status != 409 or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))  # someone else wrote it: read it again
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ RayJob
     def submit_rayjob(self, manifest: dict[str, Any], *, rayservice: str | None = None) -> dict[str, Any]:

@@ -272,9 +272,15 @@ class Observability:
         body: Mapping[str, Any] | None = None,
         key_id: str | None = None,
         stream: bool = False,
+        prompt: str | None = None,
     ) -> RequestObservation:
-        """Begin observing a request; the ingress must call `finish` on the result."""
-        prompt = prompt_text(dict(body or {}))
+        """Begin observing a request; the ingress must call `finish` on the result.
+
+        `prompt`: the request's `app.schemas.prompt_text` when the caller has it already (the
+        ingress computes it once per request); the trace store records exactly that text.
+        """
+        if prompt is None:
+            prompt = prompt_text(dict(body or {}))
         user = (body or {}).get("user")
         record = TraceRecord(
             request_id=request_id,

@@ -22,6 +22,7 @@ import fsspec
 from pydantic import BaseModel, Field
 
 from app.config import DokaConfig, ObservabilityConfig
+from app.schemas import prompt_text  # noqa: F401  (the one train/serve text; re-exported for callers)
 
 REQUESTS_DIR = "requests"
 FEEDBACK_DIR = "feedback"
@@ -64,23 +65,6 @@ def prompt_for_store(prompt: str | None, cfg: ObservabilityConfig) -> str | None
     if prompt is None or not cfg.store_prompts:
         return None
     return redact(prompt) if cfg.redact_prompts else prompt
-
-
-def prompt_text(body: dict[str, Any]) -> str:
-    """The routing-relevant text of an OpenAI request body (chat messages or completion prompt)."""
-    if isinstance(body.get("messages"), list):
-        parts = []
-        for m in body["messages"]:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        return "\n".join(p for p in parts if p)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        return "\n".join(str(p) for p in prompt)
-    return str(prompt or "")
 
 
 def traces_root(cfg: DokaConfig) -> str:

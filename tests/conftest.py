@@ -192,7 +192,7 @@ def gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[Gateway]
     # short tier timeouts so the timeout tests are quick (chain: mock-mixtral -> mock-gpt-4)
     for m in raw["model_list"]:
         if m["model_name"] == "mock-mixtral":
-            m["model_info"]["timeout"] = 2
+            m["model_info"]["timeout"] = 1  # test_gateway_fallback times how fast it is abandoned
         if m["model_name"] == "mock-gpt-4":
             m["model_info"]["timeout"] = 3
     cfg = parse_config(raw)

@@ -26,6 +26,13 @@ CHAT = [f"Hi there! {t}" for t in (
     "How are you doing today?", "What a lovely sunny morning.", "Did you have a nice weekend?",
     "I just got back from vacation.", "Tell me something cheerful.", "Hope your day is going well.",
     "Thanks for chatting with me.", "Good evening, friend.", "What's your favourite colour?", "Nice to meet you!")]
+# held-out probes: the same two kinds of request, none of them in the training data above
+CODE_PROBES = [f"Write a python function that {t}" for t in (
+    "checks whether a number is prime", "converts celsius to fahrenheit", "downloads a web page",
+    "removes duplicates from a list")]
+CHAT_PROBES = [f"Hi there! {t}" for t in (
+    "Hope you slept well.", "Lovely to hear from you again.", "How was your trip to the coast?",
+    "It is raining here today.")]
 # labels of config/default.yaml's mock models (model_info.route_label)
 MIXTRAL, GPT35, GPT4 = "mixtral-8x7b-chat", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"
 LABEL_OF = {"mock-mixtral": MIXTRAL, "mock-gpt-3.5": GPT35, "mock-gpt-4": GPT4}

@@ -171,3 +171,106 @@ def test_spend_and_quota_survive_a_gateway_restart(gw):
     assert chat(gw, key["key"]).status_code == 429  # the quota is still used up
     rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
     assert [r["status"] for r in rows] == [200, 200, 200, 429, 429]
+
+
+def _usage(gw, key: dict) -> dict:
+    return admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
+
+
+def test_cancelled_and_refused_requests_leave_no_reservation(gw):
+    """50 clients that leave mid-flight and 50 bad cost weights: every hold released, once.
+
+    A stream cut off is charged for its prompt (the upstream had it); the quota leaves room for
+    that and for 15 concurrent reservations. Afterwards nothing is held and each way out has
+    left exactly one ledger row (499 for a client gone, 400 for the bad weight).
+    """
+    from accounts import estimate
+
+    body = {"model": "mock-gpt-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    est = estimate.reservation(body)
+    key = new_key(gw, tokens_per_day=15 * est + 25 * est)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    gw.mock.state(latency_ms=3000, chunks=100, chunk_interval_ms=100)  # answers far slower than the clients wait
+
+    async def leave_early(client: httpx.AsyncClient, stream: bool) -> str:
+        try:
+            if stream:  # read the first chunk, then hang up
+                async with client.stream("POST", gw.url + "/v1/chat/completions", headers=headers,
+                                         json={**body, "stream": True}) as r:
+                    assert r.status_code == 200, await r.aread()
+                    async for _ in r.aiter_lines():
+                        return "stream"
+            await client.post(gw.url + "/v1/chat/completions", headers=headers, json=body)
+        except httpx.TimeoutException:
+            return "left"
+        return "answered"
+
+    async def rounds():
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=0.5)) as client:
+            for i in range(5):
+                got = await asyncio.gather(*[leave_early(client, stream=j % 2 == 1) for j in range(10)])
+                assert "answered" not in got, got
+                # the holds of this round are released before the next round needs the quota
+                deadline = time.time() + 20
+                while _usage(gw, key)["inflight"] and time.time() < deadline:
+                    await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(rounds())
+    finally:
+        gw.mock.reset()
+    for _ in range(50):
+        r = httpx.post(gw.url + "/v1/chat/completions", json={**body, "model": "auto"}, timeout=30,
+                       headers={**headers, "x-doka-cost-weight": "cheap please"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cost_weight", r.text
+    usage = _usage(gw, key)
+    assert usage["inflight"] == 0 and usage["reserved_tokens"] == 0, usage
+    assert chat(gw, key["key"]).status_code == 200  # the key is admitted again
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+    statuses = [r["status"] for r in rows]
+    assert statuses.count(499) == 50 and statuses.count(400) == 50 and statuses.count(200) == 1, statuses
+    assert len(rows) == 101
+
+
+def test_allow_list_applies_to_every_model_called(gw):
+    """`auto` and chains call only models the key may use; nothing left to call is a 403."""
+    only_cheap = new_key(gw, models=["auto", "mock-gpt-3.5"])
+    served = {chat(gw, only_cheap["key"], "auto").headers["x-doka-model"] for _ in range(6)}
+    assert served == {"mock-gpt-3.5"}  # the round-robin router would pick every candidate otherwise
+    pinned = chat(gw, only_cheap["key"], "auto", doka={"candidates": ["mock-gpt-3.5", "mock-gpt-4"]})
+    assert pinned.headers["x-doka-model"] == "mock-gpt-3.5"
+
+    chain_key = new_key(gw, models=["default", "mock-gpt-4"])  # chain: mock-mixtral -> mock-gpt-4
+    r = chat(gw, chain_key["key"], "default")
+    assert r.status_code == 200 and r.headers["x-doka-model"] == "mock-gpt-4"
+    assert r.headers["x-doka-tiers-tried"] == "mock-gpt-4"  # mock-mixtral never called
+
+    auto_only = new_key(gw, models=["auto"])
+    refused = chat(gw, auto_only["key"], "auto")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    assert refused.headers["x-doka-request-id"]
+    assert _usage(gw, auto_only)["inflight"] == 0
+
+
+def test_feedback_needs_only_the_key_that_made_the_request(gw):
+    owner = new_key(gw, models=["mock-gpt-3.5"], rpm_limit=1, tokens_per_day=1)  # no `auto`, tiny quota
+    other = new_key(gw)
+    r = chat(gw, owner["key"])
+    assert r.status_code == 200
+    assert chat(gw, owner["key"]).status_code == 429  # quota and rpm are both used up now
+    rid = r.headers["x-doka-request-id"]
+
+    def feedback(key: str, request_id: str = rid) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/feedback", json={"request_id": request_id, "score": 1.0},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    for _ in range(3):  # not refused by the exhausted quota or rpm, and not counted against them
+        ok = feedback(owner["key"])
+        assert ok.status_code == 200 and ok.json()["stored"] is True, ok.text
+    stolen = feedback(other["key"])
+    assert stolen.status_code == 404 and stolen.json()["error"]["param"] == "request_id"
+    assert feedback(owner["key"], "no-such-request").status_code == 404
+    assert feedback("sk-doka-not-a-real-key").status_code == 401
+    assert feedback(MASTER).status_code == 200
+    rows = admin(gw, "GET", "/spend/logs", params={"key_id": owner["key_id"]}).json()["data"]
+    assert [row["status"] for row in rows] == [200, 429]  # feedback leaves no ledger row

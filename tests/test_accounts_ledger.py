@@ -260,3 +260,48 @@ async def test_postgres_outage_gives_503_and_recovers_without_restart(tmp_path):
         await a.close()
     finally:
         server.destroy()
+
+
+class StalledCore(AccountsCore):
+    """A core that stops answering key checks until `resume()` (a hung actor, say)."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.gate = asyncio.Event()
+
+    async def authorize(self, *a, **kw):
+        await self.gate.wait()
+        return await super().authorize(*a, **kw)
+
+    def resume(self) -> None:
+        self.gate.set()
+
+
+async def test_a_stalled_core_gets_a_deadline_and_late_holds_are_released(tmp_path):
+    import time
+
+    core = StalledCore(f"sqlite:///{tmp_path / 'acct.db'}", prices=PRICES, settle_interval_s=0.2)
+    a = Accounts(core, call_timeout_s=0.3)
+    key = await a.call("generate_key", {})
+    started = time.perf_counter()
+    e = await refused(a.authorize(key["key"], "cheap", BODY, request_id="timed-out"))
+    waited = time.perf_counter() - started
+    assert (e.status, e.code) == (503, "accounts_unavailable") and e.headers()["Retry-After"] == "1"
+    assert 0.3 <= waited < 2.0, waited
+
+    gone = asyncio.ensure_future(a.authorize(key["key"], "cheap", BODY, request_id="client-left"))
+    await asyncio.sleep(0.05)
+    gone.cancel()  # the client went away while its key was being checked
+    core.resume()  # the core answers both late: each reservation must be released, not held
+    for _ in range(100):
+        if not core._reservations and not a._late:
+            break
+        await asyncio.sleep(0.02)
+    assert core._reservations == {}
+    info = await a.call("key_info", key_id=key["key_id"])
+    assert info["usage"]["inflight"] == 0 and info["usage"]["reserved_tokens"] == 0
+    await a.flush()
+    rows = {r["request_id"]: r for r in await a.call("ledger", key["key_id"])}
+    assert (rows["timed-out"]["status"], rows["client-left"]["status"]) == (503, 499)
+    assert rows["timed-out"]["prompt_tokens"] == rows["client-left"]["cost_usd"] == 0
+    await a.close()

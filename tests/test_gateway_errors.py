@@ -17,6 +17,7 @@ def _error(r: httpx.Response, status: int) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
+    assert r.headers.get("x-doka-request-id"), "every doka response names its request"
     return err
 
 
@@ -88,3 +89,25 @@ def test_sdk_raises_its_usual_exceptions(gateway):
         client.chat.completions.create(model="no-such-model", messages=MSG)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="mock-gpt-4", messages=[])
+
+
+def test_the_catch_all_500_carries_the_request_id():
+    """doka's own 500 handler marks its answer, so a fault test can tell it from a proxy's 500.
+
+    Drives the ingress's FastAPI app (its real handlers) in-process with a route that fails the
+    way a bug would; the Serve app has no route that can be made to fail on purpose.
+    """
+    from starlette.testclient import TestClient
+
+    from deployments.ingress import app
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/_test/boom", boom, include_in_schema=False)
+    try:
+        r = TestClient(app, raise_server_exceptions=False).get("/_test/boom", headers={"x-request-id": "req-500"})
+    finally:
+        app.router.routes = [rt for rt in app.router.routes if getattr(rt, "path", "") != "/_test/boom"]
+    err = _error(r, 500)
+    assert err["type"] == "server_error" and r.headers["x-doka-request-id"] == "req-500"

@@ -1,12 +1,13 @@
 """Fallback chains: a failing tier hands over to the next; all tiers down -> 502/504.
 
-The test config's chain is mock-mixtral (timeout 2 s) -> mock-gpt-4 (timeout 3 s); the mock
+The test config's chain is mock-mixtral (timeout 1 s) -> mock-gpt-4 (timeout 3 s); the mock
 upstream injects faults per upstream model name.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -25,12 +26,22 @@ def test_http_error_on_first_tier_falls_back(gateway, mock, fault):
     assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-4"
 
 
-def test_timeout_on_first_tier_falls_back(gateway, mock):
+# a hanging tier with a 1 s timeout must be left after 1 s; the slack is for a busy 2-core box
+# (the next tier answers in ~5 ms), far less than any longer wait a broken timeout would give
+TIER_TIMEOUT_S, SLACK_S = 1.0, 1.5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_timeout_on_first_tier_falls_back(gateway, mock, stream):
     mock.state(faults={"mixtral-8x7b": "timeout"})
-    raw = gateway.client().chat.completions.with_raw_response.create(model="mock-mixtral", messages=MSG)
+    started = time.perf_counter()
+    raw = gateway.client().chat.completions.with_raw_response.create(model="mock-mixtral", messages=MSG,
+                                                                    stream=stream)
+    elapsed = time.perf_counter() - started  # with a stream: until its headers, i.e. its first chunk
     assert raw.headers["x-doka-model"] == "mock-gpt-4"
     assert raw.headers["x-doka-route-reason"] == "fallback:tier2"
     assert mock.state()["counts"]["fault_timeout"] == 1
+    assert TIER_TIMEOUT_S <= elapsed < TIER_TIMEOUT_S + SLACK_S, f"hanging tier left after {elapsed:.2f} s"
 
 
 def test_stream_falls_back_before_the_first_chunk(gateway, mock):

@@ -49,6 +49,7 @@ class FakeApiServer:
         self.requests: list[dict[str, Any]] = []
         self.job_progress: list[dict[str, Any]] = []  # statuses a watched RayJob goes through
         self._rv = 100
+        self.before_patch: Any = None  # called once with the stored object before the next PATCH
         self._lock = threading.Lock()
         server = self
 
@@ -142,6 +143,12 @@ class FakeApiServer:
                 self.objects[key] = obj
                 return 200, obj
             if verb == "PATCH":
+                if self.before_patch is not None:  # a concurrent writer, between the client's GET and PATCH
+                    self.before_patch(self.objects[key])
+                    self.before_patch = None
+                sent_rv = ((body or {}).get("metadata") or {}).get("resourceVersion")
+                if sent_rv is not None and sent_rv != self.objects[key]["metadata"]["resourceVersion"]:
+                    return 409, _status(409, "Conflict", "the object has been modified")
                 obj = self._bump(merge_patch(self.objects[key], body))
                 self.objects[key] = obj
                 return 200, obj
@@ -237,7 +244,8 @@ def test_reload_router_merge_patches_only_the_router_user_config(server, kubecon
         ("GET", f"{BASE}/rayservices/doka"), ("PATCH", f"{BASE}/rayservices/doka")]
     patch = server.requests[1]
     assert patch["content_type"] == "application/merge-patch+json"
-    assert list(patch["body"]) == ["spec"] and list(patch["body"]["spec"]) == ["serveConfigV2"]
+    assert list(patch["body"]) == ["metadata", "spec"] and list(patch["body"]["spec"]) == ["serveConfigV2"]
+    assert patch["body"]["metadata"] == {"resourceVersion": before["metadata"]["resourceVersion"]}
     sent = yaml.safe_load(patch["body"]["spec"]["serveConfigV2"])
     expected = serve_config(cfg)
     router = next(d for d in expected["applications"][0]["deployments"] if d["name"] == "Router")
@@ -245,6 +253,31 @@ def test_reload_router_merge_patches_only_the_router_user_config(server, kubecon
     assert sent == expected  # everything else in the Serve config is untouched
     after = server.objects[("rayservices", "doka")]
     assert after["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]  # no new cluster
+
+
+def test_reload_router_keeps_a_concurrent_edit(server, kubeconfig, rendered):
+    """Someone edits the RayService between our read and our patch: 409, re-read, both edits kept."""
+    cfg, opts = rendered
+    kr = KubeRay(api_client(str(kubeconfig)), "ns1")
+    kr.apply_rayservice(rayservice(cfg, opts))
+
+    def concurrent_edit(obj: dict) -> None:
+        serve_cfg = yaml.safe_load(obj["spec"]["serveConfigV2"])
+        ingress = next(d for d in serve_cfg["applications"][0]["deployments"] if d["name"] == "Ingress")
+        ingress["num_replicas"] = 7
+        obj["spec"]["serveConfigV2"] = yaml.safe_dump(serve_cfg)
+        server._bump(obj)
+
+    server.before_patch = concurrent_edit
+    server.requests.clear()
+    kr.reload_router("doka", artifact="v8")
+
+    verbs = [(r["verb"], r["path"].rsplit("/", 1)[-1]) for r in server.requests]
+    assert verbs == [("GET", "doka"), ("PATCH", "doka"), ("GET", "doka"), ("PATCH", "doka")]
+    final = yaml.safe_load(server.objects[("rayservices", "doka")]["spec"]["serveConfigV2"])
+    deps = {d["name"]: d for d in final["applications"][0]["deployments"]}
+    assert deps["Ingress"]["num_replicas"] == 7  # the concurrent edit survived
+    assert deps["Router"]["user_config"]["artifact"] == "v8"  # and so did ours
 
 
 def test_submit_training_targets_the_active_cluster_and_follows_the_watch(server, kubeconfig, rendered):

@@ -45,15 +45,20 @@ def test_feedback_retrains_and_shifts_auto_routing(loop_app, mock, tmp_path):
     before = chat(url, probe)
     assert before.headers["x-doka-model"] == "mock-gpt-4" and before.headers["x-doka-artifact-version"] == v1
 
-    # users try every prompt on each model: they like mock-gpt-3.5 for code, mock-mixtral for small talk
+    # users try every prompt on each model: they like mock-gpt-3.5 for code, mock-mixtral for small talk.
+    # Real clients send a system prompt and earlier turns (here: of the other kind); routing, the
+    # trace store and training must all see the same text, the last user message
     favour = {"code": "mock-gpt-3.5", "chat": "mock-mixtral"}
     n = 0
+    sent: dict[str, str] = {}  # request id -> the last user message
     for kind, prompts in (("code", CODE), ("chat", CHAT)):
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             for model in ("mock-mixtral", "mock-gpt-3.5", "mock-gpt-4"):
                 score = 1.0 if model == favour[kind] else 0.0
-                r = chat(url, prompt, model=model)
+                r = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+                    "model": model, "max_tokens": 8, "messages": _conversation(prompt, (CHAT if kind == "code" else CODE)[i])})
                 assert r.status_code == 200, r.text
+                sent[r.headers["x-doka-request-id"]] = prompt
                 fb = httpx.post(f"{url}/v1/feedback", json={"request_id": r.headers["x-doka-request-id"], "score": score},
                                 timeout=10)
                 assert fb.status_code == 200, fb.text
@@ -61,6 +66,9 @@ def test_feedback_retrains_and_shifts_auto_routing(loop_app, mock, tmp_path):
     cfg = parse_config(raw)
     wait_for(lambda: sum(1 for t in load_joined(traces_root(cfg)) if t.get("feedback_score") is not None) >= n,
              60, what="traces and feedback flushed")
+
+    recorded = {t["request_id"]: t.get("prompt") for t in load_joined(traces_root(cfg)) if t["request_id"] in sent}
+    assert recorded == sent  # the trace store recorded the text routing saw (no system prompt, no old turns)
 
     report = run_loop(cfg, work_dir=tmp_path / "loop", reconfigure=True, holdout=0.25, seed=0)
     assert report["better"] and report["published"] and report["published"] != v1, report
@@ -71,6 +79,16 @@ def test_feedback_retrains_and_shifts_auto_routing(loop_app, mock, tmp_path):
                      120, what="the new artifact in the headers")
     assert after.headers["x-doka-model"] == "mock-gpt-3.5"  # routing shifted with the feedback
     assert after.headers["x-doka-strategy"] == "learned"
+    multi_turn = httpx.post(f"{url}/v1/chat/completions", timeout=30, json={
+        "model": "auto", "max_tokens": 8, "messages": _conversation(probe, CHAT[0])})
+    assert multi_turn.headers["x-doka-model"] == "mock-gpt-3.5"  # routed on its last user message
     small_talk = chat(url, "Hi there! Lovely to see you again.")
     assert small_talk.headers["x-doka-model"] == "mock-mixtral"
     assert small_talk.headers["x-doka-artifact-version"] == v2
+
+
+def _conversation(last: str, earlier: str) -> list[dict[str, str]]:
+    """A system prompt, an earlier exchange, then the user message the request is about."""
+    return [{"role": "system", "content": "You are a careful assistant. Answer briefly."},
+            {"role": "user", "content": earlier}, {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": last}]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.router_deployment_support import (
-    CHAT, CODE, GPT35, chat, learned_app, publish, train_artifact, wait_for,
+    CHAT, CHAT_PROBES, CODE, CODE_PROBES, GPT35, chat, learned_app, publish, train_artifact, wait_for,
 )
 
 APP = "doka-learned"
@@ -30,20 +30,21 @@ def learned(gateway, mock_upstream, tmp_path_factory):
 
 
 def test_auto_lands_on_different_models_by_prompt(learned, mock):
-    for prompt in CODE[:3] + ["Write a python function that checks whether a number is prime"]:
+    assert not (set(CODE_PROBES) | set(CHAT_PROBES)) & (set(CODE) | set(CHAT))  # probes are unseen
+    for prompt in CODE_PROBES:
         r = chat(learned.url, prompt)
         assert r.status_code == 200, r.text
         assert r.headers["x-doka-model"] == "mock-gpt-4", (prompt, r.headers.get("x-doka-router"))
         assert r.headers["x-doka-strategy"] == "learned"
         assert r.headers["x-doka-artifact-version"] == learned.v1
         assert r.headers["x-doka-route-reason"] == "auto:learned"
-    for prompt in CHAT[:3] + ["Hi there! Hope you slept well."]:
+    for prompt in CHAT_PROBES:
         r = chat(learned.url, prompt)
         assert r.status_code == 200 and r.headers["x-doka-model"] == "mock-mixtral", r.headers.get("x-doka-router")
 
 
 def test_per_request_cost_weight_and_candidates(learned, mock):
-    prompt = CODE[0]
+    prompt = CODE_PROBES[0]
     # restricting candidates keeps the router inside them
     r = chat(learned.url, prompt, doka={"candidates": ["mock-mixtral", "mock-gpt-3.5"]})
     assert r.status_code == 200 and r.headers["x-doka-model"] in {"mock-mixtral", "mock-gpt-3.5"}
