@@ -344,7 +344,7 @@ class HashingFeaturizer:
 
 # Prompt statistics that mean the same thing on any task (unlike an embedding's topic directions):
 # length, lines, digits, code / multiple-choice / arithmetic markers, questions per line, words.
-# Centred and scaled by fixed constants (RouterBench train split means / 0.3 x std) so the
+# Centred and scaled by fixed constants (RouterBench train split mean, 0.3 / std) so the
 # embedding part (unit norm) still dominates distances.
 _STATS_NAMES = ("log_chars", "log_lines", "digit_share", "code", "choices", "questions_per_line", "arithmetic", "log_words")
 _STATS_MEAN = np.array([7.04, 3.348, 0.004, 0.145, 0.864, 0.043, 0.013, 5.334], dtype=np.float32)
