@@ -38,8 +38,9 @@ DEFAULT_MAX_TOKENS = 48
 ONNX_OPSET = 17
 STATIC_FEATURIZER_ID = "minilm-l6-v2-static"
 STATIC_MAX_TOKENS = 256
-# What `doka router train` uses unless told otherwise: on RouterBench it routes better than the
-# full transformer at 48 tokens (docs/benchmarks.md) at ~1/30 of the per-request cost.
+# What `doka router train` uses unless told otherwise: the static embedding routes better than the
+# full transformer at 48 tokens at ~1/30 of the cost, and the prompt statistics are what carries
+# to unseen tasks (leave-one-task-out, docs/benchmarks.md).
 ROUTING_FEATURIZER_ID = STATIC_FEATURIZER_ID + "+stats"
 STATIC_METHOD = "m2v1"  # part of the fingerprint: a change to the distillation invalidates artifacts
 STATS_SUFFIX = "+stats"  # `<featurizer>+stats`: the embedding plus task-agnostic prompt statistics
