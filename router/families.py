@@ -11,6 +11,10 @@ on a prompt (masked where the family allows, otherwise imputed with the model's 
 - logreg: one logistic regression per model; fractional scores become weighted 1/0 samples.
 - mf:     matrix factorisation as in RouteLLM: quality(m, q) = sigmoid(b_m + v_m . (W q)),
           a low-rank bilinear model fitted with Adam on the masked binary cross-entropy.
+- difficulty: one ridge regression predicts how hard a prompt is (its mean score over every
+          model), each model's quality is a line in that difficulty (fitted per model). Sharing
+          one difficulty axis across models carries to unseen tasks far better than per-model
+          topic boundaries (leave-one-task-out numbers in docs/benchmarks.md); IRT's view.
 """
 
 from __future__ import annotations
@@ -194,6 +198,35 @@ def _predict_mf(state, X):
     return _clip(_sigmoid(state["b"] + (X @ state["W"]) @ state["V"].T))
 
 
+# ---- difficulty ----
+def _fit_difficulty(X, Y, p, progress):
+    from sklearn.linear_model import Ridge
+
+    mask = ~np.isnan(Y)
+    rows = mask.any(axis=1)
+    ease = np.nanmean(np.where(mask, Y, np.nan)[rows], axis=1)  # mean score over the models scored
+    ridge = Ridge(alpha=p["alpha"]).fit(X[rows], ease)
+    h = ridge.predict(X)
+    intercept, slope = np.zeros(Y.shape[1]), np.zeros(Y.shape[1])
+    for j in range(Y.shape[1]):
+        keep = mask[:, j]
+        y = Y[keep, j]
+        hj = h[keep]
+        intercept[j] = float(y.mean()) if len(y) else 0.5
+        var = float(np.var(hj)) if len(y) >= 5 else 0.0
+        if var > 0:
+            # least squares slope, shrunk toward 0 (the model's prior) as evidence is thin
+            slope[j] = float(np.mean((hj - hj.mean()) * (y - y.mean())) / var) * len(y) / (len(y) + p["shrink"])
+            intercept[j] -= slope[j] * float(hj.mean())
+    return {"coef": np.asarray(ridge.coef_, dtype=np.float64), "bias": np.array([float(ridge.intercept_)]),
+            "intercept": intercept, "slope": slope}
+
+
+def _predict_difficulty(state, X):
+    h = np.asarray(X, dtype=np.float64) @ state["coef"] + state["bias"][0]
+    return _clip(state["intercept"][None, :] + h[:, None] * state["slope"][None, :])
+
+
 FAMILIES: dict[str, Family] = {
     "knn": Family("knn", {"n_neighbors": 40, "weights": "uniform"}, _fit_knn, _predict_knn,
                   "k nearest neighbours' mean score"),
@@ -207,6 +240,8 @@ FAMILIES: dict[str, Family] = {
                      _predict_per_label(proba=True), "one logistic regression per model"),
     "mf": Family("mf", {"rank": 32, "epochs": 300, "learning_rate": 0.01, "l2": 1e-4, "random_state": 0},
                  _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
+    "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0}, _fit_difficulty, _predict_difficulty,
+                         "shared prompt-difficulty regression, per-model quality linear in it"),
 }
 
 

@@ -38,11 +38,13 @@ DEFAULT_MAX_TOKENS = 48
 ONNX_OPSET = 17
 STATIC_FEATURIZER_ID = "minilm-l6-v2-static"
 STATIC_MAX_TOKENS = 256
-# What `doka router train` uses unless told otherwise: on RouterBench it routes better than the
-# full transformer at 48 tokens (docs/benchmarks.md) at ~1/30 of the per-request cost.
-ROUTING_FEATURIZER_ID = STATIC_FEATURIZER_ID
+# What `doka router train` uses unless told otherwise: the static embedding routes better than the
+# full transformer at 48 tokens at ~1/30 of the cost, and the prompt statistics are what carries
+# to unseen tasks (leave-one-task-out, docs/benchmarks.md).
+ROUTING_FEATURIZER_ID = STATIC_FEATURIZER_ID + "+stats"
 STATIC_METHOD = "m2v1"  # part of the fingerprint: a change to the distillation invalidates artifacts
-_ID_RE = re.compile(r"^(?P<base>minilm-l6-v2-static|minilm-l6-v2|hashing-(?P<dim>\d+))(?:@t(?P<tokens>\d+))?$")
+STATS_SUFFIX = "+stats"  # `<featurizer>+stats`: the embedding plus task-agnostic prompt statistics
+_ID_RE = re.compile(r"^(?P<base>minilm-l6-v2-static|minilm-l6-v2|hashing-(?P<dim>\d+))(?:@t(?P<tokens>\d+))?(?P<stats>\+stats)?$")
 
 
 class FeaturizerError(ValueError):
@@ -341,6 +343,51 @@ class HashingFeaturizer:
         return _l2(self._vec.transform(list(texts)).toarray())
 
 
+# Prompt statistics that mean the same thing on any task (unlike an embedding's topic directions):
+# length, lines, digits, code / multiple-choice / arithmetic markers, questions per line, words.
+# Centred and scaled by fixed constants (RouterBench train split mean, 0.3 / std) so the
+# embedding part (unit norm) still dominates distances.
+_STATS_NAMES = ("log_chars", "log_lines", "digit_share", "code", "choices", "questions_per_line", "arithmetic", "log_words")
+_STATS_MEAN = np.array([7.04, 3.348, 0.004, 0.145, 0.864, 0.043, 0.013, 5.334], dtype=np.float32)
+_STATS_SCALE = 0.3 / np.array([1.038, 1.328, 0.024, 0.352, 0.342, 0.047, 0.114, 1.018], dtype=np.float32)
+_CODE_RE = re.compile(r"def |```|return |\bfunction\b|print\(")
+_CHOICE_RE = re.compile(r"\n[A-D][\).:]")
+_ARITH_RE = re.compile(r"[=+\-*/^]\s*\d")
+_DIGIT_RE = re.compile(r"\d")
+STATS_WINDOW_CHARS = 4096  # markers are looked for in the head+tail 4 kB; lengths use the whole text
+
+
+def prompt_stats(texts: list[str]) -> np.ndarray:
+    """[n, 8] raw prompt statistics (see _STATS_NAMES); O(window) per prompt beyond len/count."""
+    out = np.zeros((len(texts), len(_STATS_NAMES)), dtype=np.float32)
+    half = STATS_WINDOW_CHARS // 2
+    for i, t in enumerate(texts):
+        t = t or ""
+        win = t if len(t) <= STATS_WINDOW_CHARS else t[:half] + "\n" + t[-half:]
+        lines = t.count("\n")
+        out[i] = (np.log1p(len(t)), np.log1p(lines), 10.0 * len(_DIGIT_RE.findall(win)) / max(len(win), 1),
+                  bool(_CODE_RE.search(win)), bool(_CHOICE_RE.search(win)), win.count("?") / (win.count("\n") + 1),
+                  bool(_ARITH_RE.search(win)), np.log1p(len(win.split()) * max(len(t), 1) / max(len(win), 1)))
+    return out
+
+
+class StatsFeaturizer:
+    """Another featurizer's embedding with the scaled prompt statistics appended."""
+
+    def __init__(self, base: Featurizer):
+        self.base = base
+        self.id = base.id + STATS_SUFFIX
+        self.dim = base.dim + len(_STATS_NAMES)
+        self.fingerprint = f"{base.fingerprint}-stats1"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        stats = (prompt_stats(texts) - _STATS_MEAN) * _STATS_SCALE
+        return np.hstack([self.base.embed(texts), stats]).astype(np.float32)
+
+
 _CACHE: dict[tuple[str, str], Featurizer] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -349,7 +396,8 @@ def parse_featurizer_id(featurizer_id: str) -> tuple[str, int | None]:
     m = _ID_RE.match(featurizer_id or "")
     if not m:
         raise FeaturizerError(
-            f"unknown featurizer id {featurizer_id!r}; known: 'minilm-l6-v2[@t<tokens>]', 'minilm-l6-v2-static[@t<tokens>]', 'hashing-<dim>'"
+            f"unknown featurizer id {featurizer_id!r}; known: 'minilm-l6-v2[@t<tokens>]', 'minilm-l6-v2-static[@t<tokens>]', "
+            "'hashing-<dim>', each optionally followed by '+stats'"
         )
     return m.group("base"), int(m.group("tokens")) if m.group("tokens") else None
 
@@ -358,6 +406,11 @@ def get_featurizer(featurizer_id: str = DEFAULT_FEATURIZER_ID, backend: str | No
     """The featurizer for an id (shared per process; building one loads a model)."""
     base, tokens = parse_featurizer_id(featurizer_id)
     backend = backend or os.environ.get("DOKA_FEATURIZER_BACKEND", "onnx")
+    if featurizer_id.endswith(STATS_SUFFIX):
+        inner = get_featurizer(featurizer_id[: -len(STATS_SUFFIX)], backend)
+        key = (featurizer_id, backend)
+        with _CACHE_LOCK:
+            return _CACHE.setdefault(key, StatsFeaturizer(inner))
     key = (featurizer_id, backend)
     with _CACHE_LOCK:
         if key not in _CACHE:

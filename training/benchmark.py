@@ -1,5 +1,7 @@
 """The learned-routing benchmark of docs/benchmarks.md: every family trained on a train split,
-evaluated on a test split (two-model APGR/CPT and multi-model AIQ). Prints a markdown table.
+evaluated on a test split (two-model APGR/CPT and multi-model AIQ), then leave-one-task-out
+(train on the train split of all tasks but one, evaluate on the test split of that one; every
+rotation). Prints two markdown tables.
 
     python -m training.benchmark --train .doka/data/routerbench/train.jsonl \
         --test .doka/data/routerbench/test.jsonl --out .doka/bench/routing
@@ -18,7 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from router.artifact import ensure_local_key  # noqa: E402
 from router.families import FAMILIES  # noqa: E402
 from router.runtime import LearnedRouter  # noqa: E402
+from router.featurizer import ROUTING_FEATURIZER_ID  # noqa: E402
+from training.dataset import load_jsonl  # noqa: E402
 from training.evaluate import evaluate, plot  # noqa: E402
+from training.loto import leave_one_task_out  # noqa: E402
 from training.train import train  # noqa: E402
 
 
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strong", default="gpt-4-1106-preview")
     ap.add_argument("--weak", default="mixtral-8x7b-chat")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES))
-    ap.add_argument("--featurizer", default="minilm-l6-v2-static", help="featurizer id every family is trained on")
+    ap.add_argument("--featurizer", default=ROUTING_FEATURIZER_ID, help="featurizer id every family is trained on")
+    ap.add_argument("--no-loto", action="store_true", help="skip the leave-one-task-out rotations")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +76,45 @@ def main(argv: list[str] | None = None) -> int:
     extra = (f"\nn_test={two['n']}; {args.strong} quality {two['strong_quality']:.3f}, {args.weak} "
              f"{two['weak_quality']:.3f}; best single model {best['model']} quality {best['quality']:.3f} at "
              f"${best['cost']:.5f}/prompt; oracle quality {multi['oracle']['quality']:.3f} at ${multi['oracle']['cost']:.5f}.")
+    if not args.no_loto:
+        loto_table = loto(args, out, key, results)
+        extra += "\n\nLeave-one-task-out (two-model APGR / CPT(50%) on the held-out task's test split):\n\n" + loto_table
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "table.md").write_text(table + extra + "\n")
     print(table + extra)
     return 0
+
+
+def loto(args: argparse.Namespace, out: Path, key: str | bytes, results: dict) -> str:
+    """Every family on every leave-one-task-out rotation; a markdown table (APGR, CPT(50%))."""
+    folds = leave_one_task_out(load_jsonl(args.train), load_jsonl(args.test))
+    rows = []
+    for fam in args.families:
+        cells, apgrs = [], []
+        for fold in folds:
+            path = train(fold.train, fam, out / f"loto-{fold.task}-{fam}", signing_key=key, holdout=0.0,
+                         progress=False, featurizer_id=args.featurizer)
+            rep = evaluate(LearnedRouter.from_path(path, key), fold.test, strong=args.strong, weak=args.weak, progress=False)
+            results[fam].setdefault("loto", {})[fold.task] = rep
+            r = rep["router"]
+            apgrs.append(r["apgr"] if r["apgr"] is not None else float("nan"))
+            cells.append(f"{_f(r['apgr'])} / {_f(r['cpt50'], '{:.1f}%')}")
+        rows.append(f"| {fam} | " + " | ".join(cells) + f" | {min(apgrs):.3f} |")
+        print(rows[-1], flush=True)
+    rnd = [evaluate_random(fold, args) for fold in folds]
+    rows.append("| random | " + " | ".join(f"{a:.3f} / {c:.1f}%" for a, c in rnd) + f" | {min(a for a, _ in rnd):.3f} |")
+    header = ("| router | " + " | ".join(f"held out: {f.task} (n={len(f.test)})" for f in folds) + " | min APGR |\n"
+              "| --- | " + " | ".join("---" for _ in folds) + " | --- |")
+    return header + "\n" + "\n".join(rows)
+
+
+def evaluate_random(fold, args) -> tuple[float, float]:
+    from training.metrics import random_router_metrics
+
+    ds = fold.test
+    js, jw = ds.label_index(args.strong), ds.label_index(args.weak)
+    r = random_router_metrics(ds.scores[:, js], ds.scores[:, jw])
+    return r["apgr"], r["cpt50"]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from training.dataset import DatasetError
 from training.routerbench import DEFAULT_ROUTERBENCH_DIR, import_routerbench
 from training.train import train
 
-DEFAULT_FAMILY = "logreg"
+DEFAULT_FAMILY = "difficulty"  # best leave-one-task-out APGR (docs/benchmarks.md), not best in distribution
 SEED_DATASET = Path(__file__).resolve().parent / "seed" / "routerbench_seed.jsonl"
 
 

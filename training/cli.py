@@ -86,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from router.runtime import LearnedRouter
     from training.dataset import parse_cost_flags
-    from training.evaluate import evaluate, plot
+    from training.evaluate import evaluate, parse_alias_flags, plot
 
     if args.registry:
         router = LearnedRouter.load(args.registry, args.artifact or "latest")
@@ -97,6 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(
         router,
         args.data,
+        aliases=parse_alias_flags(args.alias),
         strong=args.strong,
         weak=args.weak,
         num_thresholds=args.num_thresholds,
@@ -110,6 +111,23 @@ def _eval(args: argparse.Namespace) -> int:
     if not args.curve:
         report["router"].pop("curve", None)
     print(json.dumps(report, default=str))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from router.runtime import LearnedRouter
+    from training.calibrate import calibrate, read_prompts, write_cost_weight
+
+    if args.registry:
+        router = LearnedRouter.load(args.registry, args.artifact or "latest")
+    elif args.artifact:
+        router = LearnedRouter.from_path(args.artifact)
+    else:
+        raise ValueError("give --artifact PATH (or --registry URL [--artifact VERSION])")
+    report = calibrate(router, read_prompts(args.data), args.strong, args.weak, args.target_strong_share, progress=not args.quiet)
+    if args.write_config:
+        report["config"] = str(write_cost_weight(args.write_config, report["cost_weight"]))
+    _print(report)
     return 0
 
 
@@ -138,6 +156,8 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from router.featurizer import ROUTING_FEATURIZER_ID
+    from training.bootstrap import DEFAULT_FAMILY
     from training.routerbench import DEFAULT_ROUTERBENCH_DIR
 
     router = subparsers.add_parser("router", help="learned routing: datasets, training, evaluation, registry")
@@ -150,12 +170,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run(_import))
 
     p = sub.add_parser("train", help="train one router family and write a signed artifact")
-    p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf")
+    p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf | difficulty")
     p.add_argument("--data", required=True, help="JSONL dataset")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--featurizer", default="minilm-l6-v2-static",
-                   help="featurizer id: minilm-l6-v2-static[@t<tokens>] (default, static MiniLM token vectors), "
-                        "minilm-l6-v2[@t<tokens>] (the full transformer), hashing-<dim>")
+    p.add_argument("--featurizer", default=ROUTING_FEATURIZER_ID,
+                   help="featurizer id: minilm-l6-v2-static[@t<tokens>] (static MiniLM token vectors), "
+                        "minilm-l6-v2[@t<tokens>] (the full transformer), hashing-<dim>; '+stats' appends "
+                        f"prompt statistics (default {ROUTING_FEATURIZER_ID})")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="family hyperparameter (JSON value)")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction held out for the metrics in the metadata (0: none)")
     p.add_argument("--cost", action="append", metavar="MODEL=USD", help="per-call cost for models without costs")
@@ -170,6 +191,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="JSONL dataset")
     p.add_argument("--strong", help="two-model mode: the strong model")
     p.add_argument("--weak", help="two-model mode: the weak model")
+    p.add_argument("--alias", action="append", metavar="DATASET_MODEL=ARTIFACT_MODEL",
+                   help="read a dataset model under the artifact's name (e.g. mistralai/mixtral-8x7b-chat=mixtral-8x7b-chat)")
     p.add_argument("--num-thresholds", type=int, default=10, help="quantile bins of the threshold sweep (RouteLLM: 10)")
     p.add_argument("--cost", action="append", metavar="MODEL=USD", help="per-call cost for models without costs")
     p.add_argument("--config", default=None, help="doka config whose prices fill missing costs (default config/default.yaml)")
@@ -178,6 +201,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--curve", action="store_true", help="include the curve points in the JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run(_eval))
+
+    p = sub.add_parser("calibrate", help="the cost weight that sends a given share of a traffic sample to the strong model")
+    p.add_argument("--artifact", help="artifact folder, or a version when --registry is given")
+    p.add_argument("--registry", help="registry URL to load the artifact from")
+    p.add_argument("--data", required=True, help="JSONL traffic sample, one {\"prompt\": ...} per line (a dataset works too)")
+    p.add_argument("--target-strong-share", type=float, required=True, help="wanted share of strong calls, 0..1 (e.g. 0.3)")
+    p.add_argument("--strong", default="gpt-4-1106-preview", help="the strong (dear) model, as the artifact names it")
+    p.add_argument("--weak", default="mixtral-8x7b-chat", help="the weak (cheap) model, as the artifact names it")
+    p.add_argument("--write-config", metavar="FILE", help="also set router.cost_weight in this doka config")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run(_calibrate))
 
     p = sub.add_parser("publish", help="publish a signed artifact to a registry and point `latest` at it")
     p.add_argument("--artifact", required=True)
@@ -188,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="train and publish the default router if the registry has none")
     p.add_argument("--registry", default=".doka/registry")
     p.add_argument("--routerbench", default=DEFAULT_ROUTERBENCH_DIR, help="RouterBench CSV folder (seed set if missing)")
-    p.add_argument("--family", default="logreg")
+    p.add_argument("--family", default=DEFAULT_FAMILY)
     p.add_argument("--work-dir", default=".doka")
     p.add_argument("--force", action="store_true", help="train and publish even if `latest` exists")
     p.add_argument("--quiet", action="store_true")

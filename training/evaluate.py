@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,32 @@ def predict_dataset(router: LearnedRouter, ds: Dataset, progress: bool = True) -
     return router.predict_embeddings(X)
 
 
+def parse_alias_flags(items: list[str] | None) -> dict[str, str]:
+    """`--alias DATASET_NAME=ARTIFACT_NAME` flags -> {dataset name: artifact name}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise DatasetError(f"--alias expects DATASET_MODEL=ARTIFACT_MODEL, got {item!r}")
+        out[src] = dst
+    return out
+
+
+def apply_aliases(ds: Dataset, aliases: dict[str, str] | None) -> Dataset:
+    """The dataset with its model names renamed (a dataset that spells a model differently)."""
+    if not aliases:
+        return ds
+    labels = [aliases.get(lab, lab) for lab in ds.labels]
+    if len(set(labels)) != len(labels):
+        raise DatasetError(f"--alias maps two dataset models onto one name: {labels}")
+    return Dataset(ds.ids, ds.prompts, labels, ds.scores, ds.costs, ds.source_hash, ds.extra)
+
+
 def evaluate(
     router: LearnedRouter,
     data: str | Path | Dataset,
     *,
+    aliases: dict[str, str] | None = None,
     strong: str | None = None,
     weak: str | None = None,
     num_thresholds: int = 10,
@@ -31,16 +54,25 @@ def evaluate(
     assumed_output_tokens: int = 256,
     progress: bool = True,
 ) -> dict[str, Any]:
-    ds = load_jsonl(data) if not isinstance(data, Dataset) else data
+    ds = apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases)
     if (strong is None) != (weak is None):
         raise DatasetError("two-model mode needs both --strong and --weak")
-    out: dict[str, Any] = {"artifact": router.version, "family": router.metadata["family"], "data_sha256": ds.source_hash}
+    unknown = [lab for lab in ds.labels if lab not in router.labels]
+    out: dict[str, Any] = {"artifact": router.version, "family": router.metadata["family"], "data_sha256": ds.source_hash,
+                           "unknown_models": unknown}
+    if unknown:
+        print(f"note: the artifact does not know the dataset model(s) {unknown}; they are ignored "
+              f"(map a differently spelled one with --alias DATASET_MODEL=ARTIFACT_MODEL; the artifact knows {router.labels})",
+              file=sys.stderr)
 
     if strong is not None:
         for name in (strong, weak):
             if name not in router.labels:
                 raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
-            ds.label_index(name)
+            if name not in ds.labels:
+                like = [lab for lab in ds.labels if name.lower() in lab.lower() or lab.lower() in name.lower()]
+                hint = f"; spelled differently? --alias {like[0]}={name}" if like else ""
+                raise DatasetError(f"model {name!r} is not in the dataset; it has {ds.labels}{hint}")
         js, jw = ds.label_index(strong), ds.label_index(weak)  # type: ignore[arg-type]
         keep = ~np.isnan(ds.scores[:, js]) & ~np.isnan(ds.scores[:, jw])
         if keep.sum() < 2:
