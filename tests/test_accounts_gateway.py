@@ -7,6 +7,7 @@ session's keys-off gateway, on the same Serve proxy under the route prefix /acct
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -180,15 +181,17 @@ def _usage(gw, key: dict) -> dict:
 def test_cancelled_and_refused_requests_leave_no_reservation(gw):
     """50 clients that leave mid-flight and 50 bad cost weights: every hold released, once.
 
-    A stream cut off is charged for its prompt (the upstream had it); the quota leaves room for
-    that and for 15 concurrent reservations. Afterwards nothing is held and each way out has
-    left exactly one ledger row (499 for a client gone, 400 for the bad weight).
+    A stream cut off is charged for its prompt and for what was sent before the hang-up was
+    noticed (how much depends on the box's load), so the rounds run on a quota with room for
+    that; afterwards the quota is tightened to what was used plus one reservation, so a single
+    leaked hold would refuse the next request. Each way out leaves exactly one ledger row
+    (499 for a client gone, 400 for the bad weight).
     """
     from accounts import estimate
 
     body = {"model": "mock-gpt-3.5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
     est = estimate.reservation(body)
-    key = new_key(gw, tokens_per_day=15 * est + 25 * est)
+    key = new_key(gw, tokens_per_day=100_000)
     headers = {"Authorization": f"Bearer {key['key']}"}
     gw.mock.state(latency_ms=3000, chunks=100, chunk_interval_ms=100)  # answers far slower than the clients wait
 
@@ -225,11 +228,21 @@ def test_cancelled_and_refused_requests_leave_no_reservation(gw):
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cost_weight", r.text
     usage = _usage(gw, key)
     assert usage["inflight"] == 0 and usage["reserved_tokens"] == 0, usage
-    assert chat(gw, key["key"]).status_code == 200  # the key is admitted again
+    assert 0 < usage["tokens_today"] < 100_000 - est  # cut streams were charged, the rounds fit
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": usage["tokens_today"] + est})
+    admitted = chat(gw, key["key"])
+    assert admitted.status_code == 200  # admitted: room for exactly one reservation
     rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
-    statuses = [r["status"] for r in rows]
-    assert statuses.count(499) == 50 and statuses.count(400) == 50 and statuses.count(200) == 1, statuses
-    assert len(rows) == 101
+    assert len(rows) == 101 and [r["status"] for r in rows].count(400) == 50
+    left = [r for r in rows if r["status"] != 400 and r["request_id"] != admitted.headers["x-doka-request-id"]]
+    assert len(left) == 50  # one row for each client that hung up
+    assert {r["status"] for r in left} <= {499, 200}, left
+    assert sum(r["status"] == 499 for r in left) >= 10, left  # the cancel path (the one under test) ran
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") in ("0", ""):
+        # Serve's own proxy reports every hang-up; HAProxy (make run's default) forwards some only
+        # once the answer is done: those were answered upstream and are charged as 200s
+        assert all(r["status"] == 499 for r in left), left
+    assert all(r["prompt_tokens"] + r["completion_tokens"] > 0 for r in left if r["status"] == 200 or r["stream"])
 
 
 def test_allow_list_applies_to_every_model_called(gw):
