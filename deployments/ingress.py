@@ -170,6 +170,22 @@ class _Attempt:
         self.result, self.model, self.reason, self.tried = result, model, reason, tried
 
 
+class _EarlyRoute:
+    """A router call sent before the request was authorized (see `Ingress._route_early`)."""
+
+    __slots__ = ("response", "candidates", "started")
+
+    def __init__(self, response: Any, candidates: list[str]) -> None:
+        self.response, self.candidates, self.started = response, candidates, time.perf_counter()
+
+    def cancel(self) -> None:
+        """Drop the call if nobody will read it (no-op once it has answered)."""
+        try:
+            self.response.cancel()
+        except Exception:  # already finished or never assigned: nothing to stop
+            pass
+
+
 class _Once:
     """Who settles a stream: the first to `claim()` it (its generator or its response)."""
 
@@ -352,13 +368,19 @@ class Ingress:
             raise unknown_model(requested, self._public)
         stream = bool(req.stream)
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
-        grant = await self._accounts.authorize(request, requested, body, request_id)
+        early = self._route_early(requested, request, routing_ext, prompt)
+        try:
+            grant = await self._accounts.authorize(request, requested, body, request_id)
+        except BaseException:
+            if early is not None:
+                early.cancel()
+            raise
         self._obs.start(request_id, requested, body, key_id=getattr(grant, "key_id", None), stream=stream,
                         prompt=prompt)
         status = 500
         try:
             chain, base_reason, decision = await self._plan(requested, body, request, routing_ext, prompt,
-                                                            getattr(grant, "models", None))
+                                                            getattr(grant, "models", None), early)
             att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
         except OpenAIError as e:
             status = e.status
@@ -373,6 +395,8 @@ class Ingress:
         else:
             status = 200
         finally:
+            if early is not None:
+                early.cancel()  # no-op once _plan has its decision
             if status != 200:
                 self._start_settle(grant, request_id, requested, None, None, status, started, None, stream)
         if stream:
@@ -407,13 +431,29 @@ class Ingress:
         except ValueError as e:
             raise bad_request(f"Request body is not valid JSON: {e}", code="invalid_json") from None
 
+    def _route_early(self, requested: str, request: Request, ext: Any, prompt: str) -> "_EarlyRoute | None":
+        """`auto`: send the router call before authorization, so the two hops overlap.
+
+        Bad routing options start nothing here: `_plan` raises them once the request is
+        authorized, so the refusal has its ledger row. A key whose allow-list excludes some
+        candidate gets a fresh decision among its own models in `_plan`.
+        """
+        if requested != self._auto or not self._candidates:
+            return None
+        try:
+            cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
+        except OpenAIError:
+            return None
+        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), candidates)
+
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
-                    prompt: str | None = None, allowed: list[str] | None = None) -> tuple[list[str], str, dict | None]:
+                    prompt: str | None = None, allowed: list[str] | None = None,
+                    early: "_EarlyRoute | None" = None) -> tuple[list[str], str, dict | None]:
         """The ordered tiers to try, the base route reason and the router's decision (auto).
 
         `allowed`: the key's model allow-list (empty/None: every model). Only allowed models are
         ever called: the router chooses among allowed candidates, and chain tiers outside the
-        list are skipped; nothing left is a 403.
+        list are skipped; nothing left is a 403. `early`: the router call `_route_early` sent.
         """
         permitted = set(allowed) if allowed else None
         if requested != self._auto:
@@ -428,10 +468,16 @@ class Ingress:
                 raise OpenAIError(403, f"this key may use none of the {self._auto!r} candidates; allowed: "
                                   f"{', '.join(sorted(permitted))}", type="permission_error", param="model",
                                   code="model_not_allowed")
-        with self._obs.routing(candidates) as routing:
+        if early is not None and early.candidates != candidates:
+            early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
+            early = None
+        with self._obs.routing(candidates, early.started if early is not None else None) as routing:
             try:
-                decision = await self._router.route.remote(prompt_text(body) if prompt is None else prompt,
-                                                           cost_weight, candidates)
+                if early is not None:
+                    decision = await early.response
+                else:
+                    decision = await self._router.route.remote(prompt_text(body) if prompt is None else prompt,
+                                                               cost_weight, candidates)
             except Exception as e:
                 logger.warning("ingress: router failed (%s); using the first candidate", e)
                 decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,

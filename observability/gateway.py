@@ -45,9 +45,12 @@ class RequestObservation:
         self.last_response: dict[str, Any] | None = None  # summary of the answering attempt
 
     @contextmanager
-    def routing(self, candidates: list[str] | None = None) -> Iterator["_Routing"]:
-        """Wrap the router call; call `.decided(decision)` with the router's dict."""
-        start = time.perf_counter()
+    def routing(self, candidates: list[str] | None = None, started: float | None = None) -> Iterator["_Routing"]:
+        """Wrap the router call; call `.decided(decision)` with the router's dict.
+
+        `started`: when the call was sent, if before this (the ingress overlaps it with authorization).
+        """
+        start = time.perf_counter() if started is None else started
         with self.span.routing(candidates) as rs:
             yield _Routing(self, rs, start, candidates)
 
@@ -235,13 +238,13 @@ class Observability:
         return {name: wrapped.setdefault(id(b), ObservedBackend(b)) for name, b in backends.items()}
 
     @contextmanager
-    def routing(self, candidates: list[str] | None = None) -> Iterator[Any]:
+    def routing(self, candidates: list[str] | None = None, started: float | None = None) -> Iterator[Any]:
         """The router call of the current request (a no-op outside one)."""
         req = current()
         if req is None:
             yield _NoRouting()
             return
-        with req.routing(candidates) as r:
+        with req.routing(candidates, started) as r:
             yield r
 
     def finish(
