@@ -58,6 +58,7 @@ class EmbeddingRequest(_Open):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+    stream: Literal[False] | None = None  # embeddings never stream: `true` is a 400, not a 502
 
     @field_validator("input")
     @classmethod

@@ -143,6 +143,7 @@ def test_messages_count_tokens(gw, key):
     count = claude(gw, key).messages.count_tokens(model="mock-gpt-3.5",
                                                   messages=[{"role": "user", "content": "count these words " * 10}])
     assert count.input_tokens > 40
+    assert [r["status"] for r in settled(gw, key, 1)] == [200]  # a row, nothing charged
 
 
 def test_messages_stream_cancel_settles_499(gw, key, mock):
@@ -191,6 +192,8 @@ def test_embeddings_refuse_chat_models_and_chat_refuses_embedders(gw, key):
     assert "embedding model" in e.value.message
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="mock-embed", input=[])
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="mock-embed", input="x", extra_body={"stream": True})
     models = {m.id: m for m in client.models.list().data}
     assert models["mock-embed"].doka["mode"] == "embedding"
     assert "mock-embed" not in models["auto"].doka["candidates"]
@@ -224,3 +227,52 @@ def test_responses_plain_and_stream(gw, key):
         client.responses.create(model="mock-gpt-3.5", input="again", previous_response_id=resp.id)
     assert e.value.param == "previous_response_id"
     assert gw.inflight(key["key_id"]) == 0
+
+
+# ------------------------------------------------------------------ same chains, same settlement
+def test_messages_fall_back_route_auto_and_settle_errors_once(gw, key, mock):
+    client = claude(gw, key)
+    mock.state(faults={"mixtral-8x7b": "503"})  # chain default: mock-mixtral -> mock-gpt-4
+    raw = client.messages.with_raw_response.create(model="mock-mixtral", max_tokens=32,
+                                                   messages=[{"role": "user", "content": "fall back"}])
+    assert raw.headers["x-doka-route-reason"] == "fallback:tier2" and raw.headers["x-doka-model"] == "mock-gpt-4"
+    assert raw.parse().content[0].text.startswith("mock answer from gpt-4-turbo")
+    auto = client.messages.with_raw_response.create(model="auto", max_tokens=32,
+                                                    messages=[{"role": "user", "content": "route me"}])
+    assert auto.headers["x-doka-route-reason"].startswith(("auto:", "fallback:"))
+    # a stream cut mid-way: Anthropic's error event, one 502 row, nothing left reserved
+    mock.state(faults={"gpt-3.5-turbo": "drop"})
+    with pytest.raises(anthropic.APIStatusError):
+        with client.messages.stream(model="mock-gpt-3.5", max_tokens=32,
+                                    messages=[{"role": "user", "content": "drop me"}]) as stream:
+            for _ in stream:
+                pass
+    rows = settled(gw, key, 3)
+    assert sorted(r["status"] for r in rows) == [200, 200, 502]
+    # an embedding provider failing: 502 in OpenAI's shape, one row
+    mock.state(faults={"text-embedding-3-small": "500"})
+    with pytest.raises(openai.InternalServerError) as e:
+        oai(gw, key).embeddings.create(model="mock-embed", input="x")
+    assert e.value.status_code == 502
+    assert sorted(r["status"] for r in settled(gw, key, 4)) == [200, 200, 502, 502]
+
+
+def test_responses_tool_call_and_stream_cancel(gw, key, mock):
+    client = oai(gw, key)
+    tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER["input_schema"]}]
+    resp = client.responses.create(model="mock-gpt-3.5", input="weather in Paris? use the tool", tools=tools)
+    call = next(o for o in resp.output if o.type == "function_call")
+    assert call.name == "get_weather" and call.arguments == '{"city": "mock"}'
+    done = client.responses.create(model="mock-gpt-3.5", tools=tools, input=[
+        {"role": "user", "content": "weather in Paris? use the tool"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert done.output_text.startswith("mock answer")
+    mock.state(chunks=100, chunk_interval_ms=100)
+    with httpx.stream("POST", gw.url + "/v1/responses", timeout=20, headers={"Authorization": f"Bearer {key['key']}"},
+                      json={"model": "mock-gpt-3.5", "input": "long", "stream": True}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert "event: response.created" in [next(lines) for _ in range(8)]
+    rows = settled(gw, key, 3)
+    assert sorted(r["status"] for r in rows) == [200, 200, 499]
