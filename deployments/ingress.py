@@ -60,6 +60,35 @@ from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, m
 app.include_router(admin_router())
 
 
+def _openapi() -> dict[str, Any]:
+    """FastAPI's spec plus the request bodies the model endpoints read themselves (shown at /docs).
+
+    The endpoints read raw JSON (to bound its size and answer errors in their own shape), so
+    FastAPI cannot see their body models; the same pydantic models that validate them are added.
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest),
+                        ("/v1/embeddings", EmbeddingRequest), ("/v1/messages", anthropic_api.MessagesRequest),
+                        ("/v1/messages/count_tokens", anthropic_api.CountTokensRequest),
+                        ("/v1/responses", responses_api.ResponsesRequest)):
+        op = spec.get("paths", {}).get(path, {}).get("post")
+        if op is None:
+            continue
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    app.openapi_schema = spec
+    return spec
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+
 def request_id_of(request: Request) -> str:
     """The request's id: the one `_serve` chose, else the client's `x-request-id`, else a new one.
 

@@ -139,6 +139,14 @@ def test_messages_bad_requests_in_anthropic_shape(gw, key):
     assert gw.inflight(key["key_id"]) == 0
 
 
+def test_openapi_lists_every_endpoint_with_its_body(gw):
+    spec = httpx.get(gw.url + "/openapi.json", timeout=30).json()
+    for path, field in (("/v1/messages", "max_tokens"), ("/v1/messages/count_tokens", "messages"),
+                        ("/v1/embeddings", "input"), ("/v1/responses", "input"), ("/v1/chat/completions", "messages")):
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["required"], (path, schema)
+
+
 def test_messages_count_tokens(gw, key):
     count = claude(gw, key).messages.count_tokens(model="mock-gpt-3.5",
                                                   messages=[{"role": "user", "content": "count these words " * 10}])
