@@ -1,4 +1,9 @@
-"""The ingress: the OpenAI-compatible HTTP surface and the fallback-chain orchestration.
+"""The ingress: the HTTP surface (OpenAI chat, completions, embeddings and Responses; Anthropic
+Messages) and the fallback-chain orchestration.
+
+Every model endpoint goes through `_serve`: `/v1/messages` and `/v1/responses` translate to an
+OpenAI chat body first (app/anthropic_api.py, app/responses_api.py) and hand `_serve` a dialect
+that writes the answer and the stream back in their own format.
 
 Hot path, explicit model: read + validate the body here, one handle call to the model's
 backend (egress or vLLM). `auto` adds one router call. Each tier of a chain gets its own
