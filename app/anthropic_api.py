@@ -149,8 +149,9 @@ def validate(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
+        # a content union fails once per branch: the deepest error is the one that names the problem
+        first = max(e.errors(), key=lambda err: len(err["loc"]))
+        loc = ".".join(str(x) for x in first["loc"] if not (isinstance(x, str) and ("[" in x or x == "str")))
         if first["type"] == "missing":
             raise bad_request(f"{loc}: Field required", param=loc, code="missing_required_parameter") from None
         raise bad_request(f"{loc}: {first['msg']}", param=loc, code="invalid_value") from None

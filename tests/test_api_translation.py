@@ -71,7 +71,9 @@ def test_messages_request_to_chat_body():
     ({"model": "m", "max_tokens": 1, "messages": []}, "messages"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
     ({"model": "m", "max_tokens": 1, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]}, "temperature"),
-    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "video"}]}]}, None),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages.0.content.0"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages.0.content.0.text.text"),
 ])
 def test_messages_request_errors_name_the_field(body, param):
     with pytest.raises(OpenAIError) as e:
