@@ -68,15 +68,20 @@ class EmbeddingRequest(_Open):
         return value
 
 
-def validate_body(model: type[BaseModel], body: Any) -> Any:
-    """Validate a parsed JSON body; a failure becomes a 400 naming the first bad field."""
+def validate_body(model: type[BaseModel], body: Any, deepest: bool = False) -> Any:
+    """Validate a parsed JSON body; a failure becomes a 400 naming the first bad field.
+
+    `deepest`: name the deepest error instead (a `str | list[item]` field fails once per union
+    branch, and the list branch's error is the one that says which item is wrong).
+    """
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
+        errors = e.errors()
+        first = max(errors, key=lambda err: len(err["loc"])) if deepest else errors[0]
+        loc = ".".join(str(x) for x in first["loc"] if not (deepest and isinstance(x, str) and ("[" in x or x == "str")))
         if first["type"] == "missing":
             raise bad_request(f"Missing required parameter: '{loc}'", param=loc, code="missing_required_parameter") from None
         raise bad_request(f"Invalid value for '{loc}': {first['msg']}", param=loc, code="invalid_value") from None

@@ -385,7 +385,7 @@ class Ingress:
 
         `previous_response_id` is refused (400): doka stores no responses.
         """
-        req = validate_body(responses_api.ResponsesRequest, await self._read_json(request))
+        req = validate_body(responses_api.ResponsesRequest, await self._read_json(request), deepest=True)
         builder = responses_api.ResponseBuilder(req)
         return await self._serve(request, "chat", ChatCompletionRequest, responses_api.to_chat(req), builder)
 

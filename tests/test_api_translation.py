@@ -137,6 +137,9 @@ def test_responses_request_items_to_chat():
     assert e.value.param == "previous_response_id"
     with pytest.raises(OpenAIError):  # built-in tools are not doka's to run
         validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
+    with pytest.raises(OpenAIError) as e:
+        validate_body(R.ResponsesRequest, {"model": "m", "input": [{"type": "reasoning"}]}, deepest=True)
+    assert e.value.param == "input.0.type"
 
 
 def test_responses_stream_events_in_order_with_usage():
