@@ -36,7 +36,7 @@ def prompt_tokens(body: dict[str, Any], chars_per_token: int = CHARS_PER_TOKEN, 
     if isinstance(body.get("messages"), list):
         return REPLY_PRIMING + sum(per_message + count_tokens(_content_text(m.get("content")), chars_per_token)
                                    for m in body["messages"] if isinstance(m, dict))
-    prompt = body.get("prompt")
+    prompt = body.get("prompt", body.get("input"))  # completions, or embeddings
     if isinstance(prompt, list):
         return sum(count_tokens(p, chars_per_token) for p in prompt if isinstance(p, str))
     return count_tokens(prompt if isinstance(prompt, str) else None, chars_per_token)
@@ -47,7 +47,9 @@ def reservation(body: dict[str, Any] | None) -> int:
     if not body:
         return DEFAULT_COMPLETION_RESERVE
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens <= 0:
+    if "input" in body and "messages" not in body and "prompt" not in body:
+        max_tokens = 0  # embeddings: input tokens only
+    elif not isinstance(max_tokens, int) or max_tokens <= 0:
         max_tokens = DEFAULT_COMPLETION_RESERVE
     n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
     return min(MAX_RESERVE, prompt_tokens(body, RESERVE_CHARS_PER_TOKEN, PER_MESSAGE) + max_tokens * n)

@@ -53,6 +53,9 @@ class ModelInfo(_Strict):
     weight: float = Field(1.0, ge=0, description="weight for the weighted round-robin strategy")
     route_label: str | None = Field(None, description="the name a trained router artifact uses for this model")
     max_retries: int = Field(0, ge=0)
+    mode: Literal["chat", "embedding"] = Field(
+        "chat", description="what the model serves: chat (chat/completions, messages, responses) or "
+        "embedding (/v1/embeddings only; never an `auto` candidate)")
 
 
 class VLLMParams(_Strict):
@@ -250,7 +253,8 @@ class DokaConfig(_Strict):
             chain = next((c for c in self.fallbacks.values() if m.model_name in c), None)
             chains[m.model_name] = tuple(chain[chain.index(m.model_name):]) if chain else (m.model_name,)
         return _Lookups(by_name, chains, (*by_name, *self.fallbacks),
-                        tuple(m.model_name for m in self.model_list if not m.model_info.parallel))
+                        tuple(m.model_name for m in self.model_list
+                              if not m.model_info.parallel and m.model_info.mode == "chat"))
 
     def reindex(self) -> None:
         """Forget the lookup tables (after changing `model_list` or `fallbacks` in place)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.errors import OpenAIError, bad_request
 
@@ -50,15 +50,38 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-def validate_body(model: type[_Common], body: Any) -> _Common:
-    """Validate a parsed JSON body; a failure becomes a 400 naming the first bad field."""
+class EmbeddingRequest(_Open):
+    """`POST /v1/embeddings`: OpenAI's fields; `dimensions` and others pass through to the provider."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    stream: Literal[False] | None = None  # embeddings never stream: `true` is a 400, not a 502
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+def validate_body(model: type[BaseModel], body: Any, deepest: bool = False) -> Any:
+    """Validate a parsed JSON body; a failure becomes a 400 naming the first bad field.
+
+    `deepest`: name the deepest error instead (a `str | list[item]` field fails once per union
+    branch, and the list branch's error is the one that says which item is wrong).
+    """
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
+        errors = e.errors()
+        first = max(errors, key=lambda err: len(err["loc"])) if deepest else errors[0]
+        loc = ".".join(str(x) for x in first["loc"] if not (deepest and isinstance(x, str) and ("[" in x or x == "str")))
         if first["type"] == "missing":
             raise bad_request(f"Missing required parameter: '{loc}'", param=loc, code="missing_required_parameter") from None
         raise bad_request(f"Invalid value for '{loc}': {first['msg']}", param=loc, code="invalid_value") from None
@@ -89,10 +112,10 @@ def prompt_text(body: dict[str, Any], limit: int = PROMPT_TEXT_LIMIT) -> str:
             if isinstance(m, dict) and m.get("role") == "user":
                 return _content_text(m.get("content"))[:limit]
         return ""
-    p = body.get("prompt", "")
+    p = body.get("prompt", body.get("input", ""))  # completions, or embeddings
     if isinstance(p, str):
         return p[:limit]
     return " ".join(map(str, p))[:limit] if isinstance(p, list) else ""
 
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIError", "validate_body", "prompt_text"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "OpenAIError", "validate_body", "prompt_text"]

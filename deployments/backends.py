@@ -20,6 +20,7 @@ class ModelBackend(Protocol):
     def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]: ...
     async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
     def completion_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]: ...
+    async def embedding(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
 
 class HandleBackend:
@@ -38,6 +39,9 @@ class HandleBackend:
 
     async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await _cancel_on_exit(self._handle.completion.remote(model, body, timeout))
+
+    async def embedding(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await _cancel_on_exit(self._handle.embedding.remote(model, body, timeout))
 
     def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         return _iterate(self._stream.chat_stream.remote(model, body, timeout))

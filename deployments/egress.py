@@ -14,6 +14,7 @@ translates. Both paths return OpenAI-shaped dicts and stream chunk dicts one by 
 Interface (the ingress's `ModelBackend` calls it; deployments/backends.py):
   chat(model, body, timeout) -> dict            chat_stream(model, body, timeout) -> chunks
   completion(model, body, timeout) -> dict      completion_stream(model, body, timeout) -> chunks
+  embedding(model, body, timeout) -> dict       (pass-through to `/embeddings`, else Router.aembedding)
 Failures raise `app.errors.UpstreamError` with the provider's status (or 504 on timeout).
 """
 
@@ -57,6 +58,9 @@ def litellm_model_list(cfg: DokaConfig) -> list[dict[str, Any]]:
             info["output_cost_per_token"] = m.model_info.output_cost_per_token
         out.append({"model_name": m.model_name, "litellm_params": params, "model_info": info})
     return out
+
+
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
 
 def _is_passthrough(params: dict[str, Any]) -> bool:
@@ -172,7 +176,7 @@ class EgressCore:
 
     # ------------------------------------------------------------------ pass-through path
     def _request(self, kind: str, params: dict[str, Any], body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
-        url = str(params["api_base"]).rstrip("/") + ("/chat/completions" if kind == "chat" else "/completions")
+        url = str(params["api_base"]).rstrip("/") + _PATHS[kind]
         headers = {"Content-Type": "application/json"}
         if params.get("api_key"):
             headers["Authorization"] = f"Bearer {params['api_key']}"
@@ -232,7 +236,8 @@ class EgressCore:
     async def _litellm_call(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         kwargs = self._litellm_kwargs(kind, model, body, timeout)
         try:
-            fn = self.router.acompletion if kind == "chat" else self.router.atext_completion
+            fn = {"chat": self.router.acompletion, "completion": self.router.atext_completion,
+                  "embedding": self.router.aembedding}[kind]
             resp = await fn(**kwargs)
         except Exception as e:
             raise _from_litellm(e, timeout) from None
@@ -271,6 +276,9 @@ class Egress:
 
     async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await self.core.call("completion", model, body, timeout)
+
+    async def embedding(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self.core.call("embedding", model, body, timeout)
 
     async def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         async for chunk in self.core.stream("chat", model, body, timeout):

@@ -1,4 +1,9 @@
-"""The ingress: the OpenAI-compatible HTTP surface and the fallback-chain orchestration.
+"""The ingress: the HTTP surface (OpenAI chat, completions, embeddings and Responses; Anthropic
+Messages) and the fallback-chain orchestration.
+
+Every model endpoint goes through `_serve`: `/v1/messages` and `/v1/responses` translate to an
+OpenAI chat body first (app/anthropic_api.py, app/responses_api.py) and hand `_serve` a dialect
+that writes the answer and the stream back in their own format.
 
 Hot path, explicit model: read + validate the body here, one handle call to the model's
 backend (egress or vLLM). `auto` adds one router call. Each tier of a chain gets its own
@@ -28,9 +33,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from accounts.estimate import prompt_tokens
+from app import anthropic_api, responses_api
 from app.config import DokaConfig, parse_config
 from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
-from app.schemas import ChatCompletionRequest, CompletionRequest, prompt_text, validate_body
+from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
 from observability.gateway import Observability
 
@@ -58,6 +65,35 @@ from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, m
 app.include_router(admin_router())
 
 
+def _openapi() -> dict[str, Any]:
+    """FastAPI's spec plus the request bodies the model endpoints read themselves (shown at /docs).
+
+    The endpoints read raw JSON (to bound its size and answer errors in their own shape), so
+    FastAPI cannot see their body models; the same pydantic models that validate them are added.
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest),
+                        ("/v1/embeddings", EmbeddingRequest), ("/v1/messages", anthropic_api.MessagesRequest),
+                        ("/v1/messages/count_tokens", anthropic_api.CountTokensRequest),
+                        ("/v1/responses", responses_api.ResponsesRequest)):
+        op = spec.get("paths", {}).get(path, {}).get("post")
+        if op is None:
+            continue
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    app.openapi_schema = spec
+    return spec
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+
 def request_id_of(request: Request) -> str:
     """The request's id: the one `_serve` chose, else the client's `x-request-id`, else a new one.
 
@@ -71,28 +107,65 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
+def _anthropic_path(request: Request) -> bool:
+    """`/v1/messages` (and its count_tokens) answers errors in Anthropic's shape, the rest in OpenAI's."""
+    path = request.scope.get("path", "").rstrip("/")
+    return path.endswith("/v1/messages") or path.endswith("/v1/messages/count_tokens")
+
+
+def error_response(request: Request, e: OpenAIError) -> JSONResponse:
+    """An error for this request's dialect, always with `x-doka-request-id`."""
+    extra = {"x-doka-request-id": request_id_of(request)}
+    if _anthropic_path(request):
+        return JSONResponse(anthropic_api.error_body(e.status, e.message), status_code=e.status,
+                            headers={**e.headers, **extra})
+    return e.response(extra)
+
+
 @app.exception_handler(OpenAIError)
 async def _openai_error(request: Request, e: OpenAIError) -> JSONResponse:
-    return e.response({"x-doka-request-id": request_id_of(request)})
+    return error_response(request, e)
 
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-    return bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}").response(
-        {"x-doka-request-id": request_id_of(request)})
+    return error_response(request, bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}"))
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
     msg = "Not found" if e.status_code == 404 else str(e.detail)
-    return OpenAIError(e.status_code, msg).response({"x-doka-request-id": request_id_of(request)})
+    return error_response(request, OpenAIError(e.status_code, msg))
 
 
 @app.exception_handler(Exception)
 async def _server_error(request: Request, e: Exception) -> JSONResponse:
     logger.exception("ingress: unhandled error")
-    return OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error").response(
-        {"x-doka-request-id": request_id_of(request)})
+    return error_response(request, OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error"))
+
+
+class OpenAIDialect:
+    """How chat/completions streams are written: chunks as `data:` events, then `[DONE]`.
+
+    Other endpoints (`/v1/messages`, `/v1/responses`) pass their own translator with the same
+    four methods; it sees the OpenAI-shaped answer or chunks the backends produce.
+    """
+
+    @staticmethod
+    def answer(result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    @staticmethod
+    def chunk(chunk: dict[str, Any]) -> bytes:
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+    @staticmethod
+    def end() -> bytes:
+        return b"data: [DONE]\n\n"
+
+    @staticmethod
+    def error(e: OpenAIError) -> bytes:
+        return e.sse_event()
 
 
 class NoAccounts:
@@ -256,6 +329,8 @@ class Ingress:
         self._candidates = [m for m in cfg.auto_candidates() if m in self._backends]
         self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks or n in self._backends]
         self._public_set = set(self._public)
+        self._mode_of = {n: self.cfg.model(self.cfg.chain_for(n)[0]).model_info.mode  # type: ignore[union-attr]
+                         for n in self._public if n != self._auto}
         self._models_payload = dumps(self._model_list())
         self._settling: set[asyncio.Task] = set()  # ledger settlements still running
 
@@ -283,6 +358,52 @@ class Ingress:
     @app.post("/completions", include_in_schema=False)
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, "completion", CompletionRequest)
+
+    @app.post("/v1/embeddings")
+    @app.post("/embeddings", include_in_schema=False)
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI embeddings (float or base64) from an embedding model (`model_info.mode: embedding`)."""
+        return await self._serve(request, "embedding", EmbeddingRequest)
+
+    @app.post("/v1/messages")
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API (Anthropic SDK, Claude Code) on any backend, errors in Anthropic's shape.
+
+        The request becomes an OpenAI chat body (app/anthropic_api.py) and takes the chat path
+        (keys, quotas, routing, fallbacks, ledger); the answer or stream is written back as
+        Anthropic's message / SSE events.
+        """
+        req = anthropic_api.validate(anthropic_api.MessagesRequest, await self._read_json(request))
+        body = anthropic_api.to_chat(req)
+        dialect = anthropic_api.MessagesDialect(req.model, prompt_tokens(body))
+        return await self._serve(request, "chat", ChatCompletionRequest, body, dialect)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's token count (doka's estimate: ~4 characters a token, as the accounts reserve).
+
+        Needs a valid key like any model call and leaves a ledger row with no tokens charged.
+        """
+        started = time.perf_counter()
+        request_id = request_id_of(request)
+        req = anthropic_api.validate(anthropic_api.CountTokensRequest, await self._read_json(request))
+        if req.model not in self._public_set:
+            raise unknown_model(req.model, self._public)
+        body = {"model": req.model, "messages": anthropic_api.chat_messages(req), "max_tokens": 1}
+        grant = await self._accounts.authorize(request, req.model, body, request_id)
+        await self._settle(grant, request_id, req.model, None, None, 200, started, "count_tokens", False)
+        return JSONResponse({"input_tokens": prompt_tokens(body)}, headers={"x-doka-request-id": request_id})
+
+    @app.post("/v1/responses")
+    @app.post("/responses", include_in_schema=False)
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API (text, function tools, streaming) on any backend; stateless.
+
+        `previous_response_id` is refused (400): doka stores no responses.
+        """
+        req = validate_body(responses_api.ResponsesRequest, await self._read_json(request), deepest=True)
+        builder = responses_api.ResponseBuilder(req)
+        return await self._serve(request, "chat", ChatCompletionRequest, responses_api.to_chat(req), builder)
 
     @app.get("/v1/models")
     @app.get("/models", include_in_schema=False)
@@ -349,11 +470,14 @@ class Ingress:
         return JSONResponse(payload, status_code=status)
 
     # ------------------------------------------------------------------ request path
-    async def _serve(self, request: Request, kind: str, schema: type, body: dict | None = None) -> Response:
+    async def _serve(self, request: Request, kind: str, schema: type, body: dict | None = None,
+                     dialect: Any = None) -> Response:
         """The request path of every model endpoint: validate, authorize, plan, call, settle.
 
         `body`: an OpenAI chat/completion body already translated by another endpoint (used
         instead of reading the request's; the request still gives headers, key, disconnects).
+        `dialect`: writes the answer and stream for that endpoint (default: OpenAI's as-is).
+        `kind`: chat, completion or embedding (the backend method called).
         Every way out after `authorize` (answer, error, client cancel) settles the reservation
         exactly once; a stream hands that duty to its response (`_SettlingStream`).
         """
@@ -366,7 +490,9 @@ class Ingress:
         requested = req.model
         if requested not in self._public_set:
             raise unknown_model(requested, self._public)
-        stream = bool(req.stream)
+        if self._mode_of.get(requested, "chat") != ("embedding" if kind == "embedding" else "chat"):
+            raise self._wrong_mode(requested, kind)
+        stream = bool(getattr(req, "stream", False))
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
         early = self._route_early(requested, request, routing_ext, prompt)
         try:
@@ -400,11 +526,22 @@ class Ingress:
             if status != 200:
                 self._start_settle(grant, request_id, requested, None, None, status, started, None, stream)
         if stream:
-            return self._serve_stream(att, requested, decision, request_id, grant, started)
+            return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False)
-        return Response(dumps(att.result), media_type="application/json",
+        result = att.result if dialect is None else dialect.answer(att.result)
+        return Response(dumps(result), media_type="application/json",
                         headers=self._headers(att, request_id, decision))
+
+    def _wrong_mode(self, requested: str, kind: str) -> OpenAIError:
+        """A 400 for a chat request to an embedding model, or an embedding request to a chat model."""
+        embedders = sorted(n for n, m in self._mode_of.items() if m == "embedding")
+        if kind == "embedding":
+            what = "routes chat requests only" if requested == self._auto else "is a chat model"
+            return bad_request(f"{requested!r} {what}; /v1/embeddings needs an embedding model: "
+                               f"{', '.join(embedders) or 'none configured'}", param="model", code="model_not_supported")
+        return bad_request(f"{requested!r} is an embedding model; call it on /v1/embeddings, or name a chat model",
+                           param="model", code="model_not_supported")
 
     async def _read_json(self, request: Request) -> Any:
         """The body as JSON, refusing more than `server.max_body_bytes` (header or streamed)."""
@@ -512,7 +649,7 @@ class Ingress:
             reason = base_reason if i == 0 else f"fallback:tier{i + 1}"
             try:
                 if stream:
-                    it = (backend.chat_stream if kind == "chat" else backend.completion_stream)(model, body, timeout)
+                    it = getattr(backend, f"{kind}_stream")(model, body, timeout)
                     it = it.__aiter__()
                     try:
                         first = await asyncio.wait_for(it.__anext__(), timeout)
@@ -520,7 +657,7 @@ class Ingress:
                         await it.aclose()
                         raise
                     return _Attempt((first, it), model, reason, tried)
-                call = backend.chat if kind == "chat" else backend.completion
+                call = getattr(backend, kind)  # chat, completion or embedding
                 result = await asyncio.wait_for(call(model, body, timeout), timeout)
                 return _Attempt(result, model, reason, tried)
             except StopAsyncIteration:
@@ -542,13 +679,13 @@ class Ingress:
         raise upstream_exhausted(tried, last_error, timed_out)
 
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
-                      started: float) -> Response:
+                      started: float, dialect: Any = OpenAIDialect) -> Response:
         """The open stream as an SSE response; from here on the response settles the request."""
         first, it = att.result
         headers = self._headers(att, request_id, decision)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
-        body = self._sse(first, it, att, requested, request_id, grant, started, once)
+        body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect)
         return _SettlingStream(body, partial(self._stream_abandoned, once, it, att, requested, request_id, grant,
                                              started, body), media_type="text/event-stream", headers=headers)
 
@@ -576,8 +713,13 @@ class Ingress:
         task.add_done_callback(partial(_settled, self._settling, request_id))
 
     async def _sse(self, first: dict | None, it: AsyncIterator[dict] | None, att: _Attempt, requested: str,
-                   request_id: str, grant: Any, started: float, once: "_Once") -> AsyncIterator[bytes]:
-        """Chunks as they come; an error after the first chunk ends the stream with an error event."""
+                   request_id: str, grant: Any, started: float, once: "_Once",
+                   dialect: Any = OpenAIDialect) -> AsyncIterator[bytes]:
+        """Chunks as they come; an error after the first chunk ends the stream with an error event.
+
+        `dialect` writes each chunk, the end and a mid-stream error (OpenAI's SSE by default).
+        """
+        encode = dialect.chunk
         usage: dict | None = None
         status = 200
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
@@ -585,19 +727,21 @@ class Ingress:
             if first is not None:
                 usage = first.get("usage") or usage
                 observe(first)
-                yield b"data: " + dumps(first) + b"\n\n"
+                yield encode(first)
             if it is not None:
                 async for chunk in it:
                     observe(chunk)
                     if chunk.get("usage"):
                         usage = chunk["usage"]
-                    yield b"data: " + dumps(chunk) + b"\n\n"
+                    data = encode(chunk)
+                    if data:  # a translating dialect may hold a chunk back (usage, finish reason)
+                        yield data
             # settle before `[DONE]`, and wait for it as a plain answer does: once the client has
             # `[DONE]` this generator may never run again, and a replica killed right after it
             # must not take the ledger row with it (the settle itself is shielded from cancellation)
             if once.claim():
                 await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
-            yield b"data: [DONE]\n\n"
+            yield dialect.end()
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             status = 499
             raise
@@ -605,7 +749,7 @@ class Ingress:
             err = _unwrap(e)
             status = err.status if isinstance(err, UpstreamError) else 502
             msg = err.message if isinstance(err, UpstreamError) else f"{type(err).__name__}: {err}"
-            yield OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error").sse_event()
+            yield dialect.error(OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error"))
         finally:
             if once.claim():  # cut short (error, client gone): charge what was delivered
                 self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
@@ -670,7 +814,7 @@ class Ingress:
                 info["doka"] = {"kind": "chain", "models": self.cfg.fallbacks[name]}
             else:
                 mi = entry.model_info
-                info["doka"] = {"kind": "model", "provider": entry.provider, "tier": mi.tier,
+                info["doka"] = {"kind": "model", "mode": mi.mode, "provider": entry.provider, "tier": mi.tier,
                                 "parallel": mi.parallel, "timeout": mi.timeout,
                                 "fallbacks": self.cfg.chain_for(name)[1:]}
             data.append(info)

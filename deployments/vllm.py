@@ -283,6 +283,10 @@ class VLLMBackend:
     async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await self._single("completions_json", model, body)
 
+    async def embedding(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Local models serve chat only here: a clear 400 (not a fallback) if a config says otherwise."""
+        raise UpstreamError(400, f"{model}: doka's vLLM deployments serve chat and completions, not embeddings")
+
     def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         return self._chunks("chat_json", model, body, stream=True)
 

@@ -1,7 +1,8 @@
 """An OpenAI-compatible mock provider: the "external model" for tests, `make run` and benches.
 
-It answers `/v1/chat/completions` and `/v1/completions` (plain and SSE streaming, with usage)
-after a configurable latency, and injects faults per model name: HTTP 5xx/429, a timeout
+It answers `/v1/chat/completions` and `/v1/completions` (plain and SSE streaming, with usage;
+tool calls when a request offers tools and asks for one) and `/v1/embeddings` (deterministic
+vectors, float or base64; load/mock_openai_extras.py) after a configurable latency, and injects faults per model name: HTTP 5xx/429, a timeout
 (never answers), or a connection dropped mid-stream. It counts what it saw, including streams
 the client closed early, so tests can assert that a gateway cancelled its upstream call.
 
@@ -25,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from load.mock_openai_extras import embeddings_payload, tool_call, tool_call_chunks
 
 FAULTS = ("none", "500", "502", "503", "429", "timeout", "drop")
 
@@ -114,6 +117,13 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
                 state.counts["timeout_abandoned"] += 1
         if s.latency_ms:
             await asyncio.sleep(s.latency_ms / 1000)
+        if kind == "embedding":
+            payload = embeddings_payload(model, body)
+            if payload is None:
+                return _error(400, "'input' must be a string, a list of strings or token lists", "invalid_request_error")
+            state.counts["completed"] += 1
+            return Response(_dumps(payload), media_type="application/json")
+        call = tool_call(body) if kind == "chat" else None
         prompt = _prompt_text(body)
         words = _answer_words(model, prompt, s.chunks)
         usage = {
@@ -123,18 +133,24 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         }
         rid = f"mock-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
+        if call is not None:
+            usage["completion_tokens"] = max(1, len(call["function"]["arguments"]) // 4)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
             return StreamingResponse(
-                _stream(state, kind, model, rid, created, words, usage, fault == "drop", body),
+                _stream(state, kind, model, rid, created, words, usage, fault == "drop", body, call),
                 media_type="text/event-stream",
             )
         state.counts["completed"] += 1
         text = "".join(words)
         if kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
             payload = {
                 "id": rid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop", "logprobs": None}],
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls" if call else "stop", "logprobs": None}],
                 "usage": usage,
             }
         else:
@@ -150,6 +166,9 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
 
     async def completions(request: Request) -> Response:
         return await handle(request, "completion")
+
+    async def embeddings(request: Request) -> Response:
+        return await handle(request, "embedding")
 
     async def models(_: Request) -> Response:
         names = sorted(state.by_model) or ["mock"]
@@ -173,6 +192,8 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/_mock/state", mock_state, methods=["GET", "POST"]),
@@ -180,12 +201,18 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
 
 
 async def _stream(state: MockState, kind: str, model: str, rid: str, created: int, words: list[str],
-                  usage: dict[str, int], drop: bool, body: dict[str, Any]) -> AsyncIterator[bytes]:
+                  usage: dict[str, int], drop: bool, body: dict[str, Any],
+                  call: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
     """SSE chunks; counts a stream as cancelled when the client goes away before the end."""
     s = state.settings
     state.counts["streams_started"] += 1
     finished = False
     try:
+        if call is not None:  # a tool call instead of text
+            words = []
+            for chunk in tool_call_chunks(call, {"id": rid, "object": "chat.completion.chunk", "created": created,
+                                                 "model": model}):
+                yield b"data: " + _dumps(chunk) + b"\n\n"
         for i, word in enumerate(words):
             if drop and i == max(1, len(words) // 2):
                 state.counts["fault_drop"] += 1
@@ -206,7 +233,7 @@ async def _stream(state: MockState, kind: str, model: str, rid: str, created: in
         last: dict[str, Any] = {"id": rid, "created": created, "model": model}
         if kind == "chat":
             last.update(object="chat.completion.chunk",
-                        choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+                        choices=[{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}])
         else:
             last.update(object="text_completion", choices=[{"index": 0, "text": "", "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):

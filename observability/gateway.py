@@ -154,6 +154,9 @@ class ObservedBackend:
     async def completion(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await self._call("completion", model, body, timeout)
 
+    async def embedding(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return await self._call("embedding", model, body, timeout)
+
     def chat_stream(self, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         return self._stream(self._inner.chat_stream(model, body, timeout), model)
 

@@ -5,8 +5,9 @@ Every operation of a keys-on gateway (admin API included) is called with generat
 virtual key. The chat/completions and admin POST
 operations read their body themselves, so the spec lists no body for them; the test adds doka's
 request models (app/schemas.py, accounts/admin_api.py) to the fetched spec so their bodies are
-fuzzed too. Asserted for every
-response: no 5xx, and every error is OpenAI's `{"error": {message, type, param, code}}`.
+fuzzed too (embeddings, messages, count_tokens and responses included). Asserted for every
+response: no 5xx, `x-doka-request-id`, and every error is OpenAI's `{"error": {message, type,
+param, code}}` (Anthropic's `{"type": "error", "error": {type, message}}` on /v1/messages).
 Bounded: a fixed number of examples per operation.
 """
 
@@ -28,13 +29,19 @@ SEEN: Counter[str] = Counter()
 CALLED: Counter[str] = Counter()  # "caller METHOD path" -> requests made
 SKIPPED: dict[str, int] = {}  # "caller mode" -> operations schemathesis generated no case for
 BAD: list[str] = []
+MODEL_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+               "/v1/messages/count_tokens", "/v1/responses"}
 
 
 def _with_bodies(spec: dict[str, Any]) -> dict[str, Any]:
     from accounts.admin_api import DeleteKeyRequest, GenerateKeyRequest, UpdateKeyRequest
-    from app.schemas import ChatCompletionRequest, CompletionRequest
+    from app.anthropic_api import CountTokensRequest, MessagesRequest
+    from app.responses_api import ResponsesRequest
+    from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
     for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest),
+                        ("/v1/embeddings", EmbeddingRequest), ("/v1/messages", MessagesRequest),
+                        ("/v1/messages/count_tokens", CountTokensRequest), ("/v1/responses", ResponsesRequest),
                         ("/key/generate", GenerateKeyRequest), ("/key/update", UpdateKeyRequest),
                         ("/key/delete", DeleteKeyRequest)):
         op = spec["paths"].get(path, {}).get("post")
@@ -45,6 +52,12 @@ def _with_bodies(spec: dict[str, Any]) -> dict[str, Any]:
             spec.setdefault("components", {}).setdefault("schemas", {})[name] = sub
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     return spec
+
+
+def anthropic_error_shape(body: Any) -> bool:
+    return (isinstance(body, dict) and body.get("type") == "error" and isinstance(body.get("error"), dict)
+            and isinstance(body["error"].get("type"), str) and isinstance(body["error"].get("message"), str)
+            and bool(body["error"]["message"]))
 
 
 def _check(case: Any, base_url: str, headers: dict[str, str], op: str) -> None:
@@ -58,9 +71,13 @@ def _check(case: Any, base_url: str, headers: dict[str, str], op: str) -> None:
     assert status < 500 or status in (502, 503, 504), f"{where}: {response.text[:300]}"
     if status >= 400 and not case.formatted_path.endswith("/metrics"):
         body = response.json()
-        if not openai_error_shape(body):
+        anthropic = "/v1/messages" in case.formatted_path  # Anthropic's clients expect Anthropic's shape
+        good = anthropic_error_shape(body) if anthropic else openai_error_shape(body)
+        if not good:
             BAD.append(f"{where} (shape)")
-        assert openai_error_shape(body), f"{where}: not an OpenAI error: {response.text[:300]}"
+        assert good, f"{where}: not an {'Anthropic' if anthropic else 'OpenAI'} error: {response.text[:300]}"
+    if case.formatted_path in MODEL_PATHS:  # every model endpoint's answer carries it, errors included
+        assert response.headers.get("x-doka-request-id"), f"{where}: no x-doka-request-id"
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +139,8 @@ def test_no_500_and_every_error_in_openai_shape(keyed, mock, caller, mode):
     requests = sum(SEEN.values()) - before
     assert requests >= len(operations) - len(skipped), f"only {requests} requests were made"
     if mode == "negative":  # the bodies and parameters that matter must have been fuzzed
-        assert not {f"{caller} POST /v1/chat/completions", f"{caller} POST /v1/completions"} & set(skipped), skipped
+        assert not {f"{caller} POST {p}" for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                                   "/v1/messages", "/v1/responses")} & set(skipped), skipped
         # runs after the positive mode of the same caller: nothing may be left never called
         never = [f"{caller} {o.method.upper()} {o.path}" for o in operations
                  if not CALLED[f"{caller} {o.method.upper()} {o.path}"]]

@@ -51,6 +51,9 @@ def dataset_rows(joined: list[dict[str, Any]], cfg: DokaConfig) -> list[dict[str
         prompt, model = t.get("prompt"), t.get("model")
         if not prompt or not model or prompt.startswith(REDACTED_PREFIX) or int(t.get("status_code") or 0) >= 400:
             continue
+        entry = cfg.model(model)
+        if entry is not None and entry.model_info.mode == "embedding":  # not a routing choice
+            continue
         label = label_for(cfg, model)
         scores[prompt][label].append(float(t["feedback_score"]))
         if t.get("cost") is not None:
