@@ -15,6 +15,8 @@ on a prompt (masked where the family allows, otherwise imputed with the model's 
           model), each model's quality is a line in that difficulty (fitted per model). Sharing
           one difficulty axis across models carries to unseen tasks far better than per-model
           topic boundaries (leave-one-task-out numbers in docs/benchmarks.md); IRT's view.
+- ensemble: the mean of several families' per-model predictions (default difficulty + mlp + knn):
+          the best in distribution, worse than difficulty alone on unseen tasks (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -227,6 +229,22 @@ def _predict_difficulty(state, X):
     return _clip(state["intercept"][None, :] + h[:, None] * state["slope"][None, :])
 
 
+# ---- ensemble ----
+def _fit_ensemble(X, Y, p, progress):
+    members = [str(m) for m in p["members"]]
+    if not members or "ensemble" in members or any(m not in FAMILIES for m in members):
+        raise FamilyError(f"ensemble members must be other families, got {members}; choose from "
+                          f"{sorted(set(FAMILIES) - {'ensemble'})}")
+    # each member with its own defaults: the ensemble adds no hyperparameters to tune per task
+    states = {m: FAMILIES[m].fit(X, Y, dict(FAMILIES[m].defaults), progress) for m in members}
+    return {"members": states}
+
+
+def _predict_ensemble(state, X):
+    preds = [FAMILIES[m].predict(st, X) for m, st in state["members"].items()]
+    return _clip(np.mean(preds, axis=0))
+
+
 FAMILIES: dict[str, Family] = {
     "knn": Family("knn", {"n_neighbors": 40, "weights": "uniform"}, _fit_knn, _predict_knn,
                   "k nearest neighbours' mean score"),
@@ -242,6 +260,8 @@ FAMILIES: dict[str, Family] = {
                  _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
     "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0}, _fit_difficulty, _predict_difficulty,
                          "shared prompt-difficulty regression, per-model quality linear in it"),
+    "ensemble": Family("ensemble", {"members": ["difficulty", "mlp", "knn"]}, _fit_ensemble, _predict_ensemble,
+                       "mean of several families' per-model predictions"),
 }
 
 

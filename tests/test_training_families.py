@@ -58,3 +58,18 @@ def test_logreg_fast_path_is_predict_proba(slices):
         for j, est in enumerate(state["models"])
     ])
     assert np.abs(fam.predict(state, Xte) - np.clip(ref, 0, 1)).max() < 1e-6  # float32 input rounding
+
+
+def test_ensemble_is_the_mean_of_its_members_and_rejects_bad_members(slices):
+    """An ensemble artifact predicts exactly its members' mean; a nested or unknown member is refused."""
+    from router.families import FamilyError
+
+    (train, Xtr), (_, Xte) = slices
+    fam = get_family("ensemble")
+    state = fit_state("ensemble", Xtr, train.scores, resolve_params(fam, {"members": ["difficulty", "knn"]}), progress=False)
+    ref = np.mean([get_family(m).predict(fit_state(m, Xtr, train.scores, resolve_params(get_family(m), None), progress=False), Xte)
+                   for m in ("difficulty", "knn")], axis=0)
+    assert np.abs(fam.predict(state, Xte) - ref).max() < 1e-9
+    for bad in (["ensemble"], ["nope"], []):
+        with pytest.raises(FamilyError, match="ensemble members"):
+            fit_state("ensemble", Xtr[:50], train.scores[:50], {"members": bad}, progress=False)
