@@ -1,5 +1,5 @@
 import sys; sys.path.insert(0,"scripts/generalization")
-from h import *
+from common import *
 L=lambda n: (np.load(E+f"X_{n}_tr.npy"), np.load(E+f"X_{n}_te.npy"))
 X,Xt=L("minilm-l6-v2-static+stats"); emb,embt=X[:,:384],Xt[:,:384]; st,stt=X[:,384:],Xt[:,384:]
 la,lat=L("last"); ls,lst=L("laststats"); ex,ext=L("extra")

@@ -1,5 +1,5 @@
 import sys; sys.path.insert(0,"scripts/generalization")
-from h import *
+from common import *
 X=np.load(E+"X_minilm-l6-v2-static+stats_tr.npy"); Xt=np.load(E+"X_minilm-l6-v2-static+stats_te.npy")
 for sh in (0, 100):
     run(fam("difficulty", shrink=sh), X, Xt, f"difficulty shrink={sh}")

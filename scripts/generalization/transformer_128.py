@@ -1,5 +1,5 @@
 import sys; sys.path.insert(0,"scripts/generalization")
-from h import *
+from common import *
 X=np.load(E+"X_minilm-l6-v2-static+stats_tr.npy"); Xt=np.load(E+"X_minilm-l6-v2-static+stats_te.npy")
 F=np.load(E+"X_minilm-l6-v2@t128_tr.npy"); Ft=np.load(E+"X_minilm-l6-v2@t128_te.npy")
 FS=np.hstack([F,X[:,384:]]); FSt=np.hstack([Ft,Xt[:,384:]])
