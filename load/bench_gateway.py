@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from load.isolation import free_port, haproxy_env, kill_haproxy
+from load.isolation import free_port, haproxy_env, kill_haproxy, on_port
 
 REPO = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-doka-bench-master"  # a throwaway cluster's master key, only on 127.0.0.1
@@ -47,7 +47,7 @@ def bench_config(mock_port: int, server_port: int, keys: bool = False, learned: 
     raw["model_list"] = [m for m in raw["model_list"] if m["model_name"] not in vllm]
     for m in raw["model_list"]:
         if "api_base" in m.get("litellm_params", {}):
-            m["litellm_params"]["api_base"] = f"http://127.0.0.1:{mock_port}/v1"
+            m["litellm_params"]["api_base"] = on_port(m["litellm_params"]["api_base"], mock_port)
     raw["fallbacks"] = {k: [x for x in v if x not in vllm] for k, v in raw.get("fallbacks", {}).items()}
     raw["server"]["port"] = server_port
     raw["fallbacks"] = {k: v for k, v in raw["fallbacks"].items() if v}
