@@ -253,12 +253,20 @@ class EgressCore:
 
 
 def _from_litellm(e: Exception, timeout: float) -> UpstreamError:
+    """LiteLLM's exception as the provider's status: LiteLLM folds Anthropic's 529 overloaded
+    into a 500 (and wraps stream failures), so the provider's own error type is read back."""
     import litellm
+    from litellm.exceptions import MidStreamFallbackError
 
+    if isinstance(e, MidStreamFallbackError) and getattr(e, "original_exception", None) is not None:
+        e = e.original_exception
     if isinstance(e, (litellm.Timeout, asyncio.TimeoutError)):
         return UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True)
     status = getattr(e, "status_code", None)
-    return UpstreamError(status if isinstance(status, int) and status >= 400 else 502, str(e)[:500])
+    text = str(e)
+    if "overloaded_error" in text or '"code":529' in text.replace(" ", ""):
+        status = 529
+    return UpstreamError(status if isinstance(status, int) and status >= 400 else 502, text[:500])
 
 
 @serve.deployment(name="Egress")
