@@ -213,3 +213,72 @@ def test_pass_through_keeps_tool_calls_and_image_parts_unchanged(app, key, mock)
     resp = _client(app, key).chat.completions.create(**body)
     assert resp.choices[0].message.content
     assert _last_body(mock, "gpt-4-turbo") == {**body, "model": "gpt-4-turbo"}
+
+
+# ---------------------------------------------------------------- the direct Anthropic path
+def _core(mock):
+    from app.config import parse_config
+    from deployments.egress import EgressCore
+    from tests.conftest import gateway_test_config
+
+    return EgressCore(parse_config(gateway_test_config(mock.port, 1)), cooldown_s=0)
+
+
+def _summary(result: dict) -> tuple:
+    msg = result["choices"][0]["message"]
+    calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg.get("tool_calls") or []]
+    usage = result["usage"]
+    return msg.get("content"), calls, result["choices"][0]["finish_reason"], usage["prompt_tokens"], usage["completion_tokens"]
+
+
+async def _stream_summary(chunks) -> tuple:
+    text, args, finish, usage, roles = "", "", None, None, []
+    async for c in chunks:
+        usage = c.get("usage") or usage
+        for ch in c["choices"]:
+            d = ch.get("delta") or {}
+            roles.append(d.get("role"))
+            text += d.get("content") or ""
+            args += "".join((t.get("function") or {}).get("arguments") or "" for t in d.get("tool_calls") or [])
+            finish = ch.get("finish_reason") or finish
+    return text, args, finish, (usage or {}).get("completion_tokens"), roles[0]
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 32, "temperature": 0.1},
+    {"messages": ASK_TOOL, "tools": TOOLS, "max_tokens": 32},
+    {"messages": [{"role": "system", "content": "be brief"}, *ASK_TOOL,
+                  {"role": "assistant", "content": None, "tool_calls": [{"id": "toolu_1", "type": "function",
+                   "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                  {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny 21C"}], "tools": TOOLS, "max_tokens": 32},
+], ids=["text", "tool-call", "tool-result"])
+def test_direct_anthropic_path_matches_litellm_router(mock, body):
+    """The egress's direct Anthropic path answers as LiteLLM's full Router.acompletion does."""
+    import asyncio
+
+    core = _core(mock)
+    dep = core._single["mock-claude"]
+    assert core.direct.handles(dep["litellm_params"], body)
+
+    async def both():
+        try:
+            direct = await core.direct.call(core.session(), dep["litellm_params"], body, 10)
+            full = await core._litellm_call("chat", "mock-claude", body, 10)
+            sbody = {**body, "stream_options": {"include_usage": True}}
+            s_direct = await _stream_summary(core.direct.stream(core.session(), dep["litellm_params"], sbody, 10))
+            s_full = await _stream_summary(core._litellm_stream("chat", "mock-claude", sbody, 10))
+            return direct, full, s_direct, s_full
+        finally:
+            await core.close()
+
+    direct, full, s_direct, s_full = asyncio.run(both())
+    assert _summary(direct) == _summary(full)
+    assert s_direct == s_full and s_direct[4] == "assistant"
+    assert mock.state()["counts"]["api_anthropic"] == 4
+
+
+def test_direct_anthropic_path_leaves_unmapped_params_to_litellm(mock):
+    core = _core(mock)
+    params = core._single["mock-claude"]["litellm_params"]
+    assert not core.direct.handles(params, {"messages": [], "logprobs": True})  # Router.acompletion decides
+    assert not core.direct.handles(core._single["mock-gemini"]["litellm_params"], {"messages": []})

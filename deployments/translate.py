@@ -1,0 +1,168 @@
+"""Anthropic through LiteLLM's own transformation, without `Router.acompletion`.
+
+`Router.acompletion` costs ~8 ms of CPU per call on this box (docs/benchmarks.md), almost all
+of it LiteLLM's generic machinery around the call (logging objects, callbacks, cost lookups,
+`CustomStreamWrapper`), not the translation. So the egress calls the translation itself:
+`AnthropicConfig.map_openai_params` / `validate_environment` / `transform_request` build the
+Messages API request, the egress posts it over its shared aiohttp session, and
+`AnthropicConfig.transform_response` (plain) or LiteLLM's Anthropic `ModelResponseIterator.chunk_parser`
+(each SSE event) turn the answer back into OpenAI's shape: ~1 ms a call. The result and chunks
+are what LiteLLM's full path returns, minus its empty keep-alive chunks; usage comes as
+OpenAI sends it (a last chunk with no choices, when `stream_options.include_usage`).
+
+A body with a parameter this path does not map (anything outside AnthropicConfig's supported
+OpenAI params) takes the full `Router.acompletion` path instead, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from app.errors import UpstreamError
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+_MESSAGE_KEYS = ("model", "messages", "stream", "stream_options")
+
+
+class _NoLogging:
+    """The logging object LiteLLM's transformations report to; the gateway has its own."""
+
+    def post_call(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def pre_call(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _error(status: int, raw: bytes) -> UpstreamError:
+    """The provider's error as an UpstreamError with its own status (529 stays 529)."""
+    try:
+        err = json.loads(raw).get("error")
+        msg = err.get("message") if isinstance(err, dict) else str(err)
+        kind = err.get("type") if isinstance(err, dict) else None
+        msg = f"{kind}: {msg}" if kind else msg
+    except (ValueError, AttributeError):
+        msg = raw[:200].decode(errors="replace") or "no body"
+    return UpstreamError(status, f"AnthropicException - {msg}")
+
+
+class AnthropicDirect:
+    """Builds, posts and translates one Anthropic Messages call (one per egress replica)."""
+
+    provider = "anthropic"
+
+    def __init__(self) -> None:
+        from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+
+        self.config = AnthropicConfig()
+        self._supported: dict[str, frozenset[str]] = {}
+        self._log = _NoLogging()
+
+    def handles(self, params: dict[str, Any], body: dict[str, Any]) -> bool:
+        """True for an `anthropic/` deployment and a body whose every parameter this path maps."""
+        provider, _, model = str(params.get("model", "")).partition("/")
+        if provider != self.provider or "mock_response" in params or not model:
+            return False
+        supported = self._supported.get(model)
+        if supported is None:
+            supported = self._supported[model] = frozenset(self.config.get_supported_openai_params(model))
+        return all(k in supported or k in _MESSAGE_KEYS for k in body)
+
+    def _build(self, params: dict[str, Any], body: dict[str, Any], stream: bool) -> tuple[str, dict, dict, dict]:
+        model = str(params["model"]).partition("/")[2]
+        messages = body.get("messages") or []
+        extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
+        optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
+        if stream:
+            optional["stream"] = True
+        litellm_params: dict[str, Any] = {}
+        api_key = params.get("api_key")
+        base = str(params.get("api_base") or ANTHROPIC_URL).rstrip("/")
+        try:
+            headers = self.config.validate_environment({}, model, messages, optional, litellm_params, api_key, base)
+            data = self.config.transform_request(model, messages, optional, litellm_params, headers)
+        except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
+            raise UpstreamError(getattr(e, "status_code", 400) or 400, f"AnthropicException - {e}") from None
+        url = base if base.endswith("/v1/messages") else base + "/v1/messages"
+        ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
+               "data": data, "api_key": api_key, "url": url,
+               "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
+        return url, headers, data, ctx
+
+    async def call(self, session: aiohttp.ClientSession, params: dict[str, Any], body: dict[str, Any],
+                   timeout: float) -> dict[str, Any]:
+        import httpx
+        from litellm.types.utils import ModelResponse
+
+        url, headers, data, ctx = self._build(params, body, stream=False)
+        try:
+            async with session.post(url, json=data, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error(resp.status, raw)
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True) from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"connection to provider failed: {e}") from None
+        response = httpx.Response(200, content=raw, request=httpx.Request("POST", url))
+        try:
+            out = self.config.transform_response(ctx["model"], response, ModelResponse(), self._log, data,
+                                                 ctx["messages"], ctx["optional"], ctx["litellm_params"], None,
+                                                 ctx["api_key"])
+        except Exception as e:
+            raise UpstreamError(502, f"provider sent an answer LiteLLM cannot read: {e}") from None
+        return out.model_dump(exclude_none=True)
+
+    async def stream(self, session: aiohttp.ClientSession, params: dict[str, Any], body: dict[str, Any],
+                     timeout: float) -> AsyncIterator[dict[str, Any]]:
+        from litellm.llms.anthropic.chat.handler import ModelResponseIterator
+        from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
+
+        url, headers, data, ctx = self._build(params, body, stream=True)
+        parser = ModelResponseIterator(streaming_response=None, sync_stream=False, json_mode=False,
+                                       tool_name_reverse_map=ctx["litellm_params"].get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY))
+        usage: dict[str, Any] | None = None
+        head: dict[str, Any] = {}
+        first = True
+        try:
+            async with session.post(url, json=data, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    event = json.loads(line[5:])
+                    if event.get("type") == "message_stop":
+                        break
+                    if event.get("type") == "error":
+                        err = event.get("error") or {}
+                        status = 529 if err.get("type") == "overloaded_error" else 502
+                        raise UpstreamError(status, f"AnthropicException - {err.get('type')}: {err.get('message')}")
+                    chunk = parser.chunk_parser(event).model_dump(exclude_none=True)
+                    usage = chunk.pop("usage", None) or usage
+                    if not head:
+                        head = {"id": chunk.get("id"), "object": "chat.completion.chunk",
+                                "created": chunk.get("created") or int(time.time()), "model": ctx["model"]}
+                    choice = (chunk.get("choices") or [{}])[0]
+                    delta = choice.get("delta") or {}
+                    if not delta.get("content") and not delta.get("tool_calls") and not choice.get("finish_reason"):
+                        continue  # message_start, ping, block boundaries: nothing for an OpenAI client
+                    if first:
+                        delta["role"] = "assistant"
+                        first = False
+                    yield {**head, "choices": [{**choice, "delta": delta}]}
+            if usage is not None and ctx["include_usage"]:
+                yield {**head, "choices": [], "usage": usage}
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"no data within {timeout:g}s", timed_out=True) from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"provider stream failed: {e}") from None
+        except ValueError:
+            raise UpstreamError(502, "provider sent an invalid stream event") from None
