@@ -66,6 +66,13 @@ def _is_passthrough(params: dict[str, Any]) -> bool:
     return provider in PASSTHROUGH_PROVIDERS and bool(params.get("api_base")) and "mock_response" not in params
 
 
+def uses_router_path(params: dict[str, Any]) -> bool:
+    """True for a deployment only LiteLLM's full Router.acompletion serves (not pass-through, not
+    the direct Anthropic path): the CPU-heavy calls `deployments.egress_translated` isolates."""
+    provider = str(params.get("model", "")).partition("/")[0]
+    return not _is_passthrough(params) and (provider != "anthropic" or "mock_response" in params)
+
+
 def _upstream_model(params: dict[str, Any]) -> str:
     return str(params["model"]).partition("/")[2] or str(params["model"])
 

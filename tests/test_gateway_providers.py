@@ -33,6 +33,8 @@ def _tweak(raw: dict) -> None:
     # every chain shows what a client sees when the Anthropic tier alone fails
     claude = next(m for m in raw["model_list"] if m["model_name"] == "mock-claude")
     raw["model_list"].append({**copy.deepcopy(claude), "model_name": "mock-claude-direct"})
+    # Gemini and Cohere (LiteLLM's full Router path) get an egress of their own
+    raw["deployments"]["egress_translated"] = {"num_cpus": 0.1, "max_ongoing_requests": 256}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,19 @@ def _last_body(mock, upstream: str) -> dict:
     r = httpx.get(f"{mock.url}/_mock/last/{upstream}", timeout=5)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_router_path_models_have_an_egress_of_their_own(app):
+    from ray import serve
+
+    from app.config import parse_config
+    from deployments.egress import uses_router_path
+
+    deployments = serve.status().applications[APP].deployments
+    assert {"Egress", "EgressTranslated"} <= set(deployments)
+    heavy = {m.model_name for m in parse_config(app.raw).model_list
+             if m.provider == "litellm" and uses_router_path(m.litellm_params)}
+    assert heavy == {"mock-gemini", "mock-command-r"}
 
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini", "mock-command-r"])
