@@ -27,6 +27,9 @@ from app.errors import UpstreamError
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 _MESSAGE_KEYS = ("model", "messages", "stream", "stream_options")
+# Parameters that never change Anthropic's request headers (beta flags come from tools, thinking,
+# cache control, files, ...): with only these and plain-text messages the headers are cached.
+_PLAIN_PARAMS = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "user"})
 
 
 class _NoLogging:
@@ -61,6 +64,7 @@ class AnthropicDirect:
 
         self.config = AnthropicConfig()
         self._supported: dict[str, frozenset[str]] = {}
+        self._headers: dict[tuple[str, str | None, str], dict[str, str]] = {}
         self._log = _NoLogging()
 
     def handles(self, params: dict[str, Any], body: dict[str, Any]) -> bool:
@@ -84,7 +88,7 @@ class AnthropicDirect:
         api_key = params.get("api_key")
         base = str(params.get("api_base") or ANTHROPIC_URL).rstrip("/")
         try:
-            headers = self.config.validate_environment({}, model, messages, optional, litellm_params, api_key, base)
+            headers = self._env(model, messages, extra, optional, api_key, base)
             data = self.config.transform_request(model, messages, optional, litellm_params, headers)
         except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
             raise UpstreamError(getattr(e, "status_code", 400) or 400, f"AnthropicException - {e}") from None
@@ -93,6 +97,21 @@ class AnthropicDirect:
                "data": data, "api_key": api_key, "url": url,
                "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
         return url, headers, data, ctx
+
+    def _env(self, model: str, messages: list, extra: dict[str, Any], optional: dict[str, Any],
+             api_key: str | None, base: str) -> dict[str, str]:
+        """Anthropic's request headers; LiteLLM's validate_environment (~0.3 ms: it looks model
+        capabilities up each call) runs once per deployment for plain-text requests."""
+        plain = extra.keys() <= _PLAIN_PARAMS and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.keys() <= {"role", "content", "name"}
+            for m in messages)
+        key = (model, api_key, base)
+        if plain and key in self._headers:
+            return dict(self._headers[key])
+        headers = self.config.validate_environment({}, model, messages, optional, {}, api_key, base)
+        if plain:
+            self._headers[key] = dict(headers)
+        return headers
 
     async def call(self, session: aiohttp.ClientSession, params: dict[str, Any], body: dict[str, Any],
                    timeout: float) -> dict[str, Any]:

@@ -7,7 +7,7 @@ concurrent callers and prints a Markdown table: calls/s, p50/p99 and CPU ms per 
 (process time / calls, i.e. what one call costs the replica's event loop).
 
     python -m load.bench_providers                       # mock-gpt-4 vs mock-claude vs mock-gemini
-    python -m load.bench_providers --models mock-gpt-4,mock-claude --seconds 10 --stream
+    python -m load.bench_providers --models mock-gpt-4,mock-claude --rounds 5 --stream
 """
 
 from __future__ import annotations
@@ -64,16 +64,26 @@ async def _drive(core: Any, model: str, clients: int, seconds: float, stream: bo
 
 
 async def _bench(args: argparse.Namespace, mock_port: int) -> list[tuple[str, int, dict[str, float]]]:
+    """Each (clients, model) cell `rounds` times, models alternated within a round (a shared box's
+    load then hits every model alike); a cell reports its median round."""
     from deployments.egress import EgressCore
 
     core = EgressCore(_config(mock_port), cooldown_s=0)
+    models = args.models.split(",")
     rows = []
     try:
-        for model in args.models.split(","):  # warm up: connections, LiteLLM's lazy imports
+        for model in models:  # warm up: connections, LiteLLM's lazy imports
             await _drive(core, model, 4, 1.0, args.stream)
         for clients in args.clients:
-            for model in args.models.split(","):
-                rows.append((model, clients, await _drive(core, model, clients, args.seconds, args.stream)))
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in models}
+            for _ in range(args.rounds):
+                for model in models:
+                    runs[model].append(await _drive(core, model, clients, args.seconds, args.stream))
+            for model in models:
+                ordered = sorted(runs[model], key=lambda r: r["rps"])
+                median = ordered[len(ordered) // 2]
+                median["errors"] = sum(r["errors"] for r in ordered)
+                rows.append((model, clients, median))
     finally:
         await core.close()
     return rows
@@ -83,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.bench_providers", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mock-gpt-4,mock-claude,mock-gemini")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 50])
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=float, default=5.0, help="per round and cell")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell; the median is reported")
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--stream", action="store_true", help="streamed calls (chunks consumed one by one)")
     args = p.parse_args(argv)
@@ -105,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         mock.wait(10)
     base = {c: r for m, c, r in rows if m == rows[0][0]}
     kind = "stream" if args.stream else "plain"
-    print(f"\n{kind} calls, mock latency {args.latency_ms:g} ms, {args.seconds:g} s per cell\n")
+    print(f"\n{kind} calls, mock latency {args.latency_ms:g} ms, median of {args.rounds} alternating rounds of "
+          f"{args.seconds:g} s, load average {os.getloadavg()[0]:.1f}\n")
     print("| model | clients | calls/s | vs first | p50 ms | p99 ms | CPU ms/call | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for model, clients, r in rows:
