@@ -8,6 +8,10 @@ concurrent callers and prints a Markdown table: calls/s, p50/p99 and CPU ms per 
 
     python -m load.bench_providers                       # mock-gpt-4 vs mock-claude vs mock-gemini
     python -m load.bench_providers --models mock-gpt-4,mock-claude --rounds 5 --stream
+    python -m load.bench_providers --gateway --models mock-gpt-4,mock-claude   # through `doka run`, keys on
+
+`--gateway` measures the whole request path instead (`doka run` with keys on, HTTP clients, the
+same alternating rounds): req/s and p50/p99 per model, and the added p50/p99 over the mock itself.
 """
 
 from __future__ import annotations
@@ -89,6 +93,49 @@ async def _bench(args: argparse.Namespace, mock_port: int) -> list[tuple[str, in
     return rows
 
 
+def _gateway_bench(args: argparse.Namespace) -> int:
+    """The same comparison through the whole gateway (load/bench_gateway.py's `doka run` + load)."""
+    from load.bench_gateway import BODY as GW_BODY
+    from load.bench_gateway import Gateway, load, start_mock
+
+    models = args.models.split(",")
+    mock, mock_port = start_mock(args.latency_ms)
+    gw = Gateway(mock_port, keys=True, learned=False, tag="providers",
+                 deployments={"egress": {"num_replicas": args.egress_replicas}})
+    rows: list[tuple[int, str, dict[str, float]]] = []
+    try:
+        gw.ready()
+        url = f"{gw.url}/v1/chat/completions"
+        for m in models:
+            load("python", url, {**GW_BODY, "model": m}, 8, 3, gw.headers)
+        for n in args.clients:
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in ["mock upstream", *models]}
+            for _ in range(args.rounds):
+                runs["mock upstream"].append(load("python", f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+                                                  {**GW_BODY, "model": "gpt-4-turbo"}, n, int(args.seconds)))
+                for m in models:
+                    runs[m].append(load("python", url, {**GW_BODY, "model": m}, n, int(args.seconds), gw.headers))
+            for name, rs in runs.items():
+                ordered = sorted(rs, key=lambda r: r["rps"])
+                rows.append((n, name, {**ordered[len(ordered) // 2], "non2xx": sum(r["non2xx"] for r in rs)}))
+    finally:
+        gw.stop()
+        mock.terminate()
+        mock.wait(30)
+    print(f"\ngateway (keys on, {args.egress_replicas} egress replica(s)), mock latency {args.latency_ms:g} ms, median of {args.rounds} alternating rounds "
+          f"of {int(args.seconds)} s, load average {os.getloadavg()[0]:.1f}\n")
+    print("| clients | target | req/s | vs first model | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, name, r in rows:
+        direct = next(x for c, nm, x in rows if c == n and nm == "mock upstream")
+        first = next(x for c, nm, x in rows if c == n and nm == models[0])
+        added = ("", "") if name == "mock upstream" else (f"{r['p50'] - direct['p50']:.1f}", f"{r['p99'] - direct['p99']:.1f}")
+        rel = "" if name == "mock upstream" else f"{r['rps'] / first['rps']:.0%}"
+        print(f"| {n} | {name} | {r['rps']:.1f} | {rel} | {r['p50']:.1f} | {r['p99']:.1f} | {added[0]} | {added[1]} | "
+              f"{r['non2xx']} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m load.bench_providers", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="mock-gpt-4,mock-claude,mock-gemini")
@@ -97,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell; the median is reported")
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--stream", action="store_true", help="streamed calls (chunks consumed one by one)")
+    p.add_argument("--gateway", action="store_true", help="through `doka run` (keys on) instead of one EgressCore")
+    p.add_argument("--egress-replicas", type=int, default=1, help="with --gateway: egress replicas")
     args = p.parse_args(argv)
+    if args.gateway:
+        return _gateway_bench(args)
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
                              "--latency-ms", str(args.latency_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
