@@ -81,17 +81,19 @@ class AnthropicDirect:
         model = str(params["model"]).partition("/")[2]
         messages = body.get("messages") or []
         extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
-        optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
-        if stream:
-            optional["stream"] = True
         litellm_params: dict[str, Any] = {}
         api_key = params.get("api_key")
         base = str(params.get("api_base") or ANTHROPIC_URL).rstrip("/")
         try:
+            optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
+            if stream:
+                optional["stream"] = True
             headers = self._env(model, messages, extra, optional, api_key, base)
             data = self.config.transform_request(model, messages, optional, litellm_params, headers)
         except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
-            raise UpstreamError(getattr(e, "status_code", 400) or 400, f"AnthropicException - {e}") from None
+            status = getattr(e, "status_code", None)
+            raise UpstreamError(status if isinstance(status, int) and status >= 400 else 400,
+                                f"AnthropicException - {e}") from None
         url = base if base.endswith("/v1/messages") else base + "/v1/messages"
         ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
                "data": data, "api_key": api_key, "url": url,

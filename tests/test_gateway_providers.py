@@ -297,3 +297,14 @@ def test_direct_anthropic_path_leaves_unmapped_params_to_litellm(mock):
     params = core._single["mock-claude"]["litellm_params"]
     assert not core.direct.handles(params, {"messages": [], "logprobs": True})  # Router.acompletion decides
     assert not core.direct.handles(core._single["mock-gemini"]["litellm_params"], {"messages": []})
+
+
+def test_request_litellm_cannot_translate_is_a_400(app, key, mock):
+    """A malformed image part: LiteLLM's Anthropic transformation refuses it, the client gets 400."""
+    bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}]}]
+    with pytest.raises(openai.BadRequestError) as err:
+        _client(app, key).chat.completions.create(model="mock-claude", messages=bad, max_tokens=16)
+    assert "Image url not in expected format" in err.value.response.json()["error"]["message"]
+    assert mock.state()["counts"].get("api_anthropic", 0) == 0  # refused before any provider call
+    assert _row(app, key, err.value.response.headers["x-doka-request-id"])["status"] == 400
+    assert app.inflight(key["key_id"]) == 0
