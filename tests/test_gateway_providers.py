@@ -308,3 +308,16 @@ def test_request_litellm_cannot_translate_is_a_400(app, key, mock):
     assert mock.state()["counts"].get("api_anthropic", 0) == 0  # refused before any provider call
     assert _row(app, key, err.value.response.headers["x-doka-request-id"])["status"] == 400
     assert app.inflight(key["key_id"]) == 0
+
+
+def test_hanging_anthropic_tier_times_out_and_falls_back(app, key, mock):
+    """The Anthropic tier never answers: after its timeout the chain answers from mock-gpt-4 and
+    the one ledger row is the fallback's; no reservation is left open."""
+    mock.state(faults={CLAUDE: "timeout"})
+    raw = _client(app, key).chat.completions.with_raw_response.create(
+        model="claude-chain", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
+    assert raw.headers["x-doka-model"] == "mock-gpt-4" and raw.headers["x-doka-route-reason"] == "fallback:tier2"
+    assert mock.state()["counts"]["fault_timeout"] == 1
+    row = _row(app, key, raw.headers["x-doka-request-id"])
+    assert (row["model"], row["status"]) == ("mock-gpt-4", 200)
+    assert app.inflight(key["key_id"]) == 0
