@@ -7,10 +7,10 @@ of failing deployments and knows LiteLLM's cost map. Its full call path
 gateway budget, so providers that already speak OpenAI's wire format (`openai/...`,
 `hosted_vllm/...` with an `api_base`) take a pass-through path instead: the Router still
 selects the deployment and records failures for cooldown, and the request body goes to the
-provider over one shared aiohttp session, unchanged except for `model`. Anthropic chat calls
-use LiteLLM's Anthropic transformation directly over the same session (deployments/translate.py:
-~1 ms of CPU instead of ~8). Every other provider (Gemini, Cohere, Bedrock, `mock_response`,
-...) goes through `Router.acompletion`, which translates. All paths return OpenAI-shaped dicts
+provider over one shared aiohttp session, unchanged except for `model`. Anthropic and Gemini
+chat calls use LiteLLM's provider transformations directly over the same session
+(deployments/translate.py: ~1 ms of CPU instead of ~8). Every other provider (Cohere, Bedrock,
+`mock_response`, ...) goes through `Router.acompletion`, which translates. All paths return OpenAI-shaped dicts
 and stream chunk dicts one by one.
 
 Interface (the ingress's `ModelBackend` calls it; deployments/backends.py):
@@ -40,6 +40,8 @@ logger = logging.getLogger("ray.serve")
 
 # LiteLLM provider prefixes whose HTTP API is OpenAI's own: safe to pass bodies through.
 PASSTHROUGH_PROVIDERS = {"openai", "hosted_vllm", "openai_like", "vllm_openai", "llamafile", "lm_studio"}
+# Providers whose chat calls skip Router.acompletion (deployments/translate.py).
+DIRECT_PROVIDERS = {"anthropic", "gemini"}
 # Seconds a failing deployment sits out (LiteLLM cooldown); 0 turns cooldowns off (tests do).
 COOLDOWN_S = float(os.environ.get("DOKA_COOLDOWN_S", "30"))
 
@@ -68,9 +70,9 @@ def _is_passthrough(params: dict[str, Any]) -> bool:
 
 def uses_router_path(params: dict[str, Any]) -> bool:
     """True for a deployment only LiteLLM's full Router.acompletion serves (not pass-through, not
-    the direct Anthropic path): the CPU-heavy calls `deployments.egress_translated` isolates."""
+    a direct translation): the CPU-heavy calls `deployments.egress_translated` isolates."""
     provider = str(params.get("model", "")).partition("/")[0]
-    return not _is_passthrough(params) and (provider != "anthropic" or "mock_response" in params)
+    return not _is_passthrough(params) and (provider not in DIRECT_PROVIDERS or "mock_response" in params)
 
 
 def _upstream_model(params: dict[str, Any]) -> str:
@@ -115,11 +117,12 @@ class EgressCore:
             groups.setdefault(dep["model_name"], []).append(dep)
         self._single = {name: deps[0] for name, deps in groups.items() if len(deps) == 1}
         self._last_failure: dict[str, float] = {}
-        # Anthropic without Router.acompletion: LiteLLM's transformation called directly (~1 ms
-        # of CPU a call instead of ~8; deployments/translate.py)
-        from deployments.translate import AnthropicDirect
+        # Anthropic and Gemini without Router.acompletion: LiteLLM's transformations called
+        # directly (~1 ms of CPU a call instead of ~8; deployments/translate.py)
+        from deployments.translate import AnthropicDirect, GeminiDirect
 
         self.direct = AnthropicDirect()
+        self.directs = {d.provider: d for d in (self.direct, GeminiDirect())}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -166,8 +169,9 @@ class EgressCore:
                 params = dep["litellm_params"]
                 if _is_passthrough(params):
                     return await self._post(kind, params, body, timeout)
-                if kind == "chat" and self.direct.handles(params, body):
-                    return await self.direct.call(self.session(), params, body, timeout)
+                direct = self._direct(kind, params, body)
+                if direct is not None:
+                    return await direct.call(self.session(), params, body, timeout)
                 return await self._litellm_call(kind, model, body, timeout)
             except UpstreamError as e:
                 self._failed(model, dep, e)
@@ -180,8 +184,8 @@ class EgressCore:
         params = dep["litellm_params"]
         if _is_passthrough(params):
             source = self._post_stream(kind, params, body, timeout)
-        elif kind == "chat" and self.direct.handles(params, body):
-            source = self.direct.stream(self.session(), params, body, timeout)
+        elif (direct := self._direct(kind, params, body)) is not None:
+            source = direct.stream(self.session(), params, body, timeout)
         else:
             source = self._litellm_stream(kind, model, body, timeout)
         try:
@@ -190,6 +194,13 @@ class EgressCore:
         except UpstreamError as e:
             self._failed(model, dep, e)
             raise
+
+    def _direct(self, kind: str, params: dict[str, Any], body: dict[str, Any]) -> Any:
+        """The direct translation for this chat call, or None (Router.acompletion then)."""
+        if kind != "chat":
+            return None
+        d = self.directs.get(str(params.get("model", "")).partition("/")[0])
+        return d if d is not None and d.handles(params, body) else None
 
     # ------------------------------------------------------------------ pass-through path
     def _request(self, kind: str, params: dict[str, Any], body: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:

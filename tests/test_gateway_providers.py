@@ -33,7 +33,7 @@ def _tweak(raw: dict) -> None:
     # every chain shows what a client sees when the Anthropic tier alone fails
     claude = next(m for m in raw["model_list"] if m["model_name"] == "mock-claude")
     raw["model_list"].append({**copy.deepcopy(claude), "model_name": "mock-claude-direct"})
-    # Gemini and Cohere (LiteLLM's full Router path) get an egress of their own
+    # Cohere (LiteLLM's full Router path) gets an egress of its own
     raw["deployments"]["egress_translated"] = {"num_cpus": 0.1, "max_ongoing_requests": 256}
 
 
@@ -82,7 +82,7 @@ def test_router_path_models_have_an_egress_of_their_own(app):
     assert {"Egress", "EgressTranslated"} <= set(deployments)
     heavy = {m.model_name for m in parse_config(app.raw).model_list
              if m.provider == "litellm" and uses_router_path(m.litellm_params)}
-    assert heavy == {"mock-gemini", "mock-command-r"}
+    assert heavy == {"mock-command-r"}  # Anthropic and Gemini take the direct translation
 
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini", "mock-command-r"])
@@ -267,29 +267,31 @@ async def _stream_summary(chunks) -> tuple:
                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
                   {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny 21C"}], "tools": TOOLS, "max_tokens": 32},
 ], ids=["text", "tool-call", "tool-result"])
-def test_direct_anthropic_path_matches_litellm_router(mock, body):
-    """The egress's direct Anthropic path answers as LiteLLM's full Router.acompletion does."""
+@pytest.mark.parametrize("model", ["mock-claude", "mock-gemini"])
+def test_direct_anthropic_path_matches_litellm_router(mock, body, model):
+    """The egress's direct translation answers as LiteLLM's full Router.acompletion does."""
     import asyncio
 
     core = _core(mock)
-    dep = core._single["mock-claude"]
-    assert core.direct.handles(dep["litellm_params"], body)
+    params = core._single[model]["litellm_params"]
+    direct = core.directs[params["model"].partition("/")[0]]
+    assert direct.handles(params, body)
 
     async def both():
         try:
-            direct = await core.direct.call(core.session(), dep["litellm_params"], body, 10)
-            full = await core._litellm_call("chat", "mock-claude", body, 10)
+            plain = await direct.call(core.session(), params, body, 10)
+            full = await core._litellm_call("chat", model, body, 10)
             sbody = {**body, "stream_options": {"include_usage": True}}
-            s_direct = await _stream_summary(core.direct.stream(core.session(), dep["litellm_params"], sbody, 10))
-            s_full = await _stream_summary(core._litellm_stream("chat", "mock-claude", sbody, 10))
-            return direct, full, s_direct, s_full
+            s_direct = await _stream_summary(direct.stream(core.session(), params, sbody, 10))
+            s_full = await _stream_summary(core._litellm_stream("chat", model, sbody, 10))
+            return plain, full, s_direct, s_full
         finally:
             await core.close()
 
-    direct, full, s_direct, s_full = asyncio.run(both())
-    assert _summary(direct) == _summary(full)
+    plain, full, s_direct, s_full = asyncio.run(both())
+    assert _summary(plain) == _summary(full)
     assert s_direct == s_full and s_direct[4] == "assistant"
-    assert mock.state()["counts"]["api_anthropic"] == 4
+    assert mock.state()["counts"][f"api_{API[model]}"] == 4
 
 
 def test_direct_anthropic_path_leaves_unmapped_params_to_litellm(mock):
