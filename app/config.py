@@ -136,6 +136,10 @@ class DeploymentsConfig(_Strict):
     ingress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5))
     router: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.25))
     egress: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5))
+    egress_translated: DeploymentOptions | None = Field(
+        None, description="an egress of its own (deployment EgressTranslated) for the models that take "
+        "LiteLLM's full Router.acompletion path (Gemini, Cohere, Bedrock, ...: ~8 ms of CPU a call): "
+        "their load then never stalls pass-through and Anthropic calls on `egress`; unset: one egress for all")
 
 
 class RouterConfig(_Strict):

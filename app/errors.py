@@ -1,8 +1,8 @@
 """Errors in OpenAI's JSON shape, so every OpenAI SDK raises its usual exception types.
 
 `{"error": {"message", "type", "param", "code"}}` with the status an OpenAI client expects:
-400 bad request, 401/403 auth, 404 unknown model, 413 body too large, 429 quota, 502/504
-upstream exhausted. The same body goes into an SSE `data:` event when a stream fails after
+400 bad request, 401/403 auth, 404 unknown model, 413 body too large, 429 quota (or the last
+provider rate-limited), 502/504 upstream exhausted, 503 the last provider overloaded. The same body goes into an SSE `data:` event when a stream fails after
 its first chunk was sent.
 """
 
@@ -75,15 +75,25 @@ def body_too_large(limit: int) -> OpenAIError:
     return OpenAIError(413, f"Request body exceeds {limit} bytes", code="request_too_large")
 
 
-def upstream_exhausted(tiers: list[str], last_error: str, timed_out: bool) -> OpenAIError:
-    """502 when every tier failed, 504 when the last one timed out; names the tiers tried."""
+# What a client is told when the last tier's provider said "slow down" rather than "broken":
+# 429 stays 429 (rate limited: back off), 529 (Anthropic's "overloaded") becomes the standard
+# 503; both with Retry-After. Anything else upstream (5xx, a provider rejecting the gateway's
+# own credentials with 401/403) is the gateway's problem, not the client's: 502.
+_BACKOFF = {429: (429, "upstream_rate_limited"), 529: (503, "upstream_overloaded")}
+
+
+def upstream_exhausted(tiers: list[str], last_error: str, timed_out: bool,
+                       last_status: int | None = None) -> OpenAIError:
+    """502 when every tier failed, 504 when the last one timed out, 429/503 when it said back off
+    (see `_BACKOFF`); names the tiers tried."""
+    headers = {"x-doka-tiers-tried": ",".join(tiers)}
+    message = f"All upstream tiers failed (tried: {', '.join(tiers) or 'none'}); last error: {last_error}"
+    if not timed_out and last_status in _BACKOFF:
+        status, code = _BACKOFF[last_status]
+        return OpenAIError(status, message, code=code, headers={**headers, "retry-after": "1"})
     status = 504 if timed_out else 502
-    return OpenAIError(
-        status,
-        f"All upstream tiers failed (tried: {', '.join(tiers) or 'none'}); last error: {last_error}",
-        code="upstream_timeout" if timed_out else "upstream_exhausted",
-        headers={"x-doka-tiers-tried": ",".join(tiers)},
-    )
+    return OpenAIError(status, message, code="upstream_timeout" if timed_out else "upstream_exhausted",
+                       headers=headers)
 
 
 class UpstreamError(Exception):

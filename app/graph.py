@@ -2,6 +2,7 @@
 
     ingress --(auto only)--> router
        |---> egress (every `provider: litellm` model, one litellm.Router)
+       |---> egress-translated (optional: the Router.acompletion-path models, in their own replicas)
        '---> vLLM deployments (one per `provider: vllm` model, when deployments.vllm exists)
 
 `app_builder(args)` is the import path for `serve run app.graph:app_builder config_path=...`
@@ -60,16 +61,21 @@ def _accounts_app(cfg: DokaConfig) -> Application | None:
 
 def build_app(cfg: DokaConfig) -> Application:
     """The whole graph, with per-deployment options from `cfg.deployments`."""
-    from deployments.egress import Egress
+    from deployments.egress import Egress, uses_router_path
     from deployments.ingress import Ingress
     from deployments.router import RouterDeployment
 
     raw = _config_dict(cfg)
     d = cfg.deployments
     model_apps: dict[str, Application] = {}
-    if any(m.provider == "litellm" for m in cfg.model_list):
+    external = [m for m in cfg.model_list if m.provider == "litellm"]
+    translated = [m for m in external if d.egress_translated is not None and uses_router_path(m.litellm_params)]
+    if len(translated) < len(external):
         egress = Egress.options(**d.egress.serve_options(), **_QUIET).bind(raw)
-        model_apps.update({m.model_name: egress for m in cfg.model_list if m.provider == "litellm"})
+        model_apps.update({m.model_name: egress for m in external if m not in translated})
+    if translated:  # their CPU-heavy translation in replicas of their own (DeploymentsConfig.egress_translated)
+        heavy = Egress.options(name="EgressTranslated", **d.egress_translated.serve_options(), **_QUIET).bind(raw)
+        model_apps.update({m.model_name: heavy for m in translated})
     model_apps.update(_vllm_apps(cfg))
     router = RouterDeployment.options(
         **d.router.serve_options(),

@@ -15,7 +15,8 @@ from app.config import DokaConfig
 IMPORT_PATH = "app.graph:app_builder"
 
 # Serve deployment names of the graph (app/graph.py), keyed by `deployments:` section.
-DEPLOYMENT_NAMES: dict[str, str] = {"ingress": "Ingress", "router": "Router", "egress": "Egress"}
+DEPLOYMENT_NAMES: dict[str, str] = {"ingress": "Ingress", "router": "Router", "egress": "Egress",
+                                    "egress_translated": "EgressTranslated"}
 
 
 def config_dict(cfg: DokaConfig) -> dict[str, Any]:
@@ -38,7 +39,10 @@ def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     """Per-deployment overrides in `serve deploy` form, from `cfg.deployments`."""
     out: list[dict[str, Any]] = []
     for section, name in DEPLOYMENT_NAMES.items():
-        opts: dict[str, Any] = {"name": name, **getattr(cfg.deployments, section).serve_options()}
+        options = getattr(cfg.deployments, section)
+        if options is None:  # an optional deployment the config does not use
+            continue
+        opts: dict[str, Any] = {"name": name, **options.serve_options()}
         if section == "router":
             opts["user_config"] = router_user_config(cfg)
         out.append(opts)

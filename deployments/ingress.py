@@ -638,7 +638,7 @@ class Ingress:
                          stream: bool = False) -> _Attempt:
         """Try each tier in order with its own timeout; the first answer (or first chunk) wins."""
         tried: list[str] = []
-        last_error, timed_out = "no tier available", False
+        last_error, timed_out, last_status = "no tier available", False, None
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
             tried.append(model)
@@ -671,12 +671,12 @@ class Ingress:
                 if isinstance(err, UpstreamError):
                     if err.is_client_error:
                         raise OpenAIError(err.status, err.message, headers={"x-doka-tiers-tried": ",".join(tried)}) from None
-                    last_error, timed_out = f"{model}: {err}", err.timed_out
+                    last_error, timed_out, last_status = f"{model}: {err}", err.timed_out, err.status
                 else:
                     logger.warning("ingress: tier %s failed: %r", model, e)
-                    last_error, timed_out = f"{model}: {type(err).__name__}: {err}", False
+                    last_error, timed_out, last_status = f"{model}: {type(err).__name__}: {err}", False, None
             self._router.report.remote(model, False)
-        raise upstream_exhausted(tried, last_error, timed_out)
+        raise upstream_exhausted(tried, last_error, timed_out, last_status)
 
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
                       started: float, dialect: Any = OpenAIDialect) -> Response:

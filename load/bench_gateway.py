@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from load.isolation import free_port, haproxy_env, kill_haproxy
+from load.isolation import free_port, haproxy_env, kill_haproxy, on_port
 
 REPO = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-doka-bench-master"  # a throwaway cluster's master key, only on 127.0.0.1
@@ -47,7 +47,7 @@ def bench_config(mock_port: int, server_port: int, keys: bool = False, learned: 
     raw["model_list"] = [m for m in raw["model_list"] if m["model_name"] not in vllm]
     for m in raw["model_list"]:
         if "api_base" in m.get("litellm_params", {}):
-            m["litellm_params"]["api_base"] = f"http://127.0.0.1:{mock_port}/v1"
+            m["litellm_params"]["api_base"] = on_port(m["litellm_params"]["api_base"], mock_port)
     raw["fallbacks"] = {k: [x for x in v if x not in vllm] for k, v in raw.get("fallbacks", {}).items()}
     raw["server"]["port"] = server_port
     raw["fallbacks"] = {k: v for k, v in raw["fallbacks"].items() if v}
@@ -188,14 +188,17 @@ class Gateway:
     """`doka run` on a bench config in its own session; `headers` carry a virtual key when keys are on."""
 
     def __init__(self, mock_port: int, keys: bool, learned: bool, perf: bool = True, tag: str = "bench",
-                 log: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 log: Path | None = None, extra_args: tuple[str, ...] = (),
+                 deployments: dict[str, Any] | None = None) -> None:
         self.keys, self.learned = keys, learned
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix=f"doka-{tag}-")
         cfg = Path(self.data_dir) / "doka.yaml"
-        cfg.write_text(yaml.safe_dump(bench_config(mock_port, self.port, keys=keys, learned=learned,
-                                                   data_dir=self.data_dir)))
+        raw = bench_config(mock_port, self.port, keys=keys, learned=learned, data_dir=self.data_dir)
+        for section, options in (deployments or {}).items():  # e.g. {"egress": {"num_replicas": 2}}
+            raw["deployments"][section] = {**(raw["deployments"].get(section) or {}), **options}
+        cfg.write_text(yaml.safe_dump(raw))
         self.env = gateway_env(tag)
         self.env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="dkrb")  # its own Ray session dir, not /tmp/ray
         cmd = [sys.executable, "-m", "app.cli", "run", "--config", str(cfg), "--no-mock"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 
 def free_port() -> int:
@@ -17,6 +18,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def on_port(url: str, port: int) -> str:
+    """`url` on 127.0.0.1:`port`, path kept: each mock provider lives under its own path
+    (OpenAI `/v1`, Anthropic `/`, Gemini `/v1beta`, Cohere `/v2/chat`) on the one mock port."""
+    u = urlsplit(url)
+    return urlunsplit((u.scheme or "http", f"127.0.0.1:{port}", u.path, u.query, u.fragment))
 
 
 def haproxy_env(base: Path) -> dict[str, str]:

@@ -20,6 +20,8 @@ import random
 import struct
 from typing import Any
 
+from load.mock_core import sample_args
+
 EMBED_DIMS = 64  # default vector length (OpenAI's models are longer; `dimensions` overrides)
 
 
@@ -53,18 +55,6 @@ def embeddings_payload(model: str, body: dict[str, Any]) -> dict[str, Any] | Non
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def _sample_args(schema: dict[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, spec in ((schema or {}).get("properties") or {}).items():
-        spec = spec if isinstance(spec, dict) else {}
-        kind = spec.get("type", "string")
-        if spec.get("enum"):
-            out[name] = spec["enum"][0]
-        else:
-            out[name] = {"number": 1, "integer": 1, "boolean": True, "array": [], "object": {}}.get(kind, "mock")
-    return out
-
-
 def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     """The tool call this chat request should get (an OpenAI `tool_calls` entry), or None for text."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
@@ -83,7 +73,7 @@ def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     seed = hashlib.sha256(text.encode()).hexdigest()[:12]
     return {"id": f"call_{seed}", "type": "function",
-            "function": {"name": str(fn.get("name", "tool")), "arguments": json.dumps(_sample_args(fn.get("parameters")))}}
+            "function": {"name": str(fn.get("name", "tool")), "arguments": json.dumps(sample_args(fn.get("parameters")))}}
 
 
 def tool_call_chunks(call: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from load.isolation import free_port, kill_haproxy
+from load.isolation import free_port, kill_haproxy, on_port
 from load.isolation import haproxy_env as isolated_haproxy_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> d
     for m in raw["model_list"]:
         base = m.get("litellm_params", {}).get("api_base")
         if base and "127.0.0.1" in base:
-            m["litellm_params"]["api_base"] = f"http://127.0.0.1:{mock_port}/v1"
+            m["litellm_params"]["api_base"] = on_port(base, mock_port)
     raw["fallbacks"] = {k: [m for m in v if m not in vllm] for k, v in raw.get("fallbacks", {}).items()}
     raw["fallbacks"] = {k: v for k, v in raw["fallbacks"].items() if v}
     raw["server"].update(port=server_port, data_dir=str(REPO / ".doka" / "test"))

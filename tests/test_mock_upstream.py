@@ -87,3 +87,48 @@ def test_parse_faults():
     assert parse_faults(["500", "gpt-4=timeout"]) == {"*": "500", "gpt-4": "timeout"}
     with pytest.raises(Exception, match="unknown fault"):
         parse_faults(["boom"])
+
+
+# ---------------------------------------------------------------- provider-format mocks
+def test_anthropic_mock_errors_in_anthropic_shape_including_529(mock):
+    body = {"model": "c1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    ok = httpx.post(f"{mock.url}/v1/messages", json=body, headers={"x-api-key": "k"}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["type"] == "message" and ok.json()["usage"]["input_tokens"] == 1
+    assert httpx.post(f"{mock.url}/v1/messages", json=body, timeout=10).status_code == 401  # no key
+    mock.state(faults={"c1": "529"})
+    r = httpx.post(f"{mock.url}/v1/messages", json=body, headers={"x-api-key": "k"}, timeout=10)
+    assert r.status_code == 529
+    assert r.json() == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+def test_anthropic_mock_streams_messages_events(mock):
+    body = {"model": "c1", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", f"{mock.url}/v1/messages", json=body, headers={"x-api-key": "k"}, timeout=10) as r:
+        events = [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+    assert events[0] == "message_start" and events[-2:] == ["message_delta", "message_stop"]
+    assert {"content_block_start", "content_block_delta", "content_block_stop"} <= set(events)
+
+
+def test_gemini_mock_sse_and_function_call(mock):
+    url = f"{mock.url}/v1beta/models/g1:streamGenerateContent?alt=sse"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+    with httpx.stream("POST", url, json=body, headers={"x-goog-api-key": "k"}, timeout=10) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert len(chunks) > 1 and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert chunks[-1]["usageMetadata"]["promptTokenCount"] == 1
+    tools = [{"functionDeclarations": [{"name": "f", "parameters": {"type": "object",
+                                                                     "properties": {"n": {"type": "integer"}}}}]}]
+    r = httpx.post(f"{mock.url}/v1beta/models/g1:generateContent", headers={"x-goog-api-key": "k"}, timeout=10,
+                   json={"contents": [{"role": "user", "parts": [{"text": "call the tool"}]}], "tools": tools})
+    assert r.json()["candidates"][0]["content"]["parts"] == [{"functionCall": {"name": "f", "args": {"n": 1}}}]
+    mock.state(faults={"g1": "429"})
+    err = httpx.post(f"{mock.url}/v1beta/models/g1:generateContent", json=body, headers={"x-goog-api-key": "k"})
+    assert err.status_code == 429 and err.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_cohere_mock_and_last_body(mock):
+    body = {"model": "r1", "messages": [{"role": "user", "content": "hello"}]}
+    r = httpx.post(f"{mock.url}/v2/chat", json=body, headers={"Authorization": "Bearer k"}, timeout=10)
+    assert r.json()["finish_reason"] == "COMPLETE" and r.json()["usage"]["tokens"]["input_tokens"] == 1
+    assert httpx.get(f"{mock.url}/_mock/last/r1", timeout=5).json() == body
+    assert mock.state()["counts"]["api_cohere"] == 1

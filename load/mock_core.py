@@ -1,0 +1,169 @@
+"""What every mock provider shares: settings, counters, fault injection and stream pacing.
+
+The OpenAI mock (load/mock_upstream.py) and the provider-format mocks (load/mock_anthropic.py,
+load/mock_gemini.py, load/mock_cohere.py) all run in one Starlette app on one port, so one
+`/_mock/state` endpoint changes latency, chunking and per-model faults for all of them, and
+each one only writes its own wire format on top of `gate` and `paced`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any, AsyncIterator, Iterable
+
+from pydantic import BaseModel, Field
+
+# "none", an HTTP status the provider answers with, "timeout" (never answers) or "drop"
+# (the connection breaks mid-stream). 529 is Anthropic's "overloaded".
+HTTP_FAULTS = ("400", "401", "429", "500", "502", "503", "529")
+FAULTS = ("none", *HTTP_FAULTS, "timeout", "drop")
+
+
+class MockSettings(BaseModel):
+    """Behaviour of the mock; `faults` maps a model name (or `*`) to one of FAULTS."""
+
+    latency_ms: float = Field(50.0, ge=0)
+    chunks: int = Field(8, ge=1, description="content chunks per streamed answer")
+    chunk_interval_ms: float = Field(0.0, ge=0)
+    faults: dict[str, str] = Field(default_factory=dict)
+    fault_rate: float = Field(1.0, ge=0, le=1, description="share of a model's requests a configured fault hits")
+
+    def fault_for(self, model: str, credit: dict[str, float]) -> str:
+        """The fault for this request of `model`.
+
+        With `fault_rate` < 1 the fault hits that share of the model's requests, spread evenly
+        and exactly (error diffusion over `credit`, the caller's per-model carry), not by a coin:
+        48 requests at 10% see 4 or 5 faults on every run, never 0, so a fault test cannot pass
+        because nothing was injected.
+        """
+        fault = self.faults.get(model, self.faults.get("*", "none"))
+        if fault == "none" or self.fault_rate >= 1.0:
+            return fault
+        carry = credit.get(model, 0.5) + self.fault_rate  # 0.5: the first hit after half a period
+        fire = carry >= 1.0
+        credit[model] = carry - 1.0 if fire else carry
+        return fault if fire else "none"
+
+
+class MockState:
+    """Settings plus counters and the last request body per model; one per server process."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        self.settings = settings
+        self.counts: Counter[str] = Counter()
+        self.by_model: Counter[str] = Counter()
+        self.last_body: dict[str, Any] = {}
+        self.fault_credit: dict[str, float] = {}  # per model, for MockSettings.fault_for
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.model_dump(),
+            "counts": dict(self.counts),
+            "by_model": dict(self.by_model),
+        }
+
+    def reset_counts(self) -> None:
+        self.counts.clear()
+        self.by_model.clear()
+        self.last_body.clear()
+        self.fault_credit.clear()
+
+    async def gate(self, model: str, body: Any, api: str = "openai") -> str:
+        """Count and record one request, then wait out latency and faults.
+
+        Returns the fault that applies: an HTTP_FAULTS status the caller answers with in its
+        own error shape, "drop" (break the stream) or "none". A "timeout" never returns.
+        """
+        self.counts["requests"] += 1
+        if api != "openai":
+            self.counts[f"api_{api}"] += 1
+        self.by_model[model] += 1
+        self.last_body[model] = body
+        s = self.settings
+        fault = s.fault_for(model, self.fault_credit)
+        if fault in HTTP_FAULTS:
+            self.counts[f"fault_{fault}"] += 1
+            return fault
+        if fault == "timeout":
+            self.counts["fault_timeout"] += 1
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                self.counts["timeout_abandoned"] += 1
+        if s.latency_ms:
+            await asyncio.sleep(s.latency_ms / 1000)
+        return fault
+
+    async def paced(self, events: Iterable[bytes], drop: bool) -> AsyncIterator[bytes]:
+        """Send SSE events with the configured pacing; counts a stream the client left as cancelled.
+
+        `drop`: break the connection halfway (after at least one event), as a failing provider does.
+        """
+        events = list(events)
+        interval = self.settings.chunk_interval_ms / 1000
+        self.counts["streams_started"] += 1
+        finished = False
+        try:
+            for i, event in enumerate(events):
+                if drop and i == max(1, len(events) // 2):
+                    self.counts["fault_drop"] += 1
+                    finished = True
+                    raise ConnectionAbortedError("mock fault: connection dropped mid-stream")
+                yield event
+                if interval:
+                    await asyncio.sleep(interval)
+            finished = True
+            self.counts["streams_completed"] += 1
+        finally:
+            if not finished:
+                self.counts["streams_cancelled"] += 1
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def answer_words(model: str, prompt: str, n: int) -> list[str]:
+    """The mock's answer, `n` words (one per stream chunk), naming the model and the prompt."""
+    base = f"mock answer from {model} to: {prompt[:40]}".split()
+    words = (base * (n // max(len(base), 1) + 1))[:n] if n > len(base) else base[:n]
+    return [w + " " for w in words[:-1]] + [words[-1]]
+
+
+def split_text(text: str, n: int) -> list[str]:
+    """`text` in at most `n` pieces that join back to it (stream chunks of a fixed answer)."""
+    words = text.split(" ")
+    n = max(1, min(n, len(words)))
+    size = -(-len(words) // n)
+    parts = [" ".join(words[i:i + size]) for i in range(0, len(words), size)]
+    return [p + " " for p in parts[:-1]] + [parts[-1]]
+
+
+def sample_args(schema: dict[str, Any] | None) -> dict[str, Any]:
+    """Arguments for a tool call that satisfy a JSON schema's top-level properties."""
+    props = (schema or {}).get("properties") or {}
+    out: dict[str, Any] = {}
+    for name, spec in props.items():
+        kind = (spec or {}).get("type", "string")
+        kind = kind.lower() if isinstance(kind, str) else "string"
+        if (spec or {}).get("enum"):
+            out[name] = spec["enum"][0]
+        elif kind in ("number", "integer"):
+            out[name] = 1
+        elif kind == "boolean":
+            out[name] = True
+        elif kind == "array":
+            out[name] = []
+        elif kind == "object":
+            out[name] = {}
+        else:
+            out[name] = "mock"
+    return out
+
+
+def wants_tool(prompt: str, forced: bool) -> bool:
+    """A tool call is answered when the caller forces one or the last user turn asks for one."""
+    low = prompt.lower()
+    return forced or "tool" in low or "call " in low or "weather" in low
