@@ -34,9 +34,9 @@ BODY = {"messages": [{"role": "user", "content": "Say hello to the benchmark."}]
 
 def _config(mock_port: int) -> Any:
     from app.config import parse_config
-    from tests.conftest import gateway_test_config
+    from load.bench_gateway import bench_config
 
-    return parse_config(gateway_test_config(mock_port, free_port()))
+    return parse_config(bench_config(mock_port, free_port()))
 
 
 async def _drive(core: Any, model: str, clients: int, seconds: float, stream: bool) -> dict[str, float]:
