@@ -10,6 +10,12 @@ concurrent callers and prints a Markdown table: calls/s, p50/p99 and CPU ms per 
     python -m load.bench_providers --models mock-gpt-4,mock-claude --rounds 5 --stream
     python -m load.bench_providers --gateway --models mock-gpt-4,mock-claude   # through `doka run`, keys on
 
+`--stall` asks whether one provider's calls stall another's streams on the same egress event
+loop: pass-through streams (paced chunks) measure their gaps between chunks alone, then while 50
+callers hammer each translated model with plain calls:
+
+    python -m load.bench_providers --stall --models mock-claude,mock-gemini,mock-command-r
+
 `--gateway` measures the whole request path instead (`doka run` with keys on, HTTP clients, the
 same alternating rounds): req/s and p50/p99 per model, and the added p50/p99 over the mock itself.
 """
@@ -93,6 +99,49 @@ async def _bench(args: argparse.Namespace, mock_port: int) -> list[tuple[str, in
     return rows
 
 
+STALL_CHUNKS, STALL_INTERVAL_MS = 40, 25.0  # the victims' paced streams: one second each
+
+
+async def _victims(core: Any, model: str, n: int, seconds: float) -> list[float]:
+    """`n` streams of `model` back to back for `seconds`: each gap between chunks, in ms, beyond the pacing."""
+    gaps: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def one() -> None:
+        while time.perf_counter() < deadline:
+            last = None
+            async for _ in core.stream("chat", model, {**BODY, "model": model}, 30):
+                now = time.perf_counter()
+                if last is not None:
+                    gaps.append(max(0.0, (now - last) * 1000 - STALL_INTERVAL_MS))
+                last = now
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sorted(gaps)
+
+
+async def _stall(args: argparse.Namespace, mock_port: int) -> list[tuple[str, dict[str, float]]]:
+    from deployments.egress import EgressCore
+
+    core = EgressCore(_config(mock_port), cooldown_s=0)
+    victim, noisy = "mock-gpt-4", args.models.split(",")
+    rows = []
+    try:
+        for model in [victim, *noisy]:  # warm up: connections, LiteLLM's lazy imports
+            await _drive(core, model, 4, 1.0, False)
+        for load_model in [None, *noisy]:
+            gaps_task = asyncio.ensure_future(_victims(core, victim, 4, args.seconds))
+            noise = (_drive(core, load_model, 50, args.seconds, False) if load_model else asyncio.sleep(0))
+            noise_result, gaps = await asyncio.gather(noise, gaps_task)
+            q = lambda p: gaps[min(len(gaps) - 1, int(p * len(gaps)))] if gaps else float("nan")  # noqa: E731
+            rows.append((load_model or "(none)", {"p50": q(0.5), "p99": q(0.99), "max": gaps[-1] if gaps else float("nan"),
+                                                  "n": len(gaps), "noise_rps": noise_result["rps"] if load_model else 0.0,
+                                                  "noise_errors": noise_result["errors"] if load_model else 0}))
+    finally:
+        await core.close()
+    return rows
+
+
 def _gateway_bench(args: argparse.Namespace) -> int:
     """The same comparison through the whole gateway (load/bench_gateway.py's `doka run` + load)."""
     from load.bench_gateway import BODY as GW_BODY
@@ -146,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="streamed calls (chunks consumed one by one)")
     p.add_argument("--gateway", action="store_true", help="through `doka run` (keys on) instead of one EgressCore")
     p.add_argument("--egress-replicas", type=int, default=1, help="with --gateway: egress replicas")
+    p.add_argument("--stall", action="store_true", help="gaps in pass-through streams while other providers are loaded")
     args = p.parse_args(argv)
     if args.gateway:
         return _gateway_bench(args)
     port = free_port()
+    pacing = ["--chunks", str(STALL_CHUNKS), "--chunk-interval-ms", str(STALL_INTERVAL_MS)] if args.stall else []
     mock = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
-                             "--latency-ms", str(args.latency_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                             "--latency-ms", str(args.latency_ms), *pacing],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         import httpx
 
@@ -161,10 +213,23 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        rows = asyncio.run(_bench(args, port))
+        if args.stall:
+            stall_rows = asyncio.run(_stall(args, port))
+        else:
+            rows = asyncio.run(_bench(args, port))
     finally:
         mock.terminate()
         mock.wait(10)
+    if args.stall:
+        print(f"\n4 pass-through streams of mock-gpt-4 ({STALL_CHUNKS} chunks every {STALL_INTERVAL_MS:g} ms) on one "
+              f"EgressCore, alone and beside 50 plain callers of each model, {args.seconds:g} s each, "
+              f"load average {os.getloadavg()[0]:.1f}; gap = time between chunks beyond the pacing\n")
+        print("| load beside the streams | its calls/s | its errors | gaps | gap p50 ms | gap p99 ms | gap max ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in stall_rows:
+            print(f"| {name} | {r['noise_rps']:.0f} | {r['noise_errors']} | {r['n']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                  f"{r['max']:.1f} |")
+        return 0
     base = {c: r for m, c, r in rows if m == rows[0][0]}
     kind = "stream" if args.stream else "plain"
     print(f"\n{kind} calls, mock latency {args.latency_ms:g} ms, median of {args.rounds} alternating rounds of "
