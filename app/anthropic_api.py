@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import OpenAIError, bad_request
+from app.schemas import first_choice_delta
 
 ERROR_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -356,29 +357,25 @@ class MessagesDialect:
         out = self._start()
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self.kind != "text":
-                    out += self._open_block("text", {"type": "text", "text": ""})
-                out.append(_event("content_block_delta", {"type": "content_block_delta", "index": self.block,
-                                                          "delta": {"type": "text_delta", "text": text}}))
-            for call in delta.get("tool_calls") or []:
-                i = int(call.get("index") or 0)
-                fn = call.get("function") or {}
-                if i not in self.tools:
-                    out += self._open_block(f"tool:{i}", {"type": "tool_use", "name": fn.get("name") or "", "input": {},
-                                                          "id": call.get("id") or "toolu_" + uuid.uuid4().hex[:24]})
-                    self.tools[i] = self.block
-                if fn.get("arguments") and self.kind == f"tool:{i}":
-                    out.append(_event("content_block_delta", {
-                        "type": "content_block_delta", "index": self.block,
-                        "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}}))
-            if choice.get("finish_reason"):
-                self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+        text, calls, finish = first_choice_delta(chunk)
+        if text:
+            if self.kind != "text":
+                out += self._open_block("text", {"type": "text", "text": ""})
+            out.append(_event("content_block_delta", {"type": "content_block_delta", "index": self.block,
+                                                      "delta": {"type": "text_delta", "text": text}}))
+        for call in calls:
+            i = int(call.get("index") or 0)
+            fn = call.get("function") or {}
+            if i not in self.tools:
+                out += self._open_block(f"tool:{i}", {"type": "tool_use", "name": fn.get("name") or "", "input": {},
+                                                      "id": call.get("id") or "toolu_" + uuid.uuid4().hex[:24]})
+                self.tools[i] = self.block
+            if fn.get("arguments") and self.kind == f"tool:{i}":
+                out.append(_event("content_block_delta", {
+                    "type": "content_block_delta", "index": self.block,
+                    "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}}))
+        if finish:
+            self.stop_reason = STOP_REASONS.get(finish, "end_turn")
         return b"".join(out)
 
     def end(self) -> bytes:

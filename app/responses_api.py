@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import OpenAIError, bad_request
+from app.schemas import first_choice_delta
 
 
 class _Open(BaseModel):
@@ -257,43 +258,39 @@ class ResponseBuilder:
         out = self._start()
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text:
-                if self.text_index is None:
-                    self.text_index = len(self.output)
-                    item = _text_item("msg_" + uuid.uuid4().hex, "", "in_progress")
-                    self.output.append(item)
-                    out += [self._event("response.output_item.added", {"output_index": self.text_index,
-                                                                        "item": {**item, "content": []}}),
-                            self._event("response.content_part.added", {
-                                "item_id": item["id"], "output_index": self.text_index, "content_index": 0,
-                                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})]
-                item = self.output[self.text_index]
-                item["content"][0]["text"] += text
-                out.append(self._event("response.output_text.delta", {
-                    "item_id": item["id"], "output_index": self.text_index, "content_index": 0, "delta": text,
-                    "logprobs": []}))
-            for call in delta.get("tool_calls") or []:
-                n = int(call.get("index") or 0)
-                fn = call.get("function") or {}
-                if n not in self.calls:
-                    out += self._close_text()
-                    self.calls[n] = len(self.output)
-                    item = _call_item("fc_" + uuid.uuid4().hex, call.get("id") or "call_" + uuid.uuid4().hex,
-                                      fn.get("name") or "", "", "in_progress")
-                    self.output.append(item)
-                    out.append(self._event("response.output_item.added", {"output_index": self.calls[n], "item": item}))
-                i = self.calls[n]
-                if fn.get("arguments"):
-                    self.output[i]["arguments"] += fn["arguments"]
-                    out.append(self._event("response.function_call_arguments.delta", {
-                        "item_id": self.output[i]["id"], "output_index": i, "delta": fn["arguments"]}))
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+        text, calls, finish = first_choice_delta(chunk)
+        if text:
+            if self.text_index is None:
+                self.text_index = len(self.output)
+                item = _text_item("msg_" + uuid.uuid4().hex, "", "in_progress")
+                self.output.append(item)
+                out += [self._event("response.output_item.added", {"output_index": self.text_index,
+                                                                    "item": {**item, "content": []}}),
+                        self._event("response.content_part.added", {
+                            "item_id": item["id"], "output_index": self.text_index, "content_index": 0,
+                            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})]
+            item = self.output[self.text_index]
+            item["content"][0]["text"] += text
+            out.append(self._event("response.output_text.delta", {
+                "item_id": item["id"], "output_index": self.text_index, "content_index": 0, "delta": text,
+                "logprobs": []}))
+        for call in calls:
+            n = int(call.get("index") or 0)
+            fn = call.get("function") or {}
+            if n not in self.calls:
+                out += self._close_text()
+                self.calls[n] = len(self.output)
+                item = _call_item("fc_" + uuid.uuid4().hex, call.get("id") or "call_" + uuid.uuid4().hex,
+                                  fn.get("name") or "", "", "in_progress")
+                self.output.append(item)
+                out.append(self._event("response.output_item.added", {"output_index": self.calls[n], "item": item}))
+            i = self.calls[n]
+            if fn.get("arguments"):
+                self.output[i]["arguments"] += fn["arguments"]
+                out.append(self._event("response.function_call_arguments.delta", {
+                    "item_id": self.output[i]["id"], "output_index": i, "delta": fn["arguments"]}))
+        if finish:
+            self.finish = finish
         return b"".join(out)
 
     def end(self) -> bytes:

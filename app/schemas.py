@@ -90,6 +90,19 @@ def validate_body(model: type[BaseModel], body: Any, deepest: bool = False) -> A
 PROMPT_TEXT_LIMIT = 2000
 
 
+def first_choice_delta(chunk: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]], str | None]:
+    """An OpenAI stream chunk's first choice as (text, tool-call deltas, finish reason).
+
+    What every dialect that rewrites a chat stream (/v1/messages, /v1/responses) reads of a chunk;
+    other choices (`n` > 1) are not theirs to translate.
+    """
+    for choice in chunk.get("choices") or []:
+        if choice.get("index", 0) == 0:
+            delta = choice.get("delta") or {}
+            return delta.get("content"), delta.get("tool_calls") or [], choice.get("finish_reason")
+    return None, [], None
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, list):  # content parts: only the text ones carry words
         return " ".join(p.get("text") or "" for p in content
