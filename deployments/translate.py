@@ -92,7 +92,36 @@ class _Direct:
         return all(k in supported or k in _MESSAGE_KEYS for k in body)
 
     def _build(self, params: dict[str, Any], body: dict[str, Any], stream: bool) -> tuple[str, dict, dict, dict]:
+        """(url, headers, provider request body, context for the answer's transformation).
+
+        What every provider shares: the model without its prefix, the messages (copied), the
+        OpenAI parameters mapped by the provider's config; `_request` builds the rest.
+        """
+        model = str(params["model"]).partition("/")[2]
+        messages = _copy_messages(body)
+        extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
+        litellm_params: dict[str, Any] = {}
+        api_key = params.get("api_key")
+        try:
+            optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
+            if stream:
+                optional["stream"] = True
+            url, headers, data = self._request(model, messages, extra, optional, litellm_params, params, stream)
+        except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
+            raise self._refused(e) from None
+        ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
+               "api_key": api_key, "log": self._log_for(optional),
+               "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
+        return url, headers, data, ctx
+
+    def _request(self, model: str, messages: list, extra: dict[str, Any], optional: dict[str, Any],
+                 litellm_params: dict[str, Any], params: dict[str, Any], stream: bool) -> tuple[str, dict, dict]:
+        """The provider's (url, headers, request body); LiteLLM errors raised here are the client's."""
         raise NotImplementedError
+
+    def _log_for(self, optional: dict[str, Any]) -> Any:
+        """The logging object LiteLLM's answer transformation and stream parser get."""
+        return self._log
 
     def _parser(self, ctx: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -126,7 +155,7 @@ class _Direct:
             raise UpstreamError(502, f"connection to provider failed: {e}") from None
         response = httpx.Response(200, content=raw, request=httpx.Request("POST", url))
         try:
-            out = self.config.transform_response(ctx["model"], response, ModelResponse(), ctx.get("log", self._log), data,
+            out = self.config.transform_response(ctx["model"], response, ModelResponse(), ctx["log"], data,
                                                  ctx["messages"], ctx["optional"], ctx["litellm_params"], None,
                                                  ctx["api_key"])
         except Exception as e:
@@ -188,26 +217,13 @@ class AnthropicDirect(_Direct):
         super().__init__(AnthropicConfig())
         self._headers: dict[tuple[str, str | None, str], dict[str, str]] = {}
 
-    def _build(self, params: dict[str, Any], body: dict[str, Any], stream: bool) -> tuple[str, dict, dict, dict]:
-        model = str(params["model"]).partition("/")[2]
-        messages = _copy_messages(body)
-        extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
-        litellm_params: dict[str, Any] = {}
-        api_key = params.get("api_key")
+    def _request(self, model: str, messages: list, extra: dict[str, Any], optional: dict[str, Any],
+                 litellm_params: dict[str, Any], params: dict[str, Any], stream: bool) -> tuple[str, dict, dict]:
         base = str(params.get("api_base") or ANTHROPIC_URL).rstrip("/")
-        try:
-            optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
-            if stream:
-                optional["stream"] = True
-            headers = self._env(model, messages, extra, optional, api_key, base)
-            data = self.config.transform_request(model, messages, optional, litellm_params, headers)
-        except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
-            raise self._refused(e) from None
+        headers = self._env(model, messages, extra, optional, params.get("api_key"), base)
+        data = self.config.transform_request(model, messages, optional, litellm_params, headers)
         url = base if base.endswith("/v1/messages") else base + "/v1/messages"
-        ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
-               "data": data, "api_key": api_key, "url": url,
-               "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
-        return url, headers, data, ctx
+        return url, headers, data
 
     def _env(self, model: str, messages: list, extra: dict[str, Any], optional: dict[str, Any],
              api_key: str | None, base: str) -> dict[str, str]:
@@ -258,34 +274,24 @@ class GeminiDirect(_Direct):
     def handles(self, params: dict[str, Any], body: dict[str, Any]) -> bool:
         return super().handles(params, body) and "cache_control" not in json.dumps(body.get("messages") or [])
 
-    def _build(self, params: dict[str, Any], body: dict[str, Any], stream: bool) -> tuple[str, dict, dict, dict]:
+    def _request(self, model: str, messages: list, extra: dict[str, Any], optional: dict[str, Any],
+                 litellm_params: dict[str, Any], params: dict[str, Any], stream: bool) -> tuple[str, dict, dict]:
         from litellm.llms.vertex_ai.gemini.transformation import transform_request_body
 
-        model = str(params["model"]).partition("/")[2]
-        messages = _copy_messages(body)
-        extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
-        litellm_params: dict[str, Any] = {}
-        api_key = params.get("api_key")
-        try:
-            optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
-            if stream:
-                optional["stream"] = True
-            auth, url = self._urls._get_token_and_url(
-                model=model, auth_header=None, gemini_api_key=api_key, vertex_project=None, vertex_location=None,
-                vertex_credentials=None, stream=stream, custom_llm_provider="gemini",
-                api_base=params.get("api_base"))
-            headers = self.config.validate_environment(headers=None, model=model, messages=messages,
-                                                       optional_params=optional, litellm_params=litellm_params,
-                                                       api_key=auth)
-            data = transform_request_body(messages=messages, model=model, optional_params=optional,
-                                          custom_llm_provider="gemini", litellm_params=litellm_params,
-                                          cached_content=None)
-        except Exception as e:  # LiteLLM refuses the request: the client's
-            raise self._refused(e) from None
-        ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
-               "data": data, "api_key": api_key, "url": url, "log": _NoLogging(optional),
-               "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
-        return url, headers, dict(data), ctx
+        auth, url = self._urls._get_token_and_url(
+            model=model, auth_header=None, gemini_api_key=params.get("api_key"), vertex_project=None,
+            vertex_location=None, vertex_credentials=None, stream=stream, custom_llm_provider="gemini",
+            api_base=params.get("api_base"))
+        headers = self.config.validate_environment(headers=None, model=model, messages=messages,
+                                                   optional_params=optional, litellm_params=litellm_params,
+                                                   api_key=auth)
+        data = transform_request_body(messages=messages, model=model, optional_params=optional,
+                                      custom_llm_provider="gemini", litellm_params=litellm_params,
+                                      cached_content=None)
+        return url, headers, dict(data)
+
+    def _log_for(self, optional: dict[str, Any]) -> Any:
+        return _NoLogging(optional)  # Gemini's parsers read the call's optional params off it
 
     def _parser(self, ctx: dict[str, Any]) -> Any:
         from litellm.llms.vertex_ai.gemini.vertex_and_google_ai_studio_gemini import ModelResponseIterator
