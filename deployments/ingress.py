@@ -246,10 +246,11 @@ class _Attempt:
 class _EarlyRoute:
     """A router call sent before the request was authorized (see `Ingress._route_early`)."""
 
-    __slots__ = ("response", "candidates", "started")
+    __slots__ = ("response", "cost_weight", "candidates", "started")
 
-    def __init__(self, response: Any, candidates: list[str]) -> None:
-        self.response, self.candidates, self.started = response, candidates, time.perf_counter()
+    def __init__(self, response: Any, cost_weight: float | None, candidates: list[str]) -> None:
+        self.response, self.cost_weight, self.candidates = response, cost_weight, candidates
+        self.started = time.perf_counter()
 
     def cancel(self) -> None:
         """Drop the call if nobody will read it (no-op once it has answered)."""
@@ -581,7 +582,7 @@ class Ingress:
             cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         except OpenAIError:
             return None
-        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), candidates)
+        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates)
 
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
                     prompt: str | None = None, allowed: list[str] | None = None,
@@ -598,7 +599,10 @@ class Ingress:
             return self._allowed_chain(self.cfg.chain_for(requested), permitted, requested), reason, None
         if not self._candidates:
             raise OpenAIError(503, "No model is available for automatic routing", code="no_candidates")
-        cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
+        if early is not None:  # its options were parsed (and valid) when it was sent
+            cost_weight, candidates = early.cost_weight, early.candidates
+        else:
+            cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         if permitted is not None:
             candidates = [c for c in candidates if c in permitted]
             if not candidates:
