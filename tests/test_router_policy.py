@@ -33,3 +33,16 @@ def test_batch_matches_single():
     Q, c = rng.random((50, 4)), rng.random(4)
     for w in (0.0, 0.3, 5.0):
         assert choose_batch(Q, c, w).tolist() == [choose(row, c, w)[0] for row in Q]
+
+
+def test_the_per_request_fast_path_matches_the_array_rule():
+    from router.policy import _choose_array
+
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        n = int(rng.integers(1, 6))
+        q = rng.choice([0.2, 0.5, 0.5, 0.9], n) if rng.random() < 0.3 else rng.random(n)  # ties too
+        c = rng.choice([0.0, 1e-6, 2e-6, np.nan], n) if rng.random() < 0.5 else rng.random(n)
+        w = float(rng.choice([0.0, 0.3, 1.0, 5.0]))
+        (i, score), (j, expected) = choose(q, c, w), _choose_array(q, c, w)
+        assert i == j and abs(score - expected) < 1e-12
