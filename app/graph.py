@@ -1,6 +1,7 @@
 """Builds the doka Serve application from one config.
 
-    ingress --(auto only)--> router
+    ingress --(auto only, `router.placement: deployment`)--> router
+       (`router.placement: ingress`, the default: the router runs inside each ingress replica)
        |---> egress (every `provider: litellm` model, one litellm.Router)
        |---> egress-translated (optional: the Router.acompletion-path models, in their own replicas)
        '---> vLLM deployments (one per `provider: vllm` model, when deployments.vllm exists)
@@ -19,6 +20,7 @@ from typing import Any
 from ray.serve import Application
 
 from app.config import DokaConfig, load_config, parse_config
+from app.serve_config import router_user_config
 
 logger = logging.getLogger("ray.serve")
 
@@ -77,12 +79,14 @@ def build_app(cfg: DokaConfig) -> Application:
         heavy = Egress.options(name="EgressTranslated", **d.egress_translated.serve_options(), **_QUIET).bind(raw)
         model_apps.update({m.model_name: heavy for m in translated})
     model_apps.update(_vllm_apps(cfg))
-    router = RouterDeployment.options(
-        **d.router.serve_options(),
-        **_QUIET,
-        user_config={"strategy": cfg.router.strategy, "artifact": cfg.router.artifact, "registry": cfg.router.registry},
-    ).bind(raw)
-    return Ingress.options(**d.ingress.serve_options()).bind(raw, model_apps, router, _accounts_app(cfg))
+    if cfg.router.placement == "deployment":
+        router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,
+                                          user_config=router_user_config(cfg)).bind(raw)
+        ingress_options = d.ingress.serve_options()
+    else:  # decisions inside each ingress replica: the router user_config is the ingress's own
+        router = None
+        ingress_options = {**d.ingress.serve_options(), "user_config": router_user_config(cfg)}
+    return Ingress.options(**ingress_options).bind(raw, model_apps, router, _accounts_app(cfg))
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -27,8 +27,14 @@ def config_dict(cfg: DokaConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_unset=True)
 
 
+def router_owner(cfg: DokaConfig) -> str:
+    """The deployment whose `reconfigure` takes the router user_config (`router.placement`)."""
+    return DEPLOYMENT_NAMES["router" if cfg.router.placement == "deployment" else "ingress"]
+
+
 def router_user_config(cfg: DokaConfig) -> dict[str, Any]:
-    """What the router deployment's `reconfigure` receives; patching it swaps artifacts in place.
+    """What the router's `reconfigure` receives (on `router_owner(cfg)`); patching it swaps
+    artifacts in place.
 
     Same keys as app/graph.py sets, so `serve deploy` of this config changes nothing by itself.
     """
@@ -38,12 +44,13 @@ def router_user_config(cfg: DokaConfig) -> dict[str, Any]:
 def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     """Per-deployment overrides in `serve deploy` form, from `cfg.deployments`."""
     out: list[dict[str, Any]] = []
+    owner = router_owner(cfg)
     for section, name in DEPLOYMENT_NAMES.items():
         options = getattr(cfg.deployments, section)
-        if options is None:  # an optional deployment the config does not use
-            continue
+        if options is None or (section == "router" and cfg.router.placement != "deployment"):
+            continue  # a deployment this config's graph does not have
         opts: dict[str, Any] = {"name": name, **options.serve_options()}
-        if section == "router":
+        if name == owner:
             opts["user_config"] = router_user_config(cfg)
         out.append(opts)
     return out

@@ -6,7 +6,8 @@ OpenAI chat body first (app/anthropic_api.py, app/responses_api.py) and hand `_s
 that writes the answer and the stream back in their own format.
 
 Hot path, explicit model: read + validate the body here, one handle call to the model's
-backend (egress or vLLM). `auto` adds one router call. Each tier of a chain gets its own
+backend (egress or vLLM). `auto` adds one router decision: in this replica by default
+(`router.placement: ingress`), else one call to the Router deployment. Each tier of a chain gets its own
 `model_info.timeout`; a failed or timed-out tier moves on to the next. A stream may fall back
 only until its first chunk was sent; after that a failure ends it with an OpenAI error event.
 
@@ -39,6 +40,7 @@ from app.config import DokaConfig, parse_config
 from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
+from deployments.router import InProcessRouter
 from observability.gateway import Observability
 
 try:
@@ -305,7 +307,7 @@ class Ingress:
         self,
         config: dict[str, Any],
         model_handles: dict[str, DeploymentHandle],
-        router: DeploymentHandle,
+        router: DeploymentHandle | None,
         accounts: DeploymentHandle | None = None,
     ) -> None:
         self.cfg = cfg = parse_config(config, source="ingress deployment")
@@ -323,7 +325,8 @@ class Ingress:
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
-        self._router = router
+        # `router.placement: ingress` (no handle bound): the router runs in this replica
+        self._router = router if router is not None else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
         self._auto = cfg.server.auto_model
         self._max_body = cfg.server.max_body_bytes
@@ -334,6 +337,13 @@ class Ingress:
                          for n in self._public if n != self._auto}
         self._models_payload = dumps(self._model_list())
         self._settling: set[asyncio.Task] = set()  # ledger settlements still running
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """The router user_config, when the router runs in this replica (`router.placement:
+        ingress`): a new artifact loads in the background and swaps in place, as on the Router
+        deployment; with `placement: deployment` the ingress has no user_config to apply."""
+        if isinstance(self._router, InProcessRouter):
+            await self._router.reconfigure(user_config)
 
     async def __del__(self) -> None:
         """Graceful shutdown: finish ledger settlements still in flight (Serve bounds the wait).

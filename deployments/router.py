@@ -1,4 +1,8 @@
-"""The router deployment: turns an `auto` request into one model name.
+"""The router: turns an `auto` request into one model name.
+
+Where it runs is `router.placement`: `ingress` (default) holds a RouterService in each ingress
+replica (`InProcessRouter`, same calls as a handle, no hop); `deployment` serves it as the
+Router deployment with its own replicas and autoscaling (a transformer featurizer, GPUs).
 
 Interface (stable):
   route(prompt, cost_weight, candidates) -> {model, strategy, score, artifact_version, reason,
@@ -124,13 +128,19 @@ def _latest(target: Any) -> str | None:
     return Registry(target.registry).latest_version() if target.registry else None
 
 
-@serve.deployment(name="Router")
-class RouterDeployment:
-    """Static or learned routing for `auto`, reconfigurable in place."""
+class RouterService:
+    """Static or learned routing for `auto`, reconfigurable in place.
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    One class, two placements (`router.placement`): wrapped as the Router deployment below, or
+    held by each ingress replica through `InProcessRouter` (no hop; the ingress's own
+    `reconfigure` forwards the router user_config here).
+    """
+
+    def __init__(self, config: dict[str, Any], inline: bool = False) -> None:
         from router.reloader import ArtifactSlot
 
+        self._inline = inline  # in the ingress's process: cheap featurizers score on its loop
+        self._tick: list[tuple[str, asyncio.Future]] = []
         self._raw = config
         self._cfg = parse_config(config, source="router deployment")
         self._static = StaticRouter(self._cfg)
@@ -186,7 +196,10 @@ class RouterDeployment:
         learned = cfg.router.strategy == "learned"
         why, degraded = "", learned
         if learned and self._slot.current is not None:
-            engine, row = await self._score(prompt or "")
+            if self._inline and self._slot.current.inline:
+                engine, row = await self._score_this_tick(prompt or "")
+            else:
+                engine, row = await self._score(prompt or "")
             if engine is not None:
                 allowed = [c for c in (candidates or self._static.default_candidates)]
                 choice = engine.decide(row, weight, allowed)
@@ -220,6 +233,29 @@ class RouterDeployment:
             return [(None, None)] * len(prompts)
         return [(engine, quality[i]) for i in range(len(prompts))]
 
+    def _score_this_tick(self, prompt: str) -> "asyncio.Future[tuple[Any, np.ndarray | None]]":
+        """In the ingress's process with a table-lookup featurizer (~0.1 ms a prompt): every
+        prompt asked for in this event-loop iteration is scored in one call on the loop. No
+        thread hop, and no batch wait (serve.batch holds a lone request up to batch_wait_timeout_s)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._tick:
+            loop.call_soon(self._flush_tick)
+        self._tick.append((prompt, future))
+        return future
+
+    def _flush_tick(self) -> None:
+        batch, self._tick = self._tick, []
+        engine = self._slot.current
+        try:
+            quality = engine.predict([p for p, _ in batch]) if engine is not None else None
+        except Exception:  # noqa: BLE001 - never fail a request: the fallback strategy answers
+            logger.exception("router: scoring a batch of %d failed", len(batch))
+            quality = None
+        for i, (_, future) in enumerate(batch):
+            if not future.done():
+                future.set_result((engine, quality[i]) if quality is not None else (None, None))
+
     async def status(self) -> dict[str, Any]:
         """What the ingress shows on /health/readiness."""
         await self._ensure_configured()
@@ -237,3 +273,35 @@ class RouterDeployment:
 
     async def check_health(self) -> None:  # a degraded router still answers; nothing to fail on
         return None
+
+
+RouterDeployment = serve.deployment(name="Router")(RouterService)
+
+
+class _LocalCall:
+    """`.remote(...)` of one RouterService method: a task on this event loop (awaitable, cancellable)."""
+
+    __slots__ = ("_method",)
+
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> "asyncio.Task[Any]":
+        return asyncio.ensure_future(self._method(*args, **kwargs))
+
+
+class InProcessRouter:
+    """A RouterService in the caller's process, called like the Router deployment's handle.
+
+    `router.placement: ingress`: the ingress keeps its `self._router.route.remote(...)` calls and
+    pays no Serve round trip (measured cost of that hop: docs/benchmarks.md).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.service = RouterService(config, inline=True)
+        self.route = _LocalCall(self.service.route)
+        self.status = _LocalCall(self.service.status)
+        self.report = _LocalCall(self.service.report)
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        await self.service.reconfigure(user_config)

@@ -28,6 +28,7 @@ GROUP, VERSION = "ray.io", "v1"
 RAYSERVICES, RAYJOBS = "rayservices", "rayjobs"
 MERGE_PATCH = "application/merge-patch+json"
 ROUTER_DEPLOYMENT = DEPLOYMENT_NAMES["router"]
+INGRESS_DEPLOYMENT = DEPLOYMENT_NAMES["ingress"]
 # RayJob states after which nothing more happens.
 JOB_DONE = {"SUCCEEDED", "FAILED", "STOPPED"}
 DEPLOYMENT_DONE = {"Complete", "Failed"}
@@ -204,11 +205,16 @@ def _find_router(serve_cfg: dict[str, Any], app_name: str | None) -> dict[str, A
     if not apps:
         raise KubeRayError(f"serveConfigV2 has no application {app_name or ''}".strip())
     app = apps[0]
-    for dep in app.setdefault("deployments", []):
-        if dep.get("name") == ROUTER_DEPLOYMENT:
+    deps = app.setdefault("deployments", [])
+    placement = (((app.get("args") or {}).get("config") or {}).get("router") or {}).get("placement", "ingress")
+    names = [d.get("name") for d in deps]
+    # the Router deployment when the graph has one, else the ingress (`router.placement: ingress`)
+    owner = ROUTER_DEPLOYMENT if placement == "deployment" or ROUTER_DEPLOYMENT in names else INGRESS_DEPLOYMENT
+    for dep in deps:
+        if dep.get("name") == owner:
             return dep
-    dep = {"name": ROUTER_DEPLOYMENT}
-    app["deployments"].append(dep)
+    dep = {"name": owner}
+    deps.append(dep)
     return dep
 
 

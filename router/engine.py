@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.config import DokaConfig
+from router.featurizer import runs_inline
 from router.policy import choose
 from router.runtime import LearnedRouter
 
@@ -45,6 +46,7 @@ class LearnedEngine:
     def __init__(self, router: LearnedRouter, cfg: DokaConfig) -> None:
         self.router = router
         self.version = router.version
+        self.inline = runs_inline(router.featurizer)  # scoring may run on the event loop (RouterService)
         col = {label: i for i, label in enumerate(router.labels)}
         self.columns: dict[str, int] = {}
         for name in cfg.auto_candidates():

@@ -388,6 +388,11 @@ class StatsFeaturizer:
         return np.hstack([self.base.embed(texts), stats]).astype(np.float32)
 
 
+def runs_inline(featurizer: Featurizer) -> bool:
+    """No model inference (table lookups, hashing): cheap enough to run on a caller's event loop."""
+    return isinstance(getattr(featurizer, "base", featurizer), (StaticMiniLMFeaturizer, HashingFeaturizer))
+
+
 _CACHE: dict[tuple[str, str], Featurizer] = {}
 _CACHE_LOCK = threading.Lock()
 

@@ -76,18 +76,18 @@ def learned_config(mock_port: int, server_port: int, data_dir: Path, registry: P
 
 
 def deploy(raw: dict[str, Any], router_user_config: dict[str, Any] | None = None) -> None:
-    """Deploy (or update) the app declaratively, optionally with a different Router user_config."""
+    """Deploy (or update) the app declaratively, optionally with a different router user_config."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     from app.config import parse_config
-    from app.serve_config import serve_config
+    from app.serve_config import router_owner, serve_config
 
     cfg = parse_config(raw)
     sc = serve_config(cfg)
     app = sc["applications"][0]
-    for d in app["deployments"]:
-        if d["name"] == "Router" and router_user_config is not None:
+    for d in app["deployments"]:  # Router, or Ingress when the router runs there (router.placement)
+        if d["name"] == router_owner(cfg) and router_user_config is not None:
             d["user_config"] = {**d["user_config"], **router_user_config}
     # keep any other declarative app (e.g. another test module's) deployed alongside this one
     client = _get_global_client()

@@ -18,7 +18,7 @@ import yaml
 
 from app.cli import main as doka
 from app.config import load_config
-from app.serve_config import serve_config
+from app.serve_config import router_owner, serve_config
 from kuberay.client import KubeRay, KubeRayError, api_client, with_router_user_config
 from kuberay.options import load_options
 from kuberay.render import CLUSTER_PLACEHOLDER, rayjob, rayservice
@@ -248,7 +248,7 @@ def test_reload_router_merge_patches_only_the_router_user_config(server, kubecon
     assert patch["body"]["metadata"] == {"resourceVersion": before["metadata"]["resourceVersion"]}
     sent = yaml.safe_load(patch["body"]["spec"]["serveConfigV2"])
     expected = serve_config(cfg)
-    router = next(d for d in expected["applications"][0]["deployments"] if d["name"] == "Router")
+    router = next(d for d in expected["applications"][0]["deployments"] if d["name"] == router_owner(cfg))
     router["user_config"] = {"strategy": "learned", "artifact": "v7", "registry": "s3://doka/registry"}
     assert sent == expected  # everything else in the Serve config is untouched
     after = server.objects[("rayservices", "doka")]
@@ -277,7 +277,7 @@ def test_reload_router_keeps_a_concurrent_edit(server, kubeconfig, rendered):
     final = yaml.safe_load(server.objects[("rayservices", "doka")]["spec"]["serveConfigV2"])
     deps = {d["name"]: d for d in final["applications"][0]["deployments"]}
     assert deps["Ingress"]["num_replicas"] == 7  # the concurrent edit survived
-    assert deps["Router"]["user_config"]["artifact"] == "v8"  # and so did ours
+    assert deps[router_owner(cfg)]["user_config"]["artifact"] == "v8"  # and so did ours (same entry by default)
 
 
 def test_submit_training_targets_the_active_cluster_and_follows_the_watch(server, kubeconfig, rendered):
@@ -331,7 +331,8 @@ def test_cli_commands_against_the_fake_api_server(server, kubeconfig, capsys):
     patch = server.requests[-1]
     assert (patch["verb"], patch["path"]) == ("PATCH", f"{BASE}/rayservices/doka")
     sent = yaml.safe_load(patch["body"]["spec"]["serveConfigV2"])
-    router = next(d for d in sent["applications"][0]["deployments"] if d["name"] == "Router")
+    # config/default.yaml decides in the ingress (router.placement), so the Ingress holds the router settings
+    router = next(d for d in sent["applications"][0]["deployments"] if d["name"] == "Ingress")
     assert router["user_config"] == {"strategy": "learned", "artifact": "v3", "registry": ".doka/registry"}
 
     server.objects[("rayservices", "doka")]["status"] = {
@@ -366,10 +367,15 @@ def test_cli_reports_api_errors_without_a_traceback(server, kubeconfig, capsys):
     assert rc == 1 and "needs --artifact" in capsys.readouterr().err
 
 
-def test_with_router_user_config_adds_the_router_when_missing():
+def test_with_router_user_config_adds_the_router_owner_when_missing():
     cfg = {"applications": [{"name": "a", "import_path": "x:y"}]}
     new, uc = with_router_user_config(cfg, artifact="v2", registry=None)
-    assert new["applications"][0]["deployments"] == [{"name": "Router", "user_config": {"artifact": "v2"}}]
+    # no inline config: the default placement (the router runs in the ingress)
+    assert new["applications"][0]["deployments"] == [{"name": "Ingress", "user_config": {"artifact": "v2"}}]
     assert cfg == {"applications": [{"name": "a", "import_path": "x:y"}]}  # input untouched
+    separate = {"applications": [{"name": "a", "import_path": "x:y",
+                                  "args": {"config": {"router": {"placement": "deployment"}}}}]}
+    new, uc = with_router_user_config(separate, artifact="v2", registry=None)
+    assert new["applications"][0]["deployments"] == [{"name": "Router", "user_config": {"artifact": "v2"}}]
     with pytest.raises(KubeRayError):
         with_router_user_config(cfg, artifact="v2", registry=None, app_name="other")

@@ -117,17 +117,17 @@ def _dashboard_url(explicit: str | None) -> str:
 
 
 def reconfigure_live(cfg: DokaConfig, version: str, dashboard_url: str | None = None) -> str:
-    """Point the running app's Router deployment at artifact `version`; returns how.
+    """Point the running app's router at artifact `version`; returns how.
 
-    A declaratively deployed app (`serve deploy`, RayService, the dashboard REST API) gets its
-    Router `user_config` patched through the Serve REST API, which Serve applies in place
+    A declaratively deployed app (`serve deploy`, RayService, the dashboard REST API) gets the
+    router `user_config` of its Router deployment (or its Ingress, `router.placement: ingress`) patched through the Serve REST API, which Serve applies in place
     (`reconfigure` on each replica, no restart). An app started with `serve.run` is redeployed
     through the Python API with the new router settings (`serve.run` with the same app).
     """
-    from app.serve_config import DEPLOYMENT_NAMES, router_user_config
+    from app.serve_config import router_owner, router_user_config
 
     app_name = cfg.server.app_name
-    router_name = DEPLOYMENT_NAMES["router"]
+    router_name = router_owner(cfg)  # Router, or Ingress when the router runs in the ingress
     new_cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"artifact": version})})
     user_config = router_user_config(new_cfg)
 
