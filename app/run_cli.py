@@ -14,7 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from app.config import DEFAULT_CONFIG_PATH, ConfigError, DokaConfig, load_config
@@ -83,6 +86,34 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+@contextmanager
+def _lean_head(log_monitor: bool) -> Iterator[None]:
+    """`ray.init` without the daemons a one-node gateway does not use (~50 MB each).
+
+    `ray.init` starts Ray's autoscaler monitor (nothing to autoscale on one local node; KubeRay
+    clusters start their own head with `ray start`) and the log monitor (it only copies worker
+    stdout/stderr to this console; every log stays in the session's log files and the
+    dashboard) and has no switch for either, unlike `ray start --no-monitor
+    --include-log-monitor=false`. Its node parameters get those two defaults for this call only.
+    """
+    import ray._private.parameter as parameter
+
+    base = parameter.RayParams
+
+    class GatewayHeadParams(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            if not log_monitor:
+                kwargs.setdefault("include_log_monitor", False)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = GatewayHeadParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = base
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
@@ -104,14 +135,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from app.graph import build_app
 
     try:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
-                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG)
+        with _lean_head(log_monitor=args.console_logs):
+            ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
+                     runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG,
+                     log_to_driver=args.console_logs)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
         serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
         dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
               f"Ray dashboard: {dash}; Ctrl-C stops")
+        if not args.console_logs:
+            logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+            print(f"doka: replica logs in {logs} (`doka run --console-logs` also prints them here)")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -155,6 +191,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-dashboard", action="store_true",
                      help="start Ray without its dashboard UI and HTTP API (~240 MB less, docs/benchmarks.md; "
                      "Serve, the gateway's /metrics and Ray's metrics agent run as usual)")
+    run.add_argument("--console-logs", action="store_true",
+                     help="also copy every replica's stdout/stderr to this console (starts Ray's log monitor, "
+                     "~50 MB); without it they are in the Ray session's log files and the dashboard")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser("config", help="config file tools")
