@@ -9,6 +9,7 @@ every ingress replica shares one set of counters (one event loop decides admissi
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -28,33 +29,27 @@ log = logging.getLogger("ray.serve")
 _CURRENT: "GatewayAccounts | None" = None  # this replica's seam, for the admin routes
 
 
-@serve.deployment(name="Accounts", num_replicas=1, max_ongoing_requests=1000,
-                  ray_actor_options={"num_cpus": 0.05}, graceful_shutdown_timeout_s=30)
 class AccountsService:
-    """Owns the one AccountsCore actor of this app (see accounts.core).
+    """Holds the app's one AccountsCore (see accounts.core) in this replica's own process.
 
-    Ingress replicas ask once for the core's actor handle and then call it directly: a plain
-    actor call costs far less than a Serve handle call, and there are two per request. The core
-    is a child of this replica, so it lives and dies with the app (a restart rebuilds counters
-    from the ledger); `__del__` flushes the ledger on graceful shutdown.
+    Ingress replicas send key checks and settlements straight to the core's socket
+    (accounts.wire; `serve_wire` says where it listens); everything else (admin calls, the
+    `actor` transport, heartbeats) comes as Serve handle calls, forwarded to the core by the
+    methods added below. One process instead of a replica plus a child actor doing the same job
+    (~100 MB, docs/benchmarks.md). The core lives and dies with this replica (a restart rebuilds
+    counters from the ledger); `__del__` flushes the ledger on graceful shutdown.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        import ray
-
         from app.config import parse_config
 
         cfg = parse_config(config, source="accounts deployment")
-        kwargs = core_kwargs(cfg)
         self._settle_wait_s = shutdown_timeout_s(cfg) - 5.0  # leave time for the final flush
-        self.core = ray.remote(AccountsCore).options(num_cpus=0, max_concurrency=100_000).remote(**kwargs)
-
-    async def core_handle(self) -> Any:
-        return self.core
+        self.core = AccountsCore(**core_kwargs(cfg))
 
     async def check_health(self) -> None:
-        """Serve health check: the core actor must answer (a database outage only logs)."""
-        await self.core.stats.remote()
+        """Serve health check: the core must answer (a database outage only logs)."""
+        await self.core.stats()
 
     async def __del__(self) -> None:
         """Graceful shutdown: let open reservations settle, then flush the ledger.
@@ -66,13 +61,30 @@ class AccountsService:
         try:
             deadline = time.monotonic() + self._settle_wait_s
             while time.monotonic() < deadline:
-                stats = await self.core.stats.remote()
+                stats = await self.core.stats()
                 if not stats.get("ok", {}).get("reservations"):
                     break
                 await asyncio.sleep(0.2)
-            await self.core.close.remote()
+            await self.core.close()
         except Exception:  # already gone: nothing left to flush
             log.exception("accounts: final flush failed")
+
+
+def _forward(name: str) -> Any:
+    async def call(self: AccountsService, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.core, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"AccountsCore.{name}, in this process."
+    return call
+
+
+# Every public coroutine of the core is a method of the deployment (what Accounts calls by name).
+CORE_METHODS = tuple(n for n, f in vars(AccountsCore).items() if not n.startswith("_") and inspect.iscoroutinefunction(f))
+for _name in CORE_METHODS:
+    setattr(AccountsService, _name, _forward(_name))
+AccountsService = serve.deployment(name="Accounts", num_replicas=1, max_ongoing_requests=1000,
+                                   ray_actor_options={"num_cpus": 0.05}, graceful_shutdown_timeout_s=30)(AccountsService)
 
 
 def shutdown_timeout_s(cfg: Any) -> float:
@@ -108,8 +120,7 @@ class GatewayAccounts:
 
     def __init__(self, cfg: Any, handle: Any) -> None:
         global _CURRENT
-        self.accounts = Accounts(None, refresh=lambda: handle.core_handle.remote(),
-                                 batch_linger_s=cfg.accounts.batch_linger_ms / 1000,
+        self.accounts = Accounts(handle, batch_linger_s=cfg.accounts.batch_linger_ms / 1000,
                                  wire=cfg.accounts.transport == "socket",
                                  call_timeout_s=cfg.accounts.call_timeout_s)
         self.master_key = master_key(cfg)

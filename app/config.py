@@ -181,8 +181,9 @@ class AccountsConfig(_Strict):
     settle_interval_s: float = Field(1.0, gt=0)
     transport: Literal["socket", "actor"] = Field(
         "socket", description="how ingress replicas send key checks and settlements to the accounts "
-        "core: its token-guarded TCP socket (tens of us of CPU a round trip on each side) or Ray "
-        "actor calls (near 1 ms a side; see load/bench_accounts_transport.py); admin calls always use Ray")
+        "core: its token-guarded TCP socket (tens of us of CPU a round trip on each side) or Serve "
+        "handle calls to the Accounts replica that holds it (about 1 ms a side; see "
+        "load/bench_accounts_transport.py); admin calls always take the handle")
     batch_linger_ms: float = Field(
         1.0, ge=0, le=100, description="while busy, an ingress replica waits this long before each "
         "round trip to the accounts core so more checks and settlements share it (fewer, larger "
