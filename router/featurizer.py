@@ -23,6 +23,7 @@ end. The budget is part of the featurizer id (`minilm-l6-v2` = 48 tokens, `minil
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import threading
@@ -270,13 +271,22 @@ class StaticMiniLMFeaturizer:
         return cache_dir() / "static" / f"minilm-l6-v2-{fp}-{STATIC_METHOD}.npy"
 
     def table(self) -> np.ndarray:
-        """[vocab, 384] weighted token vectors (built once per machine, 47 MB in memory)."""
+        """[vocab, 384] weighted token vectors (built once per machine, 47 MB on disk).
+
+        Memory-mapped read-only: a process holds only the pages of tokens its prompts used, as
+        clean page cache that every replica on the node shares and the kernel may drop (an idle
+        router replica: ~1 MB of it instead of 47 MB; docs/benchmarks.md, "Gateway memory").
+        """
         with self._lock:
             if self._table is None:
                 path = self.table_path()
                 if not path.exists():
                     build_static_table(self._encoder, path, self._special)
-                self._table = np.ascontiguousarray(np.load(path))
+                table = np.load(path, mmap_mode="r")
+                mapping = getattr(table, "_mmap", None)
+                if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+                    mapping.madvise(mmap.MADV_RANDOM)  # rows are read one by one: no readahead
+                self._table = table if table.flags.c_contiguous else np.ascontiguousarray(table)
             return self._table
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
