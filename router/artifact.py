@@ -1,8 +1,13 @@
-"""Router artifacts: a folder with the fitted model (skops, no pickle), metadata and a signature.
+"""Router artifacts: a folder with the fitted model (no pickle), metadata and a signature.
 
-    <artifact>/model.skops      fitted state of one family (sklearn objects / numpy arrays)
+    <artifact>/model.npz        fitted state made only of numeric arrays (difficulty, mf: numpy's
+                                npz, loaded with allow_pickle=False), or
+    <artifact>/model.skops      fitted state holding sklearn objects (knn, mlp, svm, ...: skops)
     <artifact>/metadata.json    version, family, labels, featurizer, data hash, metrics, params, costs
-    <artifact>/signature.json   HMAC-SHA256 over the SHA-256 of both files
+    <artifact>/signature.json   HMAC-SHA256 over the SHA-256 of the model file and the metadata
+
+An array-only state never needs skops, whose import loads all of sklearn and scipy (~90 MB in
+every process that routes; docs/benchmarks.md, "Gateway memory").
 
 The key comes from the `DOKA_SIGNING_KEY` env var (or an explicit argument, or the file named by
 `DOKA_SIGNING_KEY_FILE`, or `.doka/signing.key` which `doka router bootstrap` creates for a local
@@ -23,9 +28,11 @@ from typing import Any
 import numpy as np
 
 MODEL_FILE = "model.skops"
+ARRAYS_FILE = "model.npz"
+MODEL_FILES = (ARRAYS_FILE, MODEL_FILE)
 METADATA_FILE = "metadata.json"
 SIGNATURE_FILE = "signature.json"
-SIGNED_FILES = (MODEL_FILE, METADATA_FILE)
+SIGNED_FILES = (MODEL_FILE, METADATA_FILE)  # the skops layout; an array-only state signs ARRAYS_FILE instead
 ALGORITHM = "hmac-sha256"
 SCHEMA_VERSION = 1
 DEFAULT_KEY_FILE = Path(".doka/signing.key")
@@ -88,13 +95,25 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _array_only(state: Any) -> bool:
+    """A flat dict of numeric numpy arrays and strings (the family's name): storable as npz,
+    loadable without skops or pickle."""
+    return (isinstance(state, dict) and bool(state) and all(
+        isinstance(k, str) and (isinstance(v, str) or (isinstance(v, np.ndarray) and v.dtype.kind in "biuf"))
+        for k, v in state.items()))
+
+
 def save_artifact(out_dir: str | Path, state: dict[str, Any], metadata: dict[str, Any], key: bytes | str | None = None) -> Path:
     """Write model + metadata and sign them. `out_dir` must not already hold another artifact."""
-    from app.lean_imports import skops_io; sio = skops_io()  # noqa: E702 (no torch: app/lean_imports.py)
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sio.dump(state, out / MODEL_FILE)
+    if _array_only(state):
+        with (out / ARRAYS_FILE).open("wb") as f:
+            np.savez(f, **state)
+    else:
+        from app.lean_imports import skops_io; sio = skops_io()  # noqa: E702 (no torch: app/lean_imports.py)
+
+        sio.dump(state, out / MODEL_FILE)
     meta = {"schema": SCHEMA_VERSION, **_jsonable(metadata)}
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     sign_artifact(out, key)
@@ -104,7 +123,7 @@ def save_artifact(out_dir: str | Path, state: dict[str, Any], metadata: dict[str
 def sign_artifact(path: str | Path, key: bytes | str | None = None) -> None:
     k = resolve_signing_key(key)
     p = Path(path)
-    files = {name: _sha256(p / name) for name in SIGNED_FILES}
+    files = {name: _sha256(p / name) for name in (model_file(p), METADATA_FILE)}
     sig = {"algorithm": ALGORITHM, "files": files, "key_id": hashlib.sha256(k).hexdigest()[:8], "mac": _mac(k, files)}
     (p / SIGNATURE_FILE).write_text(json.dumps(sig, indent=2, sort_keys=True) + "\n")
 
@@ -127,8 +146,9 @@ def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[s
         raise ArtifactError(f"artifact {p}: {SIGNATURE_FILE} is malformed ({e})") from e
     if algorithm != ALGORITHM:
         raise ArtifactError(f"artifact {p}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
-    if set(files) != set(SIGNED_FILES):
-        raise ArtifactError(f"artifact {p}: signature covers {sorted(files)}, expected {list(SIGNED_FILES)}")
+    if set(files) not in ({name, METADATA_FILE} for name in MODEL_FILES):
+        raise ArtifactError(f"artifact {p}: signature covers {sorted(files)}, expected {METADATA_FILE} and one "
+                            f"of {', '.join(MODEL_FILES)}")
     if not hmac.compare_digest(mac, _mac(k, files)):
         raise ArtifactError(
             f"artifact {p}: signature does not verify with this key (key id {hashlib.sha256(k).hexdigest()[:8]}, "
@@ -140,6 +160,8 @@ def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[s
             raise ArtifactError(f"artifact {p}: {name} is missing")
         if not hmac.compare_digest(_sha256(f), digest):
             raise ArtifactError(f"artifact {p}: {name} was modified after signing (SHA-256 mismatch); refusing to load it")
+    if all((p / name).exists() for name in MODEL_FILES):  # load_state must read the signed one
+        raise ArtifactError(f"artifact {p} holds both {' and '.join(MODEL_FILES)}; only one is signed")
     try:
         meta = json.loads((p / METADATA_FILE).read_text())
     except ValueError as e:
@@ -170,8 +192,29 @@ def check_featurizer(meta: dict[str, Any], featurizer: Any) -> None:
 _ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
 
 
+def model_file(path: str | Path) -> str:
+    """The artifact's model file name: ARRAYS_FILE or MODEL_FILE (whichever it holds)."""
+    return ARRAYS_FILE if (Path(path) / ARRAYS_FILE).is_file() else MODEL_FILE
+
+
+def signed_files(signature: dict[str, Any]) -> tuple[str, ...]:
+    """The files a signature.json covers, checked against the names an artifact may hold (for copying)."""
+    names = tuple(sorted(signature.get("files") or {}))
+    if not names or any(n not in (*MODEL_FILES, METADATA_FILE) for n in names):
+        raise ArtifactError(f"signature lists unexpected files {list(names)}")
+    return names
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Load the skops model file, trusting only sklearn/numpy/scipy types (never pickle)."""
+    """Load the model file: npz arrays (allow_pickle=False), or skops trusting only
+    sklearn/numpy/scipy types. Never pickle."""
+    if model_file(path) == ARRAYS_FILE:
+        try:
+            with np.load(Path(path) / ARRAYS_FILE, allow_pickle=False) as arrays:
+                state = {name: arrays[name] for name in arrays.files}
+            return {k: str(v) if v.dtype.kind == "U" and v.ndim == 0 else v for k, v in state.items()}
+        except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
+            raise ArtifactError(f"artifact {path}: {ARRAYS_FILE} is not a valid npz file ({e})") from e
     from app.lean_imports import skops_io; sio = skops_io()  # noqa: E702 (no torch: app/lean_imports.py)
 
     f = Path(path) / MODEL_FILE

@@ -1,6 +1,6 @@
 """Artifact registry: a local folder by default, any fsspec URL (s3://bucket/prefix for MinIO/S3).
 
-    <root>/versions/<version>/{model.skops, metadata.json, signature.json}
+    <root>/versions/<version>/{model.npz or model.skops, metadata.json, signature.json}
     <root>/latest                      {"version": "...", "updated": "..."}
 
 `latest` is replaced atomically: a temp file + rename on local disk, a single small object put on
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import fsspec
 
-from router.artifact import METADATA_FILE, SIGNATURE_FILE, SIGNED_FILES, ArtifactError, resolve_signing_key, verify_signature
+from router.artifact import (METADATA_FILE, SIGNATURE_FILE, ArtifactError, resolve_signing_key, signed_files,
+                             verify_signature)
 from router.featurizer import cache_dir
 
 LATEST = "latest"
-_FILES = (*SIGNED_FILES, SIGNATURE_FILE)
 
 
 class RegistryError(ArtifactError):
@@ -79,7 +79,12 @@ class Registry:
         if not dest.is_dir():
             tmp = dest.with_name(f".{v}.{uuid.uuid4().hex}")
             tmp.mkdir(parents=True)
-            for name in _FILES:
+            try:
+                names = signed_files(json.loads(self.fs.cat_file(f"{src}/{SIGNATURE_FILE}")))
+            except (ValueError, FileNotFoundError) as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ArtifactError(f"registry {self.url}: version {v} has no readable {SIGNATURE_FILE} ({e})") from e
+            for name in (*names, SIGNATURE_FILE):
                 self.fs.get_file(f"{src}/{name}", str(tmp / name))
             try:
                 os.replace(tmp, dest)
@@ -99,16 +104,17 @@ class Registry:
             meta = json.loads((src / METADATA_FILE).read_text())
         version = str(meta["version"])
         dest = self._p("versions", version)
+        files = (*signed_files(json.loads((src / SIGNATURE_FILE).read_text())), SIGNATURE_FILE)  # signature last
         if self.fs.exists(dest):
             same = all(
-                self.fs.exists(f"{dest}/{n}") and self.fs.cat_file(f"{dest}/{n}") == (src / n).read_bytes() for n in _FILES
+                self.fs.exists(f"{dest}/{n}") and self.fs.cat_file(f"{dest}/{n}") == (src / n).read_bytes() for n in files
             )
             if not same:
                 raise RegistryError(f"registry {self.url} already has a different artifact as version {version!r}")
         else:
             staging = self._p("versions", f".{version}.{uuid.uuid4().hex}") if self.local else dest
             self.fs.makedirs(staging, exist_ok=True)
-            for name in _FILES:  # signature last: a partial upload never verifies
+            for name in files:  # signature last: a partial upload never verifies
                 self.fs.put_file(str(src / name), f"{staging}/{name}")
             if self.local:
                 os.replace(staging, dest)

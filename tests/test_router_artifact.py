@@ -105,3 +105,57 @@ def test_registry_publish_latest_and_versions(artifact, tmp_path, scheme):
         reg.publish(clash, key=KEY)
     with pytest.raises(RegistryError, match="no version"):
         reg.resolve("nope")
+
+
+@pytest.fixture()
+def arrays_artifact(tmp_path):
+    """A difficulty router on the default (static) featurizer: plain arrays, stored as npz, not skops."""
+    return train(tiny_dataset(), "difficulty", tmp_path / "arr", signing_key=KEY, holdout=0.0, progress=False)
+
+
+def test_an_array_only_state_is_stored_as_npz_and_routes_without_sklearn(arrays_artifact, artifact):
+    import subprocess
+    import sys
+
+    assert (arrays_artifact / "model.npz").is_file() and not (arrays_artifact / "model.skops").exists()
+    assert (artifact / "model.skops").is_file() and not (artifact / "model.npz").exists()  # sklearn objects
+    assert set(json.loads((arrays_artifact / "signature.json").read_text())["files"]) == {"model.npz", "metadata.json"}
+    probe = ("import json, sys\nfrom router.runtime import LearnedRouter\n"
+             "r = LearnedRouter.from_path(sys.argv[1], sys.argv[2])\n"
+             "P = r.predict(['Write a python function number 99 that sorts a list'])\n"
+             "print(json.dumps({'shape': list(P.shape), 'heavy': sorted(m for m in ('skops', 'sklearn', 'scipy') "
+             "if m in sys.modules)}))")
+    # the skops artifact (and its sklearn hashing featurizer) shows that the probe sees those imports
+    for path, heavy in ((arrays_artifact, []), (artifact, ["scipy", "sklearn", "skops"])):
+        out = subprocess.run([sys.executable, "-c", probe, str(path), KEY], capture_output=True, text=True, timeout=120,
+                             cwd=str(__import__("tests.conftest", fromlist=["REPO"]).REPO))
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got == {"shape": [1, 2], "heavy": heavy}
+
+
+def test_a_tampered_or_ambiguous_npz_artifact_is_refused(arrays_artifact, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(arrays_artifact, bad)
+    data = bytearray((bad / "model.npz").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "model.npz").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.npz was modified after signing"):
+        LearnedRouter.from_path(bad, KEY)
+    both = tmp_path / "both"
+    shutil.copytree(arrays_artifact, both)
+    (both / "model.skops").write_bytes(b"unsigned")  # an extra, unsigned model file must not be read
+    with pytest.raises(ArtifactError, match="only one is signed"):
+        LearnedRouter.from_path(both, KEY)
+
+
+def test_registry_round_trips_npz_artifacts(arrays_artifact, tmp_path):
+    url = f"memory://doka-npz-{tmp_path.name}"
+    reg = Registry(url)
+    v = reg.publish(arrays_artifact, key=KEY)
+    local = reg.resolve(v)  # fetched into the cache: the files its signature lists
+    assert sorted(p.name for p in local.iterdir()) == ["metadata.json", "model.npz", "signature.json"]
+    a = LearnedRouter.from_path(arrays_artifact, KEY)
+    b = LearnedRouter.load(url, "latest", KEY)
+    X = np.random.default_rng(0).random((4, a.featurizer.dim)).astype(np.float32)
+    assert np.array_equal(a.predict_embeddings(X), b.predict_embeddings(X))
