@@ -86,19 +86,31 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+# Dashboard head modules a gateway's operators use: nodes/actors, reports and profiling, state,
+# events, jobs (router training runs as a Ray job), Serve (its REST API applies live reloads),
+# metrics, task events and usage stats. Ray Data's and Ray Train's pages are left out (~40 MB:
+# a subprocess each). tests/test_run_cli.py checks the list against this Ray's modules.
+GATEWAY_DASHBOARD_MODULES = ("EventHead", "JobHead", "MetricsHead", "NodeHead", "ReportHead", "ServeHead",
+                             "StateHead", "TaskEventsHead", "UsageStatsHead", "PlatformEventsHead")
+
+
 @contextmanager
-def _lean_head(log_monitor: bool) -> Iterator[None]:
-    """`ray.init` without the daemons a one-node gateway does not use (~50 MB each).
+def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[None]:
+    """`ray.init` without what a one-node gateway does not use (~50 MB a process).
 
     `ray.init` starts Ray's autoscaler monitor (nothing to autoscale on one local node; KubeRay
-    clusters start their own head with `ray start`) and the log monitor (it only copies worker
+    clusters start their own head with `ray start`), the log monitor (it only copies worker
     stdout/stderr to this console; every log stays in the session's log files and the
-    dashboard) and has no switch for either, unlike `ray start --no-monitor
-    --include-log-monitor=false`. Its node parameters get those two defaults for this call only.
+    dashboard) and every dashboard module, and has no switch for any of them (`ray start` has
+    `--no-monitor --include-log-monitor=false`; the dashboard takes `--modules-to-load`). For
+    this call only, the node parameters get those defaults and the dashboard command the module
+    list above (unless `full_dashboard`).
     """
     import ray._private.parameter as parameter
+    import ray._private.services as services
+    from ray._private import ray_constants
 
-    base = parameter.RayParams
+    base, start_process = parameter.RayParams, services.start_ray_process
 
     class GatewayHeadParams(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -107,11 +119,17 @@ def _lean_head(log_monitor: bool) -> Iterator[None]:
                 kwargs.setdefault("include_log_monitor", False)
             super().__init__(*args, **kwargs)
 
-    parameter.RayParams = GatewayHeadParams
+    def start_ray_process(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
+        if (process_type == ray_constants.PROCESS_TYPE_DASHBOARD and not full_dashboard
+                and not any(c.startswith("--modules-to-load") for c in command)):
+            command = [*command, "--modules-to-load=" + ",".join(GATEWAY_DASHBOARD_MODULES)]
+        return start_process(command, process_type, *args, **kwargs)
+
+    parameter.RayParams, services.start_ray_process = GatewayHeadParams, start_ray_process
     try:
         yield
     finally:
-        parameter.RayParams = base
+        parameter.RayParams, services.start_ray_process = base, start_process
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -135,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from app.graph import build_app
 
     try:
-        with _lean_head(log_monitor=args.console_logs):
+        with gateway_head(log_monitor=args.console_logs, full_dashboard=args.full_dashboard):
             ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG,
                      log_to_driver=args.console_logs)
@@ -191,6 +209,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-dashboard", action="store_true",
                      help="start Ray without its dashboard UI and HTTP API (~240 MB less, docs/benchmarks.md; "
                      "Serve, the gateway's /metrics and Ray's metrics agent run as usual)")
+    run.add_argument("--full-dashboard", action="store_true",
+                     help="load every Ray dashboard module, Ray Data's and Ray Train's pages too (~40 MB)")
     run.add_argument("--console-logs", action="store_true",
                      help="also copy every replica's stdout/stderr to this console (starts Ray's log monitor, "
                      "~50 MB); without it they are in the Ray session's log files and the dashboard")
