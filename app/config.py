@@ -204,6 +204,19 @@ class ObservabilityConfig(_Strict):
     redact_prompts: bool = False
     traces_url: str | None = Field(None, description="trace store dir or fsspec URL; default data_dir/traces")
     store_prompts: bool = True
+    ray_metrics: Literal["auto", "on", "off"] = Field(
+        "auto", description="also record every gateway metric through ray.serve.metrics (Ray's "
+        "cluster-wide export, all replicas). `auto`: only when the ingress may run more than one "
+        "replica, since one replica's own /metrics is then not the whole picture; it costs a second "
+        "write per metric on the hot path (docs/benchmarks.md)")
+
+    def mirror_to_ray(self, ingress: "DeploymentOptions") -> bool:
+        """Whether replicas mirror metrics to Ray (`ray_metrics`, resolving `auto` by the ingress's scale)."""
+        if self.ray_metrics != "auto":
+            return self.ray_metrics == "on"
+        scale = ingress.autoscaling_config or {}
+        most = scale.get("max_replicas", 1) if scale else ingress.num_replicas
+        return most == "auto" or (most or 1) > 1
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,10 @@ class Observability:
         self.cfg = cfg
         ocfg = cfg.observability
         self.tracing = Tracing(ocfg)
+        if mirror_to_ray is None:  # only the ingress builds an Observability; off outside a replica
+            from observability.metrics import _in_serve_replica
+
+            mirror_to_ray = _in_serve_replica() and ocfg.mirror_to_ray(cfg.deployments.ingress)
         self.metrics = GatewayMetrics(model_names=cfg.public_names(), mirror_to_ray=mirror_to_ray)
         root = traces_root(cfg)
         self.traces = TraceStore(root)

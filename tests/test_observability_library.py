@@ -345,3 +345,16 @@ def test_no_exporter_creates_no_spans(receiver, monkeypatch):
     assert on.flush()
     assert {s["name"] for s in receiver.spans()} == {"doka.request", "doka.route", "chat m"}
     on.shutdown()
+
+
+@pytest.mark.parametrize("ingress, setting, mirrored", [
+    ({"num_replicas": 1}, "auto", False),  # one replica: its /metrics is the whole picture
+    ({"num_replicas": 3}, "auto", True),
+    ({"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}, "auto", True),
+    ({"num_replicas": 1}, "on", True),
+    ({"num_replicas": 3}, "off", False),
+])
+def test_ray_metrics_mirror_follows_the_ingress_scale(ingress, setting, mirrored):
+    from app.config import DeploymentOptions, ObservabilityConfig
+
+    assert ObservabilityConfig(ray_metrics=setting).mirror_to_ray(DeploymentOptions(**ingress)) is mirrored
