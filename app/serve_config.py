@@ -27,9 +27,14 @@ def config_dict(cfg: DokaConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_unset=True)
 
 
+def owner_for_placement(placement: str) -> str:
+    """The deployment that holds the router, and so its user_config, for a `router.placement`."""
+    return DEPLOYMENT_NAMES["router" if placement == "deployment" else "ingress"]
+
+
 def router_owner(cfg: DokaConfig) -> str:
     """The deployment whose `reconfigure` takes the router user_config (`router.placement`)."""
-    return DEPLOYMENT_NAMES["router" if cfg.router.placement == "deployment" else "ingress"]
+    return owner_for_placement(cfg.router.placement)
 
 
 def router_user_config(cfg: DokaConfig) -> dict[str, Any]:

@@ -21,14 +21,14 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
-from app.serve_config import DEPLOYMENT_NAMES
+from app.config import RouterConfig
+from app.serve_config import DEPLOYMENT_NAMES, owner_for_placement
 from kuberay.render import CLUSTER_PLACEHOLDER, dump_yaml
 
 GROUP, VERSION = "ray.io", "v1"
 RAYSERVICES, RAYJOBS = "rayservices", "rayjobs"
 MERGE_PATCH = "application/merge-patch+json"
 ROUTER_DEPLOYMENT = DEPLOYMENT_NAMES["router"]
-INGRESS_DEPLOYMENT = DEPLOYMENT_NAMES["ingress"]
 # RayJob states after which nothing more happens.
 JOB_DONE = {"SUCCEEDED", "FAILED", "STOPPED"}
 DEPLOYMENT_DONE = {"Complete", "Failed"}
@@ -206,10 +206,12 @@ def _find_router(serve_cfg: dict[str, Any], app_name: str | None) -> dict[str, A
         raise KubeRayError(f"serveConfigV2 has no application {app_name or ''}".strip())
     app = apps[0]
     deps = app.setdefault("deployments", [])
-    placement = (((app.get("args") or {}).get("config") or {}).get("router") or {}).get("placement", "ingress")
+    # a Router entry means the graph has that deployment; else the inline config's placement
+    # (a `config_path` app: the config's default) says which deployment holds the router
+    placement = (((app.get("args") or {}).get("config") or {}).get("router") or {}).get(
+        "placement", RouterConfig.model_fields["placement"].default)
     names = [d.get("name") for d in deps]
-    # the Router deployment when the graph has one, else the ingress (`router.placement: ingress`)
-    owner = ROUTER_DEPLOYMENT if placement == "deployment" or ROUTER_DEPLOYMENT in names else INGRESS_DEPLOYMENT
+    owner = ROUTER_DEPLOYMENT if ROUTER_DEPLOYMENT in names else owner_for_placement(placement)
     for dep in deps:
         if dep.get("name") == owner:
             return dep

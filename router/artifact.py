@@ -32,7 +32,6 @@ ARRAYS_FILE = "model.npz"
 MODEL_FILES = (ARRAYS_FILE, MODEL_FILE)
 METADATA_FILE = "metadata.json"
 SIGNATURE_FILE = "signature.json"
-SIGNED_FILES = (MODEL_FILE, METADATA_FILE)  # the skops layout; an array-only state signs ARRAYS_FILE instead
 ALGORITHM = "hmac-sha256"
 SCHEMA_VERSION = 1
 DEFAULT_KEY_FILE = Path(".doka/signing.key")
@@ -132,7 +131,8 @@ def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[s
     """Check the signature and file digests; returns the metadata. Uses nothing else in the folder."""
     p = Path(path)
     if not p.is_dir():
-        raise ArtifactError(f"artifact {p} not found (expected a folder with {', '.join(SIGNED_FILES)})")
+        raise ArtifactError(f"artifact {p} not found (expected a folder with {METADATA_FILE} and "
+                            f"{' or '.join(MODEL_FILES)})")
     k = resolve_signing_key(key)
     sig_path = p / SIGNATURE_FILE
     if not sig_path.is_file():
