@@ -162,6 +162,18 @@ class RouterConfig(_Strict):
         "transformer featurizer or GPU replicas). Changing it is a redeploy, not a reload")
 
 
+class EgressConfig(_Strict):
+    """Where calls to external providers (`provider: litellm` models) are made."""
+
+    placement: Literal["ingress", "deployment"] = Field(
+        "ingress", description="`ingress`: each ingress replica holds the egress (its litellm.Router, "
+        "cooldowns, the pass-through and direct-translation paths) and calls providers itself: no "
+        "Serve hop per request (about 3 ms less at 1 client) and one process less per node "
+        "(docs/benchmarks.md). `deployment`: the Egress deployment (`deployments.egress`) with its "
+        "own replicas, scaled and restarted apart from the ingress. Models on `deployments."
+        "egress_translated` keep their own deployment either way. Changing it is a redeploy")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -234,6 +246,7 @@ class DokaConfig(_Strict):
         default_factory=dict, description="named fallback chains, tried in order"
     )
     router: RouterConfig = Field(default_factory=RouterConfig)
+    egress: EgressConfig = Field(default_factory=EgressConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)

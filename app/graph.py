@@ -2,7 +2,8 @@
 
     ingress --(auto only, `router.placement: deployment`)--> router
        (`router.placement: ingress`, the default: the router runs inside each ingress replica)
-       |---> egress (every `provider: litellm` model, one litellm.Router)
+       |---> egress (`egress.placement: deployment`: every `provider: litellm` model, one
+       |     litellm.Router; `egress.placement: ingress`, the default: inside each ingress replica)
        |---> egress-translated (optional: the Router.acompletion-path models, in their own replicas)
        '---> vLLM deployments (one per `provider: vllm` model, when deployments.vllm exists)
 
@@ -72,7 +73,7 @@ def build_app(cfg: DokaConfig) -> Application:
     model_apps: dict[str, Application] = {}
     external = [m for m in cfg.model_list if m.provider == "litellm"]
     translated = [m for m in external if d.egress_translated is not None and uses_router_path(m.litellm_params)]
-    if len(translated) < len(external):
+    if len(translated) < len(external) and cfg.egress.placement == "deployment":
         egress = Egress.options(**d.egress.serve_options(), **_QUIET).bind(raw)
         model_apps.update({m.model_name: egress for m in external if m not in translated})
     if translated:  # their CPU-heavy translation in replicas of their own (DeploymentsConfig.egress_translated)

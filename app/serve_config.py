@@ -52,7 +52,8 @@ def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     owner = router_owner(cfg)
     for section, name in DEPLOYMENT_NAMES.items():
         options = getattr(cfg.deployments, section)
-        if options is None or (section == "router" and cfg.router.placement != "deployment"):
+        if (options is None or (section == "router" and cfg.router.placement != "deployment")
+                or (section == "egress" and cfg.egress.placement != "deployment")):
             continue  # a deployment this config's graph does not have
         opts: dict[str, Any] = {"name": name, **options.serve_options()}
         if name == owner:

@@ -13,7 +13,9 @@ chat calls use LiteLLM's provider transformations directly over the same session
 `mock_response`, ...) goes through `Router.acompletion`, which translates. All paths return OpenAI-shaped dicts
 and stream chunk dicts one by one.
 
-Interface (the ingress's `ModelBackend` calls it; deployments/backends.py):
+Where it runs (`egress.placement`): inside each ingress replica by default (`EgressService`, no
+Serve hop), or as the Egress deployment. Interface (the ingress's `ModelBackend` calls it;
+deployments/backends.py):
   chat(model, body, timeout) -> dict            chat_stream(model, body, timeout) -> chunks
   completion(model, body, timeout) -> dict      completion_stream(model, body, timeout) -> chunks
   embedding(model, body, timeout) -> dict       (pass-through to `/embeddings`, else Router.aembedding)
@@ -306,10 +308,16 @@ def _from_litellm(e: Exception, timeout: float) -> UpstreamError:
     return UpstreamError(status if isinstance(status, int) and status >= 400 else 502, text[:500])
 
 
-@serve.deployment(name="Egress")
-class Egress:
+class EgressService:
+    """The egress's call interface (the `ModelBackend` methods) around one `EgressCore`.
+
+    `egress.placement: ingress` (the default): each ingress replica holds one and calls it in
+    process, so an explicit request costs no Serve hop. `placement: deployment`: the Egress
+    deployment below serves the same methods to `deployments.backends.HandleBackend`.
+    """
+
     def __init__(self, config: dict[str, Any]) -> None:
-        self.core = EgressCore(parse_config(config, source="egress deployment"))
+        self.core = EgressCore(parse_config(config, source="egress"))
 
     async def chat(self, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return await self.core.call("chat", model, body, timeout)
@@ -331,5 +339,14 @@ class Egress:
     async def ping(self) -> str:
         return "ok"
 
-    async def __del__(self) -> None:
+    async def close(self) -> None:
+        """Close the provider session (the owner calls it: the ingress, or Serve via `__del__`)."""
         await self.core.close()
+
+
+@serve.deployment(name="Egress")
+class Egress(EgressService):
+    """The egress as its own deployment (`egress.placement: deployment`)."""
+
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops
+        await self.close()

@@ -5,8 +5,9 @@ Every model endpoint goes through `_serve`: `/v1/messages` and `/v1/responses` t
 OpenAI chat body first (app/anthropic_api.py, app/responses_api.py) and hand `_serve` a dialect
 that writes the answer and the stream back in their own format.
 
-Hot path, explicit model: read + validate the body here, one handle call to the model's
-backend (egress or vLLM). `auto` adds one router decision: in this replica by default
+Hot path, explicit model: read + validate the body here, then the model's backend: the egress
+in this replica for external providers (`egress.placement: ingress`, the default: no Serve hop),
+else one handle call to the Egress or a vLLM deployment. `auto` adds one router decision: in this replica by default
 (`router.placement: ingress`), else one call to the Router deployment. Each tier of a chain gets its own
 `model_info.timeout`; a failed or timed-out tier moves on to the next. A stream may fall back
 only until its first chunk was sent; after that a failure ends it with an OpenAI error event.
@@ -40,6 +41,7 @@ from app.config import DokaConfig, parse_config
 from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
+from deployments.egress import EgressService
 from deployments.router import InProcessRouter
 from observability.gateway import Observability
 
@@ -322,6 +324,11 @@ class Ingress:
                 continue
             key = id(handle)  # one adapter per handle: the egress serves many models
             self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
+        # `egress.placement: ingress` (the graph bound no egress for them): providers called from here
+        local = [m.model_name for m in cfg.model_list if m.provider == "litellm" and m.model_name not in model_handles]
+        self._egress = EgressService(config) if local and cfg.egress.placement == "ingress" else None
+        for name in local if self._egress is not None else ():
+            self._backends[name] = self._egress
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
@@ -355,6 +362,8 @@ class Ingress:
         if pending:
             logger.info("ingress: waiting for %d ledger settlements before exiting", len(pending))
             await asyncio.wait(pending, timeout=self.cfg.deployments.ingress.graceful_shutdown_timeout_s)
+        if getattr(self, "_egress", None) is not None:
+            await self._egress.close()
         parent = getattr(super(), "__del__", None)  # Serve's ASGI wrapper: the app's lifespan shutdown
         if parent is not None:
             await parent()

@@ -31,6 +31,7 @@ def app(ray_cluster, mock_upstream, tmp_path_factory):
     def two_ingress(raw):
         raw["deployments"]["ingress"]["num_replicas"] = 2  # a fleet: one replica may die
         raw["router"]["placement"] = "deployment"  # the graph with a Router deployment to kill too
+        raw["egress"] = {"placement": "deployment"}  # and an Egress deployment
 
     a = deploy_app("doka-faults-kill", "/faults-kill", mock_upstream.port, str(tmp_path_factory.mktemp("fkill")),
                    tweak=two_ingress)

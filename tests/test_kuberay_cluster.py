@@ -226,9 +226,10 @@ def test_serve_config_v2_is_the_app_serve_run_starts(head, tmp_path, monkeypatch
     remote = _wait_running(head, name)
     remote_models = _models(head)
 
-    # config/default.yaml decides `auto` inside the ingress (router.placement): no Router deployment,
-    # and the ingress carries the router user_config on both paths
-    assert set(local["deployments"]) >= {"Ingress", "Egress"} and "Router" not in local["deployments"]
+    # config/default.yaml decides `auto` and calls providers inside the ingress (router.placement,
+    # egress.placement): no Router or Egress deployment, and the ingress carries the router
+    # user_config on both paths
+    assert "Ingress" in local["deployments"] and not {"Router", "Egress"} & set(local["deployments"])
     assert _shape(remote) == _shape(local), _diff(_shape(remote), _shape(local))
     assert remote_models == local_models and "mock-gpt-4" in local_models
     for deployment in (remote, local):
