@@ -38,6 +38,7 @@ from ray import serve  # noqa: E402
 
 from app.config import DokaConfig, ModelEntry, parse_config, resolve_secret  # noqa: E402
 from app.errors import UpstreamError  # noqa: E402
+from deployments.provider_errors import provider_errors  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
@@ -219,25 +220,19 @@ class EgressCore:
 
     async def _post(self, kind: str, params: dict[str, Any], body: dict[str, Any], timeout: float) -> dict[str, Any]:
         url, headers, payload = self._request(kind, params, body)
-        try:
+        with provider_errors(timeout, stream=False, invalid="provider sent invalid JSON"):
             async with self.session().post(url, json=payload, headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise UpstreamError(resp.status, _error_message(raw))
                 return json.loads(raw)
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"connection to provider failed: {e}") from None
-        except ValueError:
-            raise UpstreamError(502, "provider sent invalid JSON") from None
 
     async def _post_stream(self, kind: str, params: dict[str, Any], body: dict[str, Any],
                            timeout: float) -> AsyncIterator[dict[str, Any]]:
         url, headers, payload = self._request(kind, params, body)
         payload["stream"] = True
-        try:
+        with provider_errors(timeout, stream=True, invalid="provider sent an invalid stream chunk"):
             async with self.session().post(url, json=payload, headers=headers,
                                            timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
                 if resp.status >= 400:
@@ -254,12 +249,6 @@ class EgressCore:
                         raise UpstreamError(502, err.get("message", str(err)) if isinstance(err, dict) else str(err))
                     yield chunk
             raise UpstreamError(502, "provider closed the stream before [DONE]")
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"no data within {timeout:g}s", timed_out=True) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"provider stream failed: {e}") from None
-        except ValueError:
-            raise UpstreamError(502, "provider sent an invalid stream chunk") from None
 
     # ------------------------------------------------------------------ litellm path
     def _litellm_kwargs(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:

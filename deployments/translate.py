@@ -19,7 +19,6 @@ OpenAI params) takes the full `Router.acompletion` path instead, so nothing is d
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any, AsyncIterator
@@ -27,6 +26,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from app.errors import UpstreamError
+from deployments.provider_errors import provider_errors
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 _MESSAGE_KEYS = ("model", "messages", "stream", "stream_options")
@@ -143,16 +143,12 @@ class _Direct:
         from litellm.types.utils import ModelResponse
 
         url, headers, data, ctx = self._build(params, body, stream=False)
-        try:
+        with provider_errors(timeout, stream=False):  # the body is parsed below, by the transformation
             async with session.post(url, json=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise _error(resp.status, raw)
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"connection to provider failed: {e}") from None
         response = httpx.Response(200, content=raw, request=httpx.Request("POST", url))
         try:
             out = self.config.transform_response(ctx["model"], response, ModelResponse(), ctx["log"], data,
@@ -169,7 +165,7 @@ class _Direct:
         usage: dict[str, Any] | None = None
         head: dict[str, Any] = {}
         first = True
-        try:
+        with provider_errors(timeout, stream=True, invalid="provider sent an invalid stream event"):
             async with session.post(url, json=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
                 if resp.status >= 400:
@@ -198,12 +194,6 @@ class _Direct:
                     yield {**head, "choices": [{**choice, "delta": delta}]}
             if usage is not None and ctx["include_usage"]:
                 yield {**head, "choices": [], "usage": usage}
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"no data within {timeout:g}s", timed_out=True) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"provider stream failed: {e}") from None
-        except ValueError:
-            raise UpstreamError(502, "provider sent an invalid stream event") from None
 
 
 class AnthropicDirect(_Direct):
