@@ -161,7 +161,8 @@ class OpenAIDialect:
 
     @staticmethod
     def chunk(chunk: dict[str, Any]) -> bytes:
-        return b"data: " + dumps(chunk) + b"\n\n"
+        raw = getattr(chunk, "raw", None)  # a pass-through chunk, unchanged: its bytes as they came
+        return b"data: " + (raw if raw is not None else dumps(chunk)) + b"\n\n"
 
     @staticmethod
     def end() -> bytes:

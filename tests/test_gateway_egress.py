@@ -109,3 +109,56 @@ def test_failing_deployment_cools_down_then_recovers(mock):
     before = mock.state()["by_model"].get("mixtral-8x7b", 0)
     assert run(go())["model"] == "mixtral-8x7b"
     assert mock.state()["by_model"]["mixtral-8x7b"] == before + 3  # the cooled-down call never left
+
+
+# Events as a provider might write them: spaces after separators, non-ASCII escaped, keys in its
+# own order. Encoding the decoded dict again (orjson) would give other bytes.
+SPACED_EVENTS = [
+    b'{"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "h\\u00e9"}}]}',
+    b'{"choices": [{"index": 0, "delta": {"content": "llo"}, "finish_reason": "stop"}], "id": "c1", "object": "chat.completion.chunk", "model": "m"}',
+]
+
+
+def test_passthrough_stream_forwards_each_event_as_the_provider_wrote_it():
+    import pickle
+
+    from aiohttp import web
+
+    from deployments.egress import PassThroughChunk
+    from deployments.ingress import OpenAIDialect
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in SPACED_EVENTS:
+            await resp.write(b"data: " + event + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def go() -> list:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        core = EgressCore(parse_config({"model_list": [{"model_name": "spaced", "litellm_params": {
+            "model": "openai/m", "api_base": f"http://127.0.0.1:{port}/v1", "api_key": "k"}}]}), cooldown_s=0)
+        try:
+            return await _collect(core.stream("chat", "spaced", {**BODY, "stream": True}, 5))
+        finally:
+            await core.close()
+            await runner.cleanup()
+
+    import json
+
+    chunks = run(go())
+    assert [dict(c) for c in chunks] == [json.loads(e) for e in SPACED_EVENTS]  # decoded for metering
+    assert all(isinstance(c, PassThroughChunk) for c in chunks)
+    assert [OpenAIDialect.chunk(c) for c in chunks] == [b"data: " + e + b"\n\n" for e in SPACED_EVENTS]
+    # the check can see a re-encode: the same content as a plain dict is written differently
+    assert OpenAIDialect.chunk(dict(chunks[0])) != b"data: " + SPACED_EVENTS[0] + b"\n\n"
+    # across a Serve call (egress.placement: deployment) a chunk travels as a plain dict
+    copy = pickle.loads(pickle.dumps(chunks[0]))
+    assert type(copy) is dict and copy == dict(chunks[0])
