@@ -52,6 +52,7 @@ def test_killing_a_replica_under_load(app, mock, deployment):
 
     def fault() -> None:
         time.sleep(KILL_AT_S)
+        killed["of"] = len(_replicas(app, deployment))  # before the kill: a replacement may start late
         killed["at"] = time.monotonic()
         killed["pid"] = kill_replica(app.name, deployment)
         killed["replaced_s"] = wait_replaced(app.name, deployment, killed["pid"])
@@ -75,7 +76,7 @@ def test_killing_a_replica_under_load(app, mock, deployment):
     passed = after.errors == 0 and not lost and fivehundreds == 0 and held == 0
     record(ScenarioResult(
         scenario=f"kill {deployment.lower()} replica (SIGKILL)",
-        load=f"{CLIENTS} clients x {WINDOW_S:g} s, explicit/auto/stream mix", faults=f"1 of {len(_replicas(app, deployment))} {deployment} replicas killed at {KILL_AT_S:g} s",
+        load=f"{CLIENTS} clients x {WINDOW_S:g} s, explicit/auto/stream mix", faults=f"1 of {killed['of']} {deployment} replicas killed at {KILL_AT_S:g} s",
         requests=run.requests, errors=run.errors, expected_errors=run.errors, status_counts=run.statuses(),
         data_lost=len(lost), recovery_s=recovery, passed=passed,
         notes=f"replacement replica up after {killed['replaced_s']:.1f} s; {after.requests} requests after: "
