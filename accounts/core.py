@@ -46,6 +46,14 @@ def _node_ip() -> str:
     return "127.0.0.1"
 
 
+def _refuse_unusable(key: dict[str, Any]) -> None:
+    """401 for a revoked or expired key (the key check and the feedback principal alike)."""
+    if key["revoked_at"] is not None:
+        raise unauthorized("API key has been revoked", "key_revoked")
+    if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
+        raise unauthorized("API key has expired", "key_expired")
+
+
 def _ok(value: Any) -> dict[str, Any]:
     return {"ok": value}
 
@@ -326,10 +334,7 @@ class AccountsCore:
             key = found[0]
             if key is None:
                 raise unauthorized("invalid API key")
-            if key["revoked_at"] is not None:
-                raise unauthorized("API key has been revoked", "key_revoked")
-            if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
-                raise unauthorized("API key has expired", "key_expired")
+            _refuse_unusable(key)
             allowed = key["models"] or []
             if allowed and model not in allowed:
                 self._record(key["id"], model, None, 0, 0, 0.0, None, 403, "model_not_allowed", request_id, False)
@@ -369,10 +374,7 @@ class AccountsCore:
             key = await self._lookup(h)
             if key is None:
                 raise unauthorized("invalid API key")
-            if key["revoked_at"] is not None:
-                raise unauthorized("API key has been revoked", "key_revoked")
-            if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
-                raise unauthorized("API key has expired", "key_expired")
+            _refuse_unusable(key)
             owned = any(r["request_id"] == request_id and r["key_id"] == key["id"] for r in self._buffer)
             if not owned:
                 owned = await self._db(db.request_owned_by, request_id, key["id"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port, gateway_test_config, serve_http_port
+from tests.conftest import free_port, gateway_test_config, serve_http_port, wait_healthy
 
 MASTER = "sk-master-faults"
 LEASE_S = 4.0  # a killed ingress's open reservations are closed (and logged) this long after it went silent
@@ -81,16 +81,7 @@ def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: b
     return App(name, url, raw)
 
 
-def wait_ok(url: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not healthy within {timeout}s")
+wait_ok = wait_healthy  # the fault tests' name for it
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
