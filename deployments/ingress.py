@@ -9,8 +9,9 @@ Hot path, explicit model: read + validate the body here, then the model's backen
 in this replica for external providers (`egress.placement: ingress`, the default: no Serve
 hop), else one handle call to the Egress or a vLLM deployment. `auto` adds one router
 decision: in this replica by default (`router.placement: ingress`), else one call to the Router
-deployment. Each tier of a chain gets its own `model_info.timeout`; a failed or timed-out tier moves on to the next. A stream may fall back
-only until its first chunk was sent; after that a failure ends it with an OpenAI error event.
+deployment. Each tier of a chain gets its own `model_info.timeout`; a failed or timed-out tier
+moves on to the next. A stream may fall back only until its first chunk was sent; after that a
+failure ends it with an OpenAI error event.
 
 Seams for other parts (kept in one place each):
   * accounts: `self._accounts.authorize(...)` before the call, `settle(...)` after it
