@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from app.config import ENV_PREFIX, ConfigError, DokaConfig
-from app.serve_config import config_dict, serve_config
+from app.serve_config import config_dict, deployment_options, serve_config
 from kuberay.options import PodSize, RenderOptions, WorkerGroupOptions
 
 API_VERSION = "ray.io/v1"
@@ -70,7 +70,8 @@ def secret_env_names(cfg: DokaConfig, opts: RenderOptions) -> list[str]:
 
 
 def needed_gpus(cfg: DokaConfig) -> int:
-    """GPUs the config can use at its scaling limits: vLLM replicas x parallelism + GPU router/ingress/egress."""
+    """GPUs the config can use at its scaling limits: vLLM replicas x parallelism + the GPU shares
+    of the Serve deployments the graph has (a router or egress placed in the ingress has none)."""
     total = 0.0
     for m in cfg.model_list:
         if m.vllm is None:
@@ -82,13 +83,12 @@ def needed_gpus(cfg: DokaConfig) -> int:
             kw = m.vllm.engine_kwargs
             per_replica = int(kw.get("tensor_parallel_size", 1)) * int(kw.get("pipeline_parallel_size", 1))
         total += m.vllm.max_replicas * per_replica
-    for section in ("ingress", "router", "egress"):
-        d = getattr(cfg.deployments, section)
-        gpus = float(d.serve_options()["ray_actor_options"].get("num_gpus", 0) or 0)
+    for opts in deployment_options(cfg):  # the deployments this config's graph has (placements)
+        gpus = float(opts["ray_actor_options"].get("num_gpus", 0) or 0)
         if gpus:
-            auto = d.autoscaling_config or {}
-            replicas = auto.get("max_replicas") or (d.num_replicas if isinstance(d.num_replicas, int) else 1)
-            total += gpus * int(replicas)
+            auto = opts.get("autoscaling_config") or {}
+            replicas = auto.get("max_replicas") or opts.get("num_replicas")
+            total += gpus * (replicas if isinstance(replicas, int) else 1)
     return math.ceil(total)
 
 

@@ -105,6 +105,11 @@ def test_serve_config_v2_is_the_app_config(crds):
 def test_gpu_worker_group_only_when_the_config_needs_gpus(crds):
     gpu_cfg = load_config(GPU)
     assert needed_gpus(gpu_cfg) == 4  # 4 vLLM replicas x 1 GPU (routers run on CPU workers)
+    raw = gpu_cfg.model_dump(mode="json", exclude_unset=True)
+    raw["deployments"]["router"]["ray_actor_options"] = {"num_gpus": 0.25}  # GPU router replicas, up to 8
+    assert needed_gpus(parse_config(raw)) == 6
+    raw["router"]["placement"] = "ingress"  # no Router deployment: its section asks for nothing
+    assert needed_gpus(parse_config(raw)) == 4
     groups = render_all(gpu_cfg, load_options(VALUES))["rayservice.yaml"]["spec"]["rayClusterConfig"][
         "workerGroupSpecs"]
     cpu, gpu = groups
