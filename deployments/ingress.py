@@ -327,9 +327,10 @@ class Ingress:
             key = id(handle)  # one adapter per handle: the egress serves many models
             self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
         # `egress.placement: ingress` (the graph bound no egress for them): providers called from here
-        local = [m.model_name for m in cfg.model_list if m.provider == "litellm" and m.model_name not in model_handles]
-        self._egress = EgressService(config) if local and cfg.egress.placement == "ingress" else None
-        for name in local if self._egress is not None else ():
+        local = ([m.model_name for m in cfg.model_list if m.provider == "litellm" and m.model_name not in model_handles]
+                 if cfg.egress.placement == "ingress" else [])
+        self._egress = EgressService(config) if local else None
+        for name in local:
             self._backends[name] = self._egress
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt

@@ -46,7 +46,7 @@ def test_default_config_calls_providers_from_the_ingress_and_the_gpu_example_fro
 def test_the_default_gateway_has_no_egress_deployment_and_answers_every_call_kind(gateway, mock):
     from ray import serve
 
-    status = serve.status().applications[gateway.cfg["server"].get("app_name", "doka")]
+    status = serve.status().applications[parse_config(gateway.cfg).server.app_name]
     assert "Ingress" in status.deployments and "Egress" not in status.deployments
     client = gateway.client(timeout=30)
     mock.reset()

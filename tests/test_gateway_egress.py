@@ -7,6 +7,8 @@ and LiteLLM's cooldown of a failing deployment.
 from __future__ import annotations
 
 import asyncio
+import json
+import pickle
 
 import pytest
 
@@ -120,8 +122,6 @@ SPACED_EVENTS = [
 
 
 def test_passthrough_stream_forwards_each_event_as_the_provider_wrote_it():
-    import pickle
-
     from aiohttp import web
 
     from deployments.egress import PassThroughChunk
@@ -150,8 +150,6 @@ def test_passthrough_stream_forwards_each_event_as_the_provider_wrote_it():
         finally:
             await core.close()
             await runner.cleanup()
-
-    import json
 
     chunks = run(go())
     assert [dict(c) for c in chunks] == [json.loads(e) for e in SPACED_EVENTS]  # decoded for metering
