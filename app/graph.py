@@ -21,7 +21,8 @@ from typing import Any
 from ray.serve import Application
 
 from app.config import DokaConfig, load_config, parse_config
-from app.serve_config import router_user_config
+from app.serve_config import DEPLOYMENT_NAMES, router_user_config
+from deployments.egress_paths import egress_homes
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,21 +65,17 @@ def _accounts_app(cfg: DokaConfig) -> Application | None:
 
 def build_app(cfg: DokaConfig) -> Application:
     """The whole graph, with per-deployment options from `cfg.deployments`."""
-    from deployments.egress import Egress, uses_router_path
+    from deployments.egress import Egress
     from deployments.ingress import Ingress
     from deployments.router import RouterDeployment
 
     raw = _config_dict(cfg)
     d = cfg.deployments
-    model_apps: dict[str, Application] = {}
-    external = [m for m in cfg.model_list if m.provider == "litellm"]
-    translated = [m for m in external if d.egress_translated is not None and uses_router_path(m.litellm_params)]
-    if len(translated) < len(external) and cfg.egress.placement == "deployment":
-        egress = Egress.options(**d.egress.serve_options(), **_QUIET).bind(raw)
-        model_apps.update({m.model_name: egress for m in external if m not in translated})
-    if translated:  # their CPU-heavy translation in replicas of their own (DeploymentsConfig.egress_translated)
-        heavy = Egress.options(name="EgressTranslated", **d.egress_translated.serve_options(), **_QUIET).bind(raw)
-        model_apps.update({m.model_name: heavy for m in translated})
+    homes = egress_homes(cfg)  # models with home "Ingress" get no handle: the ingress calls them
+    egress_apps = {  # EgressTranslated: Router.acompletion translation in replicas of its own
+        name: Egress.options(name=name, **getattr(d, section).serve_options(), **_QUIET).bind(raw)
+        for section, name in DEPLOYMENT_NAMES.items() if section.startswith("egress") and name in homes.values()}
+    model_apps: dict[str, Application] = {m: egress_apps[h] for m, h in homes.items() if h in egress_apps}
     model_apps.update(_vllm_apps(cfg))
     if cfg.router.placement == "deployment":
         router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,

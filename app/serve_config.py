@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import DokaConfig
+from deployments.egress_paths import egress_homes
 
 IMPORT_PATH = "app.graph:app_builder"
 
@@ -50,10 +51,11 @@ def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     """Per-deployment overrides in `serve deploy` form, from `cfg.deployments`."""
     out: list[dict[str, Any]] = []
     owner = router_owner(cfg)
+    homes = set(egress_homes(cfg).values())  # the egress deployments app/graph.py binds
     for section, name in DEPLOYMENT_NAMES.items():
         options = getattr(cfg.deployments, section)
         if (options is None or (section == "router" and cfg.router.placement != "deployment")
-                or (section == "egress" and cfg.egress.placement != "deployment")):
+                or (section.startswith("egress") and name not in homes)):
             continue  # a deployment this config's graph does not have
         opts: dict[str, Any] = {"name": name, **options.serve_options()}
         if name == owner:

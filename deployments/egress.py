@@ -39,14 +39,11 @@ from ray import serve  # noqa: E402
 
 from app.config import DokaConfig, ModelEntry, parse_config, resolve_secret  # noqa: E402
 from app.errors import UpstreamError  # noqa: E402
+from deployments.egress_paths import is_passthrough  # noqa: E402
 from deployments.provider_errors import provider_errors  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
-# LiteLLM provider prefixes whose HTTP API is OpenAI's own: safe to pass bodies through.
-PASSTHROUGH_PROVIDERS = {"openai", "hosted_vllm", "openai_like", "vllm_openai", "llamafile", "lm_studio"}
-# Providers whose chat calls skip Router.acompletion (deployments/translate.py).
-DIRECT_PROVIDERS = {"anthropic", "gemini"}
 # Seconds a failing deployment sits out (LiteLLM cooldown); 0 turns cooldowns off (tests do).
 COOLDOWN_S = float(os.environ.get("DOKA_COOLDOWN_S", "30"))
 
@@ -69,18 +66,6 @@ def litellm_model_list(cfg: DokaConfig) -> list[dict[str, Any]]:
 
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
-
-
-def _is_passthrough(params: dict[str, Any]) -> bool:
-    provider, _, _ = str(params.get("model", "")).partition("/")
-    return provider in PASSTHROUGH_PROVIDERS and bool(params.get("api_base")) and "mock_response" not in params
-
-
-def uses_router_path(params: dict[str, Any]) -> bool:
-    """True for a deployment only LiteLLM's full Router.acompletion serves (not pass-through, not
-    a direct translation): the CPU-heavy calls `deployments.egress_translated` isolates."""
-    provider = str(params.get("model", "")).partition("/")[0]
-    return not _is_passthrough(params) and (provider not in DIRECT_PROVIDERS or "mock_response" in params)
 
 
 def _upstream_model(params: dict[str, Any]) -> str:
@@ -189,7 +174,7 @@ class EgressCore:
             dep = await self._deployment(model)
             try:
                 params = dep["litellm_params"]
-                if _is_passthrough(params):
+                if is_passthrough(params):
                     return await self._post(kind, params, body, timeout)
                 direct = self._direct(kind, params, body)
                 if direct is not None:
@@ -204,7 +189,7 @@ class EgressCore:
     async def stream(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         dep = await self._deployment(model)
         params = dep["litellm_params"]
-        if _is_passthrough(params):
+        if is_passthrough(params):
             source = self._post_stream(kind, params, body, timeout)
         elif (direct := self._direct(kind, params, body)) is not None:
             source = direct.stream(self.session(), params, body, timeout)

@@ -43,6 +43,7 @@ from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, 
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
 from deployments.egress import EgressService
+from deployments.egress_paths import egress_homes
 from deployments.router import InProcessRouter
 from observability.gateway import Observability
 
@@ -327,8 +328,7 @@ class Ingress:
             key = id(handle)  # one adapter per handle: the egress serves many models
             self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
         # `egress.placement: ingress` (the graph bound no egress for them): providers called from here
-        local = ([m.model_name for m in cfg.model_list if m.provider == "litellm" and m.model_name not in model_handles]
-                 if cfg.egress.placement == "ingress" else [])
+        local = [name for name, home in egress_homes(cfg).items() if home == "Ingress"]
         self._egress = EgressService(config) if local else None
         for name in local:
             self._backends[name] = self._egress

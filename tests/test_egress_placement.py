@@ -38,6 +38,36 @@ def test_serve_config_has_options_only_for_the_egress_deployments_the_graph_has(
     assert _deployment_names(raw) & {"Egress", "EgressTranslated"} == expected
 
 
+_PASSTHROUGH = {"model_name": "fast", "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://127.0.0.1:1/v1"}}
+_ROUTER_PATH = {"model_name": "heavy", "litellm_params": {"model": "cohere_chat/command-r", "api_base": "http://127.0.0.1:1"}}
+
+
+@pytest.mark.parametrize("placement", ["ingress", "deployment"])
+@pytest.mark.parametrize("translated", [False, True])
+@pytest.mark.parametrize("models", [[_PASSTHROUGH], [_ROUTER_PATH], [_PASSTHROUGH, _ROUTER_PATH]],
+                         ids=["passthrough", "router-path", "both"])
+def test_serve_config_options_name_exactly_the_deployments_the_graph_binds(placement, translated, models):
+    # `serve deploy` refuses options for a deployment the graph lacks: e.g. `placement: deployment`
+    # with every external model on the translated egress binds no Egress
+    from ray.serve._private.build_app import build_app as serve_build
+
+    from app.graph import build_app
+    from app.serve_config import deployment_options
+
+    raw = {"model_list": models, "egress": {"placement": placement}, "deployments": {}}
+    if translated:
+        raw["deployments"]["egress_translated"] = {"num_cpus": 0.1}
+    cfg = parse_config(raw)
+    graph = {d.name for d in serve_build(build_app(cfg), name=cfg.server.app_name).deployments}
+    options = {d["name"] for d in deployment_options(cfg)}
+    assert options <= graph
+    egress = {"Egress", "EgressTranslated"}
+    assert options & egress == graph & egress
+    expected = ({"EgressTranslated"} if translated and _ROUTER_PATH in models else set()) | (
+        {"Egress"} if placement == "deployment" and (_PASSTHROUGH in models or not translated) else set())
+    assert graph & egress == expected  # so the check above sees an Egress whenever the graph has one
+
+
 def test_default_config_calls_providers_from_the_ingress_and_the_gpu_example_from_a_deployment():
     assert load_config(REPO / "config" / "default.yaml").egress.placement == "ingress"
     assert load_config(REPO / "config" / "gpu.example.yaml").egress.placement == "deployment"

@@ -14,7 +14,8 @@ import pytest
 
 from app.config import parse_config
 from app.errors import UpstreamError
-from deployments.egress import EgressCore, _is_passthrough
+from deployments.egress import EgressCore
+from deployments.egress_paths import is_passthrough
 from tests.conftest import gateway_test_config
 
 BODY = {"model": "ignored", "messages": [{"role": "user", "content": "hi"}]}
@@ -36,11 +37,11 @@ async def _collect(agen):
 
 
 def test_passthrough_selection():
-    assert _is_passthrough({"model": "openai/gpt-4o", "api_base": "http://x/v1"})
-    assert _is_passthrough({"model": "hosted_vllm/qwen", "api_base": "http://x/v1"})
-    assert not _is_passthrough({"model": "openai/gpt-4o"})  # no api_base: LiteLLM knows the URL
-    assert not _is_passthrough({"model": "anthropic/claude-3-5-sonnet", "api_base": "http://x"})
-    assert not _is_passthrough({"model": "openai/x", "api_base": "http://x", "mock_response": "hi"})
+    assert is_passthrough({"model": "openai/gpt-4o", "api_base": "http://x/v1"})
+    assert is_passthrough({"model": "hosted_vllm/qwen", "api_base": "http://x/v1"})
+    assert not is_passthrough({"model": "openai/gpt-4o"})  # no api_base: LiteLLM knows the URL
+    assert not is_passthrough({"model": "anthropic/claude-3-5-sonnet", "api_base": "http://x"})
+    assert not is_passthrough({"model": "openai/x", "api_base": "http://x", "mock_response": "hi"})
 
 
 def test_passthrough_chat_and_stream(mock):

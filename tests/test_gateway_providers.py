@@ -76,7 +76,7 @@ def test_router_path_models_have_an_egress_of_their_own(app):
     from ray import serve
 
     from app.config import parse_config
-    from deployments.egress import uses_router_path
+    from deployments.egress_paths import uses_router_path
 
     deployments = serve.status().applications[APP].deployments
     # the rest are called from the ingress (egress.placement: ingress, config/default.yaml)
