@@ -11,7 +11,8 @@ import numpy as np
 
 from training.dataset import Dataset, DatasetError, Record, from_records, write_jsonl
 
-DEFAULT_ROUTERBENCH_DIR = "/work/shared/data/routerbench"
+# `../shared` beside the clone (README): the shared data folder of this project
+DEFAULT_ROUTERBENCH_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench")
 _SPLITS = ("train", "test")
 
 
