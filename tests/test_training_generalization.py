@@ -112,3 +112,18 @@ def test_eval_reads_dataset_models_through_aliases(splits, default_artifact, tmp
     assert rep["unknown_models"] == ["brand-new-model"] and "brand-new-model" in out.err
     direct = evaluate(LearnedRouter.from_path(default_artifact, KEY), test_ds, strong=STRONG, weak=WEAK, progress=False)
     assert rep["router"]["apgr"] == pytest.approx(direct["router"]["apgr"])
+
+
+def test_eval_reports_how_much_of_the_number_is_the_sample(splits, default_artifact, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DOKA_SIGNING_KEY", KEY)
+    data = write_jsonl(splits[1].to_records(), tmp_path / "test.jsonl")
+    assert main(["router", "eval", "--artifact", str(default_artifact), "--data", str(data),
+                 "--strong", STRONG, "--weak", WEAK, "--bootstrap", "100"]) == 0
+    out = capsys.readouterr()
+    rep = json.loads(out.out)
+    router, rnd = rep["router"], rep["random"]
+    assert router["resamples"] == 100 and 0 < router["apgr_se"] < 0.2
+    assert router["apgr_ci95"][0] <= router["apgr"] <= router["apgr_ci95"][1]
+    assert 0 < rnd["apgr_std"] < 0.2
+    assert f"APGR {router['apgr']:.3f} on {rep['n']} prompts (bootstrap SE {router['apgr_se']:.3f}" in out.err
+    assert f"a random router {rnd['apgr']:.3f} +- {rnd['apgr_std']:.3f}" in out.err

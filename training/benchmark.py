@@ -1,7 +1,8 @@
 """The learned-routing benchmark of docs/benchmarks.md: every family trained on a train split,
 evaluated on a test split (two-model APGR/CPT and multi-model AIQ), then leave-one-task-out
 (train on the train split of all tasks but one, evaluate on the test split of that one; every
-rotation). Prints two markdown tables.
+rotation). Prints two markdown tables; each APGR carries its spread (± the router's bootstrap SE over
+prompt resamples, the random router's std over seeds).
 
     python -m training.benchmark --train .doka/data/routerbench/train.jsonl \
         --test .doka/data/routerbench/test.jsonl --out .doka/bench/routing
@@ -31,6 +32,12 @@ def _f(x, fmt="{:.3f}"):
     return "n/a" if x is None else fmt.format(x)
 
 
+def _apgr(r: dict) -> str:
+    """APGR with its spread: the router's bootstrap SE, or a random router's std over seeds."""
+    spread = r.get("apgr_se", r.get("apgr_std"))
+    return _f(r["apgr"]) + ("" if spread is None else f" ± {spread:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default=".doka/data/routerbench/train.jsonl")
@@ -58,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         plot(multi, out / f"{fam}-aiq.png")
         results[fam] = {"two_model": two, "multi_model": multi, "train_seconds": secs}
         r = two["router"]
-        rows.append(f"| {fam} | {_f(r['apgr'])} | {_f(r['cpt50'], '{:.1f}%')} | {_f(r['cpt80'], '{:.1f}%')} | "
+        rows.append(f"| {fam} | {_apgr(r)} | {_f(r['cpt50'], '{:.1f}%')} | {_f(r['cpt80'], '{:.1f}%')} | "
                     f"{_f(multi['router']['aiq'], '{:.4f}')} | {_f(multi['router']['max_quality'])} | {secs:.1f} |")
         print(rows[-1], flush=True)
     two, multi = results[args.families[0]]["two_model"], results[args.families[0]]["multi_model"]
     rnd, orc = two["random"], two["oracle"]
-    rows.append(f"| random | {_f(rnd['apgr'])} | {_f(rnd['cpt50'], '{:.1f}%')} | {_f(rnd['cpt80'], '{:.1f}%')} | "
+    rows.append(f"| random | {_apgr(rnd)} | {_f(rnd['cpt50'], '{:.1f}%')} | {_f(rnd['cpt80'], '{:.1f}%')} | "
                 f"(point q={multi['random']['quality']:.3f}) | {multi['random']['quality']:.3f} | - |")
     rows.append(f"| zero router (single-model hull) | - | - | - | {multi['zero_router_aiq']:.4f} | "
                 f"{multi['best_single_model']['quality']:.3f} | - |")
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
              f"${best['cost']:.5f}/prompt; oracle quality {multi['oracle']['quality']:.3f} at ${multi['oracle']['cost']:.5f}.")
     if not args.no_loto:
         loto_table = loto(args, out, key, results)
-        extra += "\n\nLeave-one-task-out (two-model APGR / CPT(50%) on the held-out task's test split):\n\n" + loto_table
+        extra += "\n\nLeave-one-task-out (two-model APGR ± SE / CPT(50%) on the held-out task's test split):\n\n" + loto_table
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "table.md").write_text(table + extra + "\n")
     print(table + extra)
@@ -98,23 +105,23 @@ def loto(args: argparse.Namespace, out: Path, key: str | bytes, results: dict) -
             results[fam].setdefault("loto", {})[fold.task] = rep
             r = rep["router"]
             apgrs.append(r["apgr"] if r["apgr"] is not None else float("nan"))
-            cells.append(f"{_f(r['apgr'])} / {_f(r['cpt50'], '{:.1f}%')}")
+            cells.append(f"{_apgr(r)} / {_f(r['cpt50'], '{:.1f}%')}")
         rows.append(f"| {fam} | " + " | ".join(cells) + f" | {min(apgrs):.3f} |")
         print(rows[-1], flush=True)
     rnd = [evaluate_random(fold, args) for fold in folds]
-    rows.append("| random | " + " | ".join(f"{a:.3f} / {c:.1f}%" for a, c in rnd) + f" | {min(a for a, _ in rnd):.3f} |")
+    rows.append("| random | " + " | ".join(f"{_apgr(r)} / {_f(r['cpt50'], '{:.1f}%')}" for r in rnd)
+                + f" | {min(r['apgr'] for r in rnd):.3f} |")
     header = ("| router | " + " | ".join(f"held out: {f.task} (n={len(f.test)})" for f in folds) + " | min APGR |\n"
               "| --- | " + " | ".join("---" for _ in folds) + " | --- |")
     return header + "\n" + "\n".join(rows)
 
 
-def evaluate_random(fold, args) -> tuple[float, float]:
+def evaluate_random(fold, args) -> dict:
     from training.metrics import random_router_metrics
 
     ds = fold.test
     js, jw = ds.label_index(args.strong), ds.label_index(args.weak)
-    r = random_router_metrics(ds.scores[:, js], ds.scores[:, jw])
-    return r["apgr"], r["cpt50"]
+    return random_router_metrics(ds.scores[:, js], ds.scores[:, jw])
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from router.runtime import LearnedRouter
     from training.dataset import parse_cost_flags
-    from training.evaluate import evaluate, parse_alias_flags, plot
+    from training.evaluate import apgr_summary, evaluate, parse_alias_flags, plot
 
     if args.registry:
         router = LearnedRouter.load(args.registry, args.artifact or "latest")
@@ -105,7 +105,10 @@ def _eval(args: argparse.Namespace) -> int:
         config_path=args.config,
         assumed_output_tokens=args.assumed_output_tokens,
         progress=not args.quiet,
+        bootstrap=args.bootstrap,
     )
+    if report.get("mode") == "two-model" and not args.quiet:
+        print(apgr_summary(report), file=sys.stderr)
     if args.plot:
         report["plot"] = str(plot(report, args.plot))
     if not args.curve:
@@ -199,6 +202,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--assumed-output-tokens", type=int, default=256, help="output tokens assumed when pricing from config")
     p.add_argument("--plot", help="write the curve to this PNG")
     p.add_argument("--curve", action="store_true", help="include the curve points in the JSON")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                   help="two-model mode: prompt resamples for the APGR standard error and 95%% interval (0: off)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run(_eval))
 

@@ -53,6 +53,7 @@ def evaluate(
     config_path: str | None = None,
     assumed_output_tokens: int = 256,
     progress: bool = True,
+    bootstrap: int = 200,
 ) -> dict[str, Any]:
     ds = apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases)
     if (strong is None) != (weak is None):
@@ -80,7 +81,7 @@ def evaluate(
         sub = ds.subset(keep)
         P = predict_dataset(router, sub, progress)
         ps, pw = router.labels.index(strong), router.labels.index(weak)
-        rep = two_model_report(P[:, ps] - P[:, pw], sub.scores[:, js], sub.scores[:, jw], num_thresholds)
+        rep = two_model_report(P[:, ps] - P[:, pw], sub.scores[:, js], sub.scores[:, jw], num_thresholds, bootstrap)
         out.update(mode="two-model", strong=strong, weak=weak, dropped=int((~keep).sum()), **rep)
         return out
 
@@ -110,6 +111,21 @@ def evaluate(
     rep = multi_model_report(P, sub.scores[:, cols], sub.costs[:, cols], labels, belief)
     out.update(mode="multi-model", dropped=int((~keep).sum()), **rep)
     return out
+
+
+def apgr_summary(report: dict[str, Any]) -> str:
+    """One line for people: the router's APGR with its sampling spread next to a random router's,
+    so a gain smaller than the noise of the dataset is not read as one."""
+    r, rnd = report["router"], report["random"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    line = f"APGR {fmt(r['apgr'])} on {report['n']} prompts"
+    if r.get("apgr_ci95"):
+        lo, hi = r["apgr_ci95"]
+        line += f" (bootstrap SE {fmt(r['apgr_se'])}, 95% interval {lo:.3f}-{hi:.3f} over {r['resamples']} resamples)"
+    line += f"; a random router {fmt(rnd['apgr'])}"
+    if rnd.get("apgr_std") is not None:
+        line += f" +- {rnd['apgr_std']:.3f} over {rnd['seeds']} seeds"
+    return line
 
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:

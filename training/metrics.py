@@ -99,21 +99,46 @@ def random_router_metrics(q_strong: np.ndarray, q_weak: np.ndarray, num_threshol
     for key in ("apgr", "cpt50", "cpt80"):
         vals = [r[key] for r in runs if r[key] is not None]
         out[key] = float(np.mean(vals)) if vals else None
+    apgrs = [r["apgr"] for r in runs if r["apgr"] is not None]
+    out["apgr_std"] = float(np.std(apgrs)) if len(apgrs) > 1 else None  # the noise floor of one dataset
     out["seeds"] = seeds
     return out
 
 
+def bootstrap_apgr(scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, num_thresholds: int = 10,
+                   resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+    """The router's APGR over prompt resamples (with replacement): how much of a number is the
+    sample. On a few hundred prompts where the two models rarely disagree it is several points,
+    as large as the gaps between routers (docs/benchmarks.md)."""
+    s, qs, qw = (np.asarray(a, dtype=np.float64) for a in (scores, q_strong, q_weak))
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(s), len(s))
+        a = curve_metrics(threshold_curve(s[i], qs[i], qw[i], num_thresholds), float(qs[i].mean()), float(qw[i].mean()))["apgr"]
+        if a is not None:
+            vals.append(a)
+    if len(vals) < 2:
+        return {"apgr_se": None, "apgr_ci95": None, "resamples": resamples}
+    lo, hi = np.quantile(vals, [0.025, 0.975])
+    return {"apgr_se": float(np.std(vals)), "apgr_ci95": [float(lo), float(hi)], "resamples": resamples}
+
+
 def two_model_report(
-    scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, num_thresholds: int = 10
+    scores: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray, num_thresholds: int = 10, bootstrap: int = 0
 ) -> dict[str, Any]:
+    """Router, random and oracle curves; `bootstrap` > 0 adds the router's APGR standard error and
+    95% interval over that many prompt resamples."""
     qs, qw = float(np.mean(q_strong)), float(np.mean(q_weak))
     points = threshold_curve(scores, q_strong, q_weak, num_thresholds)
     oracle = threshold_curve(np.asarray(q_strong) - np.asarray(q_weak), q_strong, q_weak, num_thresholds)
+    spread = bootstrap_apgr(scores, q_strong, q_weak, num_thresholds, bootstrap) if bootstrap > 0 else {}
     return {
         "n": int(len(q_strong)),
         "strong_quality": qs,
         "weak_quality": qw,
-        "router": {**curve_metrics(points, qs, qw), "curve": [{"strong_pct": 100 * x, "quality": y} for x, y in sorted(points)]},
+        "router": {**curve_metrics(points, qs, qw), **spread,
+                   "curve": [{"strong_pct": 100 * x, "quality": y} for x, y in sorted(points)]},
         "random": random_router_metrics(q_strong, q_weak, num_thresholds),
         "oracle": curve_metrics(oracle, qs, qw),
         "num_thresholds": num_thresholds,
