@@ -17,6 +17,12 @@ on a prompt (masked where the family allows, otherwise imputed with the model's 
           topic boundaries (leave-one-task-out numbers in docs/benchmarks.md); IRT's view.
 - ensemble: the mean of several families' per-model predictions (default difficulty + mlp + knn):
           the best in distribution, worse than difficulty alone on unseen tasks (docs/benchmarks.md).
+- gated:  a novelty gate between the two: a prompt as close to its nearest training prompts
+          (cosine on standardised features) as 95% of the training prompts are to theirs gets the
+          ensemble's prediction, any other gets difficulty's. Unseen tasks fall to difficulty,
+          prompts like the training data (a team's own traffic, once trained on its traces) get
+          the in-distribution strength. Plain arrays (npz; the members re-implemented in numpy),
+          so a routing process still imports no sklearn.
 """
 
 from __future__ import annotations
@@ -245,6 +251,71 @@ def _predict_ensemble(state, X):
     return _clip(np.mean(preds, axis=0))
 
 
+# ---- gated ----
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _familiarity(bank: np.ndarray, Q: np.ndarray, k: int, exclude_self: bool = False, block: int = 1024) -> np.ndarray:
+    """Mean cosine similarity of each row of Q to its k most similar bank rows (both already
+    standardised and unit length), in blocks so a large trace set never builds an n x n matrix."""
+    out = np.empty(len(Q))
+    for i in range(0, len(Q), block):
+        G = Q[i:i + block] @ bank.T
+        if exclude_self:  # Q is the bank: a prompt is not its own neighbour
+            G[np.arange(len(G)), np.arange(i, i + len(G))] = -np.inf
+        out[i:i + block] = np.sort(np.partition(G, G.shape[1] - k, axis=1)[:, -k:], axis=1).mean(axis=1)
+    return out
+
+
+def _fit_gated(X, Y, p, progress):
+    if len(X) < 3:
+        raise FamilyError("the gated family needs at least 3 training prompts")
+    rng = np.random.default_rng(0)
+    keep = np.sort(rng.choice(len(X), int(p["max_bank"]), replace=False)) if len(X) > p["max_bank"] else np.arange(len(X))
+    state: dict[str, Any] = {f"difficulty_{k}": v for k, v in
+                             _fit_difficulty(X, Y, dict(FAMILIES["difficulty"].defaults), progress).items()}
+    mlp = _fit_mlp(X, Y, dict(FAMILIES["mlp"].defaults), progress)["model"]
+    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
+        state[f"mlp_w{i}"], state[f"mlp_b{i}"] = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)  # the members above fit on X as given, as the ensemble's do
+    state["knn_x"], state["knn_y"] = X[keep], _impute(Y)[keep]
+    state["knn_sq"] = (X[keep] ** 2).sum(axis=1)
+    state["knn_k"] = np.array([min(int(FAMILIES["knn"].defaults["n_neighbors"]), len(keep))])
+    mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
+    bank = _unit_rows((X[keep] - mu) / sd)
+    k = min(int(p["gate_neighbors"]), len(keep) - 1)
+    tau = float(np.quantile(_familiarity(bank, bank, k, exclude_self=True), p["outlier_share"]))
+    state.update(gate_mu=mu, gate_sd=sd, gate_bank=bank.astype(np.float32), gate_k=np.array([k]), gate_tau=np.array([tau]))
+    return state
+
+
+def familiar(state: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    """Which prompts look like the gated router's training data: as similar to their nearest
+    training prompts as all but `outlier_share` of the training prompts are to theirs."""
+    Q = _unit_rows((np.asarray(X, dtype=np.float64) - state["gate_mu"]) / state["gate_sd"]).astype(np.float32)
+    return _familiarity(state["gate_bank"], Q, int(state["gate_k"][0])) >= float(state["gate_tau"][0])
+
+
+def _predict_gated(state, X):
+    X = np.asarray(X, dtype=np.float64)
+    P = _predict_difficulty({k: state[f"difficulty_{k}"] for k in ("coef", "bias", "intercept", "slope")}, X)
+    near = familiar(state, X)
+    if not near.any():  # novel traffic costs difficulty + the gate only
+        return P
+    H, i = X[near], 0
+    while f"mlp_w{i + 1}" in state:  # sklearn's MLPRegressor: relu hidden layers, identity output
+        H = np.maximum(H @ state[f"mlp_w{i}"] + state[f"mlp_b{i}"], 0.0)
+        i += 1
+    P_mlp = _clip(H @ state[f"mlp_w{i}"] + state[f"mlp_b{i}"])
+    # KNeighborsRegressor(brute, uniform): mean score of the k nearest (squared distance up to a per-row constant)
+    d2 = state["knn_sq"][None, :] - 2 * X[near] @ state["knn_x"].T
+    k = int(state["knn_k"][0])
+    P_knn = _clip(state["knn_y"][np.argpartition(d2, k - 1, axis=1)[:, :k]].mean(axis=1))
+    P[near] = _clip((P[near] + P_mlp + P_knn) / 3.0)  # the ensemble family with its default members
+    return P
+
+
 FAMILIES: dict[str, Family] = {
     "knn": Family("knn", {"n_neighbors": 40, "weights": "uniform"}, _fit_knn, _predict_knn,
                   "k nearest neighbours' mean score"),
@@ -262,6 +333,8 @@ FAMILIES: dict[str, Family] = {
                          "shared prompt-difficulty regression, per-model quality linear in it"),
     "ensemble": Family("ensemble", {"members": ["difficulty", "mlp", "knn"]}, _fit_ensemble, _predict_ensemble,
                        "mean of several families' per-model predictions"),
+    "gated": Family("gated", {"gate_neighbors": 10, "outlier_share": 0.05, "max_bank": 5000}, _fit_gated, _predict_gated,
+                    "ensemble on prompts like the training data, difficulty on the rest"),
 }
 
 

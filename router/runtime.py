@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
-from router.families import FamilyError, get_family
+from router.families import FamilyError, familiar, get_family
 from router.registry import Registry
 
 
@@ -50,6 +50,13 @@ class LearnedRouter:
         if X.ndim != 2 or X.shape[1] != self.featurizer.dim:
             raise ValueError(f"embeddings must be [n, {self.featurizer.dim}], got {X.shape}")
         return self._family.predict(self._state, X)
+
+    def familiar_embeddings(self, X: np.ndarray) -> np.ndarray | None:
+        """Which prompts pass a `gated` artifact's novelty gate (take its in-distribution path);
+        None for families without one."""
+        if self.metadata["family"] != "gated":
+            return None
+        return familiar(self._state, np.asarray(X, dtype=np.float32))
 
     def predict(self, prompts: list[str]) -> np.ndarray:
         """[n, len(labels)] predicted quality in [0, 1]."""

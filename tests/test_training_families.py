@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from router.families import FAMILIES, get_family
+from router.families import FAMILIES, familiar, get_family
 from router.featurizer import get_featurizer
 from training.embeddings import embed_texts
 from training.metrics import random_router_metrics, two_model_report
@@ -73,3 +73,22 @@ def test_ensemble_is_the_mean_of_its_members_and_rejects_bad_members(slices):
     for bad in (["ensemble"], ["nope"], []):
         with pytest.raises(FamilyError, match="ensemble members"):
             fit_state("ensemble", Xtr[:50], train.scores[:50], {"members": bad}, progress=False)
+
+
+def test_gated_is_the_ensemble_on_familiar_prompts_and_difficulty_on_the_rest(slices):
+    """Its numpy members reproduce the sklearn ensemble; prompts unlike the training data
+    (random directions here; unseen tasks in test_training_generalization) get difficulty's."""
+    (train, Xtr), (_, Xte) = slices
+    fit = lambda name: fit_state(name, Xtr, train.scores, resolve_params(get_family(name), None), progress=False)  # noqa: E731
+    gated, ensemble = fit("gated"), fit("ensemble")
+    near = familiar(gated, Xte)
+    assert near.mean() > 0.8  # the test split of the same tasks: the in-distribution path is taken
+    P = get_family("gated").predict(gated, Xte)
+    diff = np.abs(P[near] - get_family("ensemble").predict(ensemble, Xte[near])).max(axis=1)
+    # equal but where the 40th neighbour is a tie (duplicate prompts): then one of 40 swaps, 1/120
+    assert (diff < 1e-5).mean() > 0.97 and diff.max() <= 1 / (3 * 40) + 1e-5
+    far = np.random.default_rng(0).normal(size=Xte.shape).astype(np.float32) * Xtr.std(axis=0) * 3 + Xtr.mean(axis=0)
+    assert not familiar(gated, far).any()
+    difficulty = get_family("difficulty").predict(ensemble["members"]["difficulty"], far)
+    assert np.abs(get_family("gated").predict(gated, far) - difficulty).max() < 1e-9
+    assert all(isinstance(v, np.ndarray) for k, v in gated.items() if k != "family")  # npz: no sklearn to route

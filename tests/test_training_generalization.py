@@ -49,14 +49,34 @@ def test_loto_never_trains_on_the_held_out_task(splits):
         assert len(fold.train) == int((tasks_of(train_ds) != fold.task).sum())
 
 
-def test_default_router_beats_random_on_every_rotation(splits, tmp_path):
-    train_ds, test_ds = splits
-    for fold in leave_one_task_out(train_ds, test_ds):
-        path = train(fold.train, DEFAULT_FAMILY, tmp_path / fold.task, signing_key=KEY, holdout=0.0, progress=False)
-        rep = evaluate(LearnedRouter.from_path(path, KEY), fold.test, strong=STRONG, weak=WEAK, progress=False)
+@pytest.fixture(scope="module")
+def rotations(splits, tmp_path_factory) -> list[tuple]:
+    """The default family trained on every leave-one-task-out rotation: (fold, router)."""
+    out = tmp_path_factory.mktemp("loto")
+    return [(fold, LearnedRouter.from_path(
+                train(fold.train, DEFAULT_FAMILY, out / fold.task, signing_key=KEY, holdout=0.0, progress=False), KEY))
+            for fold in leave_one_task_out(*splits)]
+
+
+def test_default_router_beats_random_on_every_rotation(rotations):
+    for fold, router in rotations:
+        rep = evaluate(router, fold.test, strong=STRONG, weak=WEAK, progress=False)
         js, jw = fold.test.label_index(STRONG), fold.test.label_index(WEAK)
         rnd = random_router_metrics(fold.test.scores[:, js], fold.test.scores[:, jw])
         assert rep["router"]["apgr"] > rnd["apgr"], (fold.task, rep["router"], rnd)
+
+
+def test_gated_sends_an_unseen_task_down_its_generalizing_path(splits, tmp_path):
+    """`gated`: a held-out task's prompts fail the novelty gate (difficulty answers them) while the
+    training tasks' own test prompts pass it (the in-distribution ensemble answers them)."""
+    test_ds = splits[1]
+    for fold in leave_one_task_out(*splits):
+        router = LearnedRouter.from_path(
+            train(fold.train, "gated", tmp_path / fold.task, signing_key=KEY, holdout=0.0, progress=False), KEY)
+        seen = test_ds.subset(tasks_of(test_ds) != fold.task)
+        unseen = router.familiar_embeddings(router.featurizer.embed(fold.test.prompts))
+        assert unseen.mean() < 0.05, fold.task
+        assert router.familiar_embeddings(router.featurizer.embed(seen.prompts)).mean() > 0.8, fold.task
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run(_import))
 
     p = sub.add_parser("train", help="train one router family and write a signed artifact")
-    p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf | difficulty | ensemble")
+    p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf | difficulty | ensemble | gated")
     p.add_argument("--data", required=True, help="JSONL dataset")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--featurizer", default=ROUTING_FEATURIZER_ID,

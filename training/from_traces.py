@@ -297,7 +297,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="doka config (registry, traces location, app name)")
     p.add_argument("--traces", default=None, help="trace store root (default: observability.traces_url or data_dir/traces)")
     p.add_argument("--base-dataset", default=None, help="routing dataset JSONL to refine (e.g. the RouterBench import)")
-    p.add_argument("--family", default="knn", help="router family to train (knn, mlp, svm, logreg, mf)")
+    p.add_argument("--family", default="knn", help="router family to train (knn, mlp, svm, logreg, mf, difficulty, ensemble, gated)")
     p.add_argument("--holdout", type=float, default=0.25, help="fraction of rows held back for the comparison")
     p.add_argument("--work-dir", default=None, help="where the dataset and the candidate artifact go")
     p.add_argument("--dashboard", default=None, help="Ray dashboard URL for the Serve REST API (default http://127.0.0.1:8265)")
