@@ -328,7 +328,7 @@ class Ingress:
             key = id(handle)  # one adapter per handle: the egress serves many models
             self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
         # `egress.placement: ingress` (the graph bound no egress for them): providers called from here
-        local = [name for name, home in egress_homes(cfg).items() if home == "Ingress" and name not in model_handles]
+        local = [name for name, home in egress_homes(cfg).items() if home == "Ingress"]
         self._egress = EgressService(config) if local else None
         for name in local:
             self._backends[name] = self._egress
