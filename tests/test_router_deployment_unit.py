@@ -111,12 +111,13 @@ def test_slot_keeps_serving_the_old_engine_until_the_new_one_is_ready():
         assert slot.current == "v1" and slot.status()["loading"]  # old one still serving
         release.set()
         assert await task and slot.current == "slow" and slot.state == "ready"
-        # a superseded load never swaps in: the newer request wins even if the older finishes last
+        # a superseded load never swaps in: the older one finishes (loads run one at a time) but
+        # the newer request, made while it was loading, is what ends up serving
         release.clear()
         older = slot.request(Target("r", "slow"))
         newer = slot.request(Target("r", "v3"))
+        asyncio.get_running_loop().call_later(0.2, release.set)
         assert await newer and slot.current == "v3"
-        release.set()
         assert not await older and slot.current == "v3"
         # a failed load degrades to the fallback (current None) with the reason, and recovers
         assert not await slot.request(Target("r", "bad"))
