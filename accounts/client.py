@@ -193,17 +193,19 @@ class Accounts:
     # ---- the ingress seam ----
     async def authorize(
         self, api_key: str | None, model: str | None, body: dict[str, Any] | None = None,
-        request_id: str | None = None, owner: str | None = None, *, as_type: type[P] = Principal,  # type: ignore[assignment]
+        request_id: str | None = None, owner: str | None = None, *, calls: int = 1,
+        as_type: type[P] = Principal,  # type: ignore[assignment]
         **extra: Any,
     ) -> P:
         """Admit the request or raise AccountsError (401/403/429/503).
 
         `owner`: the caller's id when it heartbeats (`heartbeat`); if it stops, the core closes
         its open reservations with a ledger row instead of holding them for `reservation_ttl_s`.
+        `calls`: upstream calls the request may make (a cascade: three), each reserved for.
         `as_type`/`extra`: a Principal subclass to build, with its own fields (the core's answer
         is trusted, so it is not validated again: this runs on every request).
         """
-        est = estimate.reservation(body)
+        est = estimate.reservation(body) * max(1, calls)
         p = await self._hot("authorize", api_key, model, est, request_id, owner,
                             on_abandon=self._release_late(model, request_id))
         return as_type.model_construct(**p, model_requested=model, request_id=request_id, **extra)

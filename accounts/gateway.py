@@ -138,13 +138,16 @@ class GatewayAccounts:
             except Exception as e:  # accounts down: authorize answers 503 meanwhile; keep trying
                 log.debug("accounts heartbeat failed: %r", e)
 
-    async def authorize(self, request: Any, model: str, body: dict[str, Any], request_id: str) -> Grant:
-        """Raises the ingress's OpenAIError (401/403/429/503, Retry-After) on refusal."""
+    async def authorize(self, request: Any, model: str, body: dict[str, Any], request_id: str,
+                        calls: int = 1) -> Grant:
+        """Raises the ingress's OpenAIError (401/403/429/503, Retry-After) on refusal.
+
+        `calls`: how many upstream calls the request may make (a cascade's three), each reserved."""
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         try:
             return await self.accounts.authorize(
-                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, as_type=Grant,
+                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, calls=calls, as_type=Grant,
                 meter=StreamMeter(body) if body.get("stream") else None)
         except AccountsError as e:
             raise _openai_error(e) from None

@@ -231,11 +231,21 @@ class ObservabilityConfig(_Strict):
         return most == "auto" or (most or 1) > 1
 
 
+class CascadeConfig(_Strict):
+    """A cascade: answer with `weak` unless `verifier`, asked the same request, answers differently;
+    then ask `strong` (and its fallback chain). Why: agreement of two cheap models is a signal
+    about the answer that carries to kinds of prompts no router was trained on (docs/routing.md)."""
+
+    weak: str = Field(description="the model whose answer is returned when the verifier agrees")
+    verifier: str = Field(description="a second (cheap) model, called alongside `weak`")
+    strong: str = Field(description="called when the two disagree or either fails; falls back along its chain")
+
+
 @dataclass(frozen=True)
 class _Lookups:
     by_name: dict[str, ModelEntry]
     chains: dict[str, tuple[str, ...]]
-    public: tuple[str, ...]  # model and chain names (the auto name is read live from `server`)
+    public: tuple[str, ...]  # model, chain and cascade names (the auto name is read live from `server`)
     auto: tuple[str, ...]
 
 
@@ -244,6 +254,9 @@ class DokaConfig(_Strict):
     model_list: list[ModelEntry] = Field(min_length=1)
     fallbacks: dict[str, list[str]] = Field(
         default_factory=dict, description="named fallback chains, tried in order"
+    )
+    cascades: dict[str, CascadeConfig] = Field(
+        default_factory=dict, description="named cascades (weak + verifier, strong on disagreement)"
     )
     router: RouterConfig = Field(default_factory=RouterConfig)
     egress: EgressConfig = Field(default_factory=EgressConfig)
@@ -274,6 +287,15 @@ class DokaConfig(_Strict):
             for m in chain:
                 if m not in names:
                     raise ValueError(f"fallback chain {chain_name!r} names unknown model {m!r}")
+        chat = {m.model_name for m in self.model_list if m.model_info.mode == "chat"}
+        for name, c in self.cascades.items():
+            if name in names or name in self.fallbacks or name == self.server.auto_model:
+                raise ValueError(f"cascade {name!r} clashes with a model, chain or the auto name")
+            for role in ("weak", "verifier", "strong"):
+                if getattr(c, role) not in chat:
+                    raise ValueError(f"cascade {name!r}: {role} {getattr(c, role)!r} is not a chat model of model_list")
+            if len({c.weak, c.verifier, c.strong}) < 3:
+                raise ValueError(f"cascade {name!r}: weak, verifier and strong must be three different models")
         return self
 
     @cached_property
@@ -289,7 +311,9 @@ class DokaConfig(_Strict):
         for m in self.model_list:  # a model: itself, then the rest of the first chain that holds it
             chain = next((c for c in self.fallbacks.values() if m.model_name in c), None)
             chains[m.model_name] = tuple(chain[chain.index(m.model_name):]) if chain else (m.model_name,)
-        return _Lookups(by_name, chains, (*by_name, *self.fallbacks),
+        for name, c in self.cascades.items():  # escalation: the strong model and its fallbacks
+            chains[name] = chains[c.strong]
+        return _Lookups(by_name, chains, (*by_name, *self.fallbacks, *self.cascades),
                         tuple(m.model_name for m in self.model_list
                               if not m.model_info.parallel and m.model_info.mode == "chat"))
 
@@ -302,7 +326,7 @@ class DokaConfig(_Strict):
         return self.lookups.by_name.get(name)
 
     def public_names(self) -> list[str]:
-        """Names a client may send as `model`: every model, every chain, and the auto name."""
+        """Names a client may send as `model`: every model, chain and cascade, and the auto name."""
         return [self.server.auto_model, *self.lookups.public]
 
     def auto_candidates(self) -> list[str]:
@@ -311,7 +335,8 @@ class DokaConfig(_Strict):
     def chain_for(self, name: str) -> list[str]:
         """The ordered models to try for a requested name.
 
-        A chain name gives that chain. A model name gives the model, then the rest of the
+        A chain name gives that chain; a cascade, its strong model's (what it escalates to).
+        A model name gives the model, then the rest of the
         first chain that contains it (so `vllm-qwen` falls back along `vllm-qwen -> ...`).
         """
         chain = self.lookups.chains.get(name)

@@ -42,6 +42,7 @@ from app.config import DokaConfig, parse_config
 from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
+from deployments.cascade import agree, replay
 from deployments.egress import EgressService
 from deployments.egress_paths import egress_homes
 from deployments.router import InProcessRouter
@@ -178,7 +179,8 @@ class OpenAIDialect:
 class NoAccounts:
     """The accounts seam when keys are off: admits everyone, records nothing."""
 
-    async def authorize(self, request: Request, model: str, body: dict[str, Any], request_id: str) -> Any:
+    async def authorize(self, request: Request, model: str, body: dict[str, Any], request_id: str,
+                        calls: int = 1) -> Any:
         return None
 
     async def settle(self, grant: Any, **outcome: Any) -> None:
@@ -242,12 +244,19 @@ def routing_options(header_weight: str | None, ext: Any, allowed: list[str]) -> 
 
 
 class _Attempt:
-    """What a chain run produced: the answer (or open stream), who answered, and why."""
+    """What a chain run produced: the answer (or open stream), who answered, and why.
 
-    __slots__ = ("result", "model", "reason", "tried")
+    `side`: (model, usage) of the other calls made for this answer (a cascade's weak and
+    verifier), charged with it. `usage`: a stream's usage when known before it starts (a
+    replayed answer), so the ledger has it even if the client asked for none or left early."""
 
-    def __init__(self, result: Any, model: str, reason: str, tried: list[str]) -> None:
+    __slots__ = ("result", "model", "reason", "tried", "side", "usage")
+
+    def __init__(self, result: Any, model: str, reason: str, tried: list[str],
+                 side: list[tuple[str, dict]] | None = None, usage: dict | None = None) -> None:
         self.result, self.model, self.reason, self.tried = result, model, reason, tried
+        self.side = side if side is not None else []
+        self.usage = usage
 
 
 class _EarlyRoute:
@@ -341,7 +350,10 @@ class Ingress:
         self._auto = cfg.server.auto_model
         self._max_body = cfg.server.max_body_bytes
         self._candidates = [m for m in cfg.auto_candidates() if m in self._backends]
-        self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks or n in self._backends]
+        self._cascades = {n: c for n, c in cfg.cascades.items()
+                          if {c.weak, c.verifier, c.strong} <= set(self._backends)}
+        self._public = [n for n in cfg.public_names()
+                        if n == self._auto or n in cfg.fallbacks or n in self._backends or n in self._cascades]
         self._public_set = set(self._public)
         self._mode_of = {n: self.cfg.model(self.cfg.chain_for(n)[0]).model_info.mode  # type: ignore[union-attr]
                          for n in self._public if n != self._auto}
@@ -518,8 +530,9 @@ class Ingress:
         stream = bool(getattr(req, "stream", False))
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
         early = self._route_early(requested, request, routing_ext, prompt)
-        try:
-            grant = await self._accounts.authorize(request, requested, body, request_id)
+        try:  # a cascade may call three models: hold enough for all of them
+            grant = await self._accounts.authorize(request, requested, body, request_id,
+                                                   calls=3 if requested in self._cascades else 1)
         except BaseException:
             if early is not None:
                 early.cancel()
@@ -527,10 +540,14 @@ class Ingress:
         self._obs.start(request_id, requested, body, key_id=getattr(grant, "key_id", None), stream=stream,
                         prompt=prompt)
         status = 500
+        side: list[tuple[str, dict]] = []  # calls made besides the answering one (a cascade's)
         try:
             chain, base_reason, decision = await self._plan(requested, body, request, routing_ext, prompt,
                                                             getattr(grant, "models", None), early)
-            att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
+            if requested in self._cascades:
+                att = await self._run_cascade(kind, body, requested, chain, stream, side)
+            else:
+                att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
         except OpenAIError as e:
             status = e.status
             e.headers.setdefault("x-doka-request-id", request_id)
@@ -547,11 +564,11 @@ class Ingress:
             if early is not None:
                 early.cancel()  # no-op once _plan has its decision
             if status != 200:
-                self._start_settle(grant, request_id, requested, None, None, status, started, None, stream)
+                self._start_settle(grant, request_id, requested, None, None, status, started, None, stream, side)
         if stream:
             return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
-                           att.reason, False)
+                           att.reason, False, att.side)
         result = att.result if dialect is None else dialect.answer(att.result)
         return Response(dumps(result), media_type="application/json",
                         headers=self._headers(att, request_id, decision))
@@ -616,6 +633,13 @@ class Ingress:
         list are skipped; nothing left is a 403. `early`: the router call `_route_early` sent.
         """
         permitted = set(allowed) if allowed else None
+        cascade = self._cascades.get(requested)
+        if cascade is not None and permitted is not None:
+            missing = sorted({cascade.weak, cascade.verifier} - permitted)
+            if missing:  # the answer comes from agreement of the two: both must be callable
+                raise OpenAIError(403, f"cascade {requested!r} calls {', '.join(missing)}, which this key may not use; "
+                                  f"allowed: {', '.join(sorted(permitted))}", type="permission_error", param="model",
+                                  code="model_not_allowed")
         if requested != self._auto:
             reason = f"chain:{requested}" if requested in self.cfg.fallbacks else "explicit"
             return self._allowed_chain(self.cfg.chain_for(requested), permitted, requested), reason, None
@@ -704,6 +728,48 @@ class Ingress:
             self._router.report.remote(model, False)
         raise upstream_exhausted(tried, last_error, timed_out, last_status)
 
+    async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
+                           side: list[tuple[str, dict]]) -> _Attempt:
+        """`cascades.<name>`: ask weak and verifier at once; their agreed answer, else the strong chain's.
+
+        Both are asked for a whole answer (a stream is replayed from the weak one once they
+        agree). Every call that answered is appended to `side` as it is known, so whatever way
+        the request ends charges it; a call still running when the client leaves is cancelled.
+        """
+        spec = self._cascades[name]
+        quiet = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        calls = {m: asyncio.ensure_future(self._run_chain(kind, quiet, [m], f"cascade:{name}"))
+                 for m in (spec.weak, spec.verifier)}
+        answers: dict[str, dict] = {}
+        refused: OpenAIError | None = None
+        try:
+            await asyncio.wait(calls.values())
+        finally:  # also when the client left: what answered is charged, the rest is stopped
+            for m, call in calls.items():
+                if not call.done() or call.cancelled():
+                    call.cancel()
+                elif call.exception() is None:
+                    answers[m] = call.result().result
+                    side.append((m, answers[m].get("usage") or {}))
+                elif isinstance(err := call.exception(), OpenAIError) and err.status in (400, 404, 413, 422):
+                    refused = err  # the request itself was refused (`_run_chain`): no tier would take it
+        if refused is not None:
+            raise refused
+        if len(answers) == 2 and agree(answers[spec.weak], answers[spec.verifier]):
+            del side[[m for m, _ in side].index(spec.weak)]  # the weak call is the answer now
+            result = answers[spec.weak]
+            if stream:
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                it = replay(result, include_usage).__aiter__()
+                result = (await it.__anext__(), it)
+            return _Attempt(result, spec.weak, "cascade:agreed", [spec.weak, spec.verifier], side,
+                            answers[spec.weak].get("usage"))
+        reason = "cascade:escalated" if len(answers) == 2 else "cascade:failed_check"
+        att = await self._run_chain(kind, body, chain, reason, stream=stream)
+        att.tried = [spec.weak, spec.verifier, *att.tried]
+        att.side = side
+        return att
+
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
                       started: float, dialect: Any = OpenAIDialect) -> Response:
         """The open stream as an SSE response; from here on the response settles the request."""
@@ -730,7 +796,8 @@ class Ingress:
                 await body.aclose()
             finally:
                 if once.claim():
-                    self._start_settle(grant, request_id, requested, att.model, None, 499, started, att.reason, True)
+                    self._start_settle(grant, request_id, requested, att.model, att.usage, 499, started, att.reason,
+                                       True, att.side)
                     if it is not None:
                         await it.aclose()  # stop the upstream call
 
@@ -746,7 +813,7 @@ class Ingress:
         `dialect` writes each chunk, the end and a mid-stream error (OpenAI's SSE by default).
         """
         encode = dialect.chunk
-        usage: dict | None = None
+        usage: dict | None = att.usage
         status = 200
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
         try:
@@ -766,7 +833,8 @@ class Ingress:
             # `[DONE]` this generator may never run again, and a replica killed right after it
             # must not take the ledger row with it (the settle itself is shielded from cancellation)
             if once.claim():
-                await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+                await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
+                                   att.side)
             yield dialect.end()
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             status = 499
@@ -778,7 +846,8 @@ class Ingress:
             yield dialect.error(OpenAIError(status, f"{att.model} failed mid-stream: {msg}", code="upstream_stream_error"))
         finally:
             if once.claim():  # cut short (error, client gone): charge what was delivered
-                self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True)
+                self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
+                                   att.side)
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
@@ -798,8 +867,9 @@ class Ingress:
         return headers
 
     async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
-                      status: int, started: float, reason: str | None, stream: bool) -> None:
-        task = self._start_settle(grant, request_id, requested, model, usage, status, started, reason, stream)
+                      status: int, started: float, reason: str | None, stream: bool,
+                      side: list[tuple[str, dict]] | None = None) -> None:
+        task = self._start_settle(grant, request_id, requested, model, usage, status, started, reason, stream, side)
         if task is None:
             return
         try:
@@ -808,22 +878,32 @@ class Ingress:
             pass
 
     def _start_settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
-                      status: int, started: float, reason: str | None, stream: bool) -> asyncio.Task | None:
+                      status: int, started: float, reason: str | None, stream: bool,
+                      side: list[tuple[str, dict]] | None = None) -> asyncio.Task | None:
         """Record the request and start its ledger settlement as a task of its own.
 
         Not tied to the request's coroutine: a stream's generator may be cancelled or never
         resumed once the client has `[DONE]`, and the ledger row must not go with it. The
-        replica's __del__ waits for unfinished settlements on graceful shutdown.
+        replica's __del__ waits for unfinished settlements on graceful shutdown. `side`: the
+        other calls made for it (a cascade's), added to its tokens and cost.
         """
         self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason)
         if isinstance(self._accounts, NoAccounts):
             return None
         usage = usage or {}
-        entry = self.cfg.model(model) if model else None
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
+            delivered = grant.meter.usage()  # what the stream sent (the gateway's rule when nothing else was called)
+            p, c = int(delivered["prompt_tokens"]), int(delivered["completion_tokens"])
+        calls = [(model, p, c)] if model else []
+        for m, u in side or ():
+            calls.append((m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)))
+        costs = [e.cost(cp, cc) for m, cp, cc in calls if (e := self.cfg.model(m)) is not None]
+        known = [x for x in costs if x is not None]
         task = asyncio.ensure_future(self._accounts.settle(
-            grant, request_id=request_id, model_requested=requested, model=model, prompt_tokens=p,
-            completion_tokens=c, cost_usd=entry.cost(p, c) if entry else None, status=status,
+            grant, request_id=request_id, model_requested=requested, model=model,
+            prompt_tokens=sum(cp for _, cp, _ in calls), completion_tokens=sum(cc for _, _, cc in calls),
+            cost_usd=sum(known) if known else None, status=status,
             latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream))
         self._settling.add(task)
         task.add_done_callback(partial(_settled, self._settling, request_id))
@@ -836,6 +916,10 @@ class Ingress:
             info: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "doka"}
             if name == self._auto:
                 info["doka"] = {"kind": "router", "strategy": self.cfg.router.strategy, "candidates": self._candidates}
+            elif name in self._cascades:
+                c = self._cascades[name]
+                info["doka"] = {"kind": "cascade", "weak": c.weak, "verifier": c.verifier, "strong": c.strong,
+                                "fallbacks": self.cfg.chain_for(name)[1:]}
             elif entry is None:
                 info["doka"] = {"kind": "chain", "models": self.cfg.fallbacks[name]}
             else:

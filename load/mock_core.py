@@ -29,6 +29,8 @@ class MockSettings(BaseModel):
     chunk_interval_ms: float = Field(0.0, ge=0)
     faults: dict[str, str] = Field(default_factory=dict)
     fault_rate: float = Field(1.0, ge=0, le=1, description="share of a model's requests a configured fault hits")
+    answers: dict[str, str] = Field(default_factory=dict,
+                                    description="a model's fixed answer text instead of the echo (OpenAI mock)")
 
     def fault_for(self, model: str, credit: dict[str, float]) -> str:
         """The fault for this request of `model`.

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import FAULTS, MockSettings, MockState, answer_words, dumps
+from load.mock_core import FAULTS, MockSettings, MockState, answer_words, dumps, split_text
 from load.mock_openai_extras import embeddings_payload, tool_call, tool_call_chunks
 
 __all__ = ["FAULTS", "MockSettings", "MockState", "build_app", "parse_faults", "serve"]
@@ -83,7 +83,7 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
             return Response(dumps(payload), media_type="application/json")
         call = tool_call(body) if kind == "chat" else None
         prompt = _prompt_text(body)
-        words = answer_words(model, prompt, s.chunks)
+        words = split_text(s.answers[model], s.chunks) if model in s.answers else answer_words(model, prompt, s.chunks)
         usage = {
             "prompt_tokens": max(1, len(prompt.split())),
             "completion_tokens": len(words),

@@ -87,7 +87,8 @@ class MockUpstream:
         return httpx.get(f"{self.url}/_mock/state", timeout=5).json()
 
     def reset(self, latency_ms: float = 5) -> None:
-        self.state(faults={}, latency_ms=latency_ms, chunks=8, chunk_interval_ms=0, fault_rate=1.0, reset_counts=True)
+        self.state(faults={}, latency_ms=latency_ms, chunks=8, chunk_interval_ms=0, fault_rate=1.0, answers={},
+                   reset_counts=True)
 
     def stop(self) -> None:
         self.proc.terminate()

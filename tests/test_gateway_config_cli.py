@@ -22,6 +22,27 @@ def test_config_check_ok_on_default():
     r = _doka("config", "check", str(DEFAULT_CONFIG_PATH))
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout and "default: local-tiny -> mock-mixtral -> mock-gpt-4" in r.stdout
+    assert "verified: mock-mixtral + mock-gpt-3.5 -> mock-gpt-4" in r.stdout
+
+
+def test_a_cascade_names_three_different_chat_models_and_no_taken_name():
+    import pytest
+
+    from app.config import ConfigError, parse_config
+
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    assert parse_config(raw).chain_for("verified") == ["mock-gpt-4"]  # escalation: the strong model's chain
+    ok = {"weak": "mock-mixtral", "verifier": "mock-gpt-3.5", "strong": "mock-gpt-4"}
+    for cascades, says in (
+        ({"x": {**ok, "verifier": "mock-mixtral"}}, "three different models"),
+        ({"x": {**ok, "weak": "mock-embed"}}, "weak 'mock-embed' is not a chat model"),
+        ({"x": {**ok, "strong": "nope"}}, "strong 'nope' is not a chat model"),
+        ({"default": ok}, "cascade 'default' clashes"),
+        ({"auto": ok}, "cascade 'auto' clashes"),
+        ({"x": {**ok, "extra": 1}}, "cascades.x.extra"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            parse_config({**raw, "cascades": cascades})
 
 
 def test_config_check_names_the_bad_field(tmp_path):

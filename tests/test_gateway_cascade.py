@@ -1,0 +1,302 @@
+"""Cascades (`cascades:` in the config) through the real gateway, keys on: the weak model's answer
+when the verifier agrees, the strong model's otherwise, every call charged on the request's one
+ledger row, and every way out (answer, failure, client gone) releasing the reservation.
+
+config/default.yaml's `verified`: weak mock-mixtral, verifier mock-gpt-3.5, strong mock-gpt-4;
+the mock upstream answers each with a fixed text (`answers`) so agreement is chosen per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import httpx
+import openai
+import pytest
+
+from accounts import estimate
+from deployments.cascade import agree, answer_key, replay
+from tests.conftest import free_port, gateway_test_config, serve_http_port
+
+MASTER = "sk-master-cascade"
+APP = "doka-cascade-test"
+PREFIX = "/cascade"
+WEAK, VERIFIER, STRONG = "mixtral-8x7b", "gpt-3.5-turbo", "gpt-4-turbo"  # as the upstream sees them
+MSG = [{"role": "user", "content": "Which option is right, A or B?"}]
+
+
+# ------------------------------------------------------------------ no cluster
+def test_answers_agree_on_their_normalised_text_and_tool_calls():
+    def chat(text, calls=None):
+        return {"object": "chat.completion", "choices": [{"message": {"content": text, "tool_calls": calls}}]}
+
+    assert agree(chat("B"), chat(" b.\n"))
+    assert agree(chat('"Paris"'), chat("paris!"))
+    assert agree({"choices": [{"text": "42 "}]}, {"choices": [{"text": "42"}]})  # legacy completions
+    assert not agree(chat("B"), chat("A"))
+    assert not agree(chat(""), chat(""))  # nothing said is no agreement
+    call = [{"function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
+    other = [{"function": {"name": "get_weather", "arguments": '{"city": "Bergen"}'}}]
+    assert agree(chat(None, call), chat(None, call)) and not agree(chat(None, call), chat(None, other))
+    assert answer_key(chat("Hello   World")) == "hello world"
+
+
+def test_replay_is_the_stream_an_openai_client_reads():
+    from openai.types.chat import ChatCompletionChunk
+
+    done = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "B"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+    async def collect(include_usage):
+        return [ChatCompletionChunk.model_validate(c) async for c in replay(done, include_usage)]
+
+    chunks = asyncio.run(collect(True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "B"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == 4 and not chunks[-1].choices
+    assert all(c.usage is None for c in asyncio.run(collect(False)))
+
+
+# ------------------------------------------------------------------ through the gateway
+@pytest.fixture(scope="module")
+def gw(ray_cluster, mock_upstream, tmp_path_factory):
+    from ray import serve
+
+    from app.config import parse_config
+    from app.graph import build_app
+
+    port = free_port()
+    raw = gateway_test_config(mock_upstream.port, port)
+    raw["server"]["data_dir"] = str(tmp_path_factory.mktemp("cascade"))
+    raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2}
+    cfg = parse_config(raw)
+    port = serve_http_port(port)
+    serve.run(build_app(cfg), name=APP, route_prefix=PREFIX)
+    url = f"http://127.0.0.1:{port}{PREFIX}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    mock_upstream.reset()
+    yield type("GW", (), {"url": url, "cfg": cfg, "mock": mock_upstream})
+    mock_upstream.reset()
+    serve.delete(APP)
+
+
+@pytest.fixture()
+def mock(gw):
+    gw.mock.reset()
+    yield gw.mock
+    gw.mock.reset()
+
+
+def admin(gw, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kw)
+
+
+def new_key(gw, **limits) -> dict:
+    r = admin(gw, "POST", "/key/generate", json=limits)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def rows(gw, key: dict) -> list[dict]:
+    return admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+
+
+def settled(gw, key: dict, n: int) -> list[dict]:
+    """The key's ledger rows once `n` are written and nothing is held any more."""
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        got = rows(gw, key)
+        usage = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
+        if len(got) >= n and usage["inflight"] == 0 and usage["reserved_tokens"] == 0:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"not settled: {got} {usage}")
+
+
+def client(gw, key: dict) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0, timeout=30)
+
+
+def cost(gw, model: str, p: int, c: int) -> float:
+    return gw.cfg.model(model).cost(p, c)
+
+
+def test_agreeing_models_answer_with_the_weak_one_and_both_calls_are_charged(gw, mock):
+    mock.state(answers={WEAK: "B", VERIFIER: "b."}, reset_counts=True)
+    key = new_key(gw)
+    raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "B"
+    assert raw.headers["x-doka-model"] == "mock-mixtral" and raw.headers["x-doka-route-reason"] == "cascade:agreed"
+    assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-3.5"
+    assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1}  # the strong model was never asked
+    [row] = settled(gw, key, 1)
+    p, c = resp.usage.prompt_tokens, resp.usage.completion_tokens  # the weak call's; the verifier's is alike
+    assert (row["model"], row["model_requested"], row["status"], row["route_reason"]) == (
+        "mock-mixtral", "verified", 200, "cascade:agreed")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2 * p, 2 * c)
+    assert row["cost_usd"] == pytest.approx(cost(gw, "mock-mixtral", p, c) + cost(gw, "mock-gpt-3.5", p, c))
+
+
+def test_disagreement_escalates_to_the_strong_model_and_all_three_are_charged(gw, mock):
+    mock.state(answers={WEAK: "A", VERIFIER: "B"}, reset_counts=True)
+    key = new_key(gw)
+    raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
+    resp = raw.parse()
+    assert raw.headers["x-doka-model"] == "mock-gpt-4" and raw.headers["x-doka-route-reason"] == "cascade:escalated"
+    assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-3.5,mock-gpt-4"
+    assert "mock answer from gpt-4-turbo" in resp.choices[0].message.content
+    assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1, STRONG: 1}
+    [row] = settled(gw, key, 1)
+    p, c = resp.usage.prompt_tokens, resp.usage.completion_tokens
+    assert row["route_reason"] == "cascade:escalated" and row["model"] == "mock-gpt-4"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (3 * p, c + 1 + 1)  # "A" and "B": one token each
+    assert row["cost_usd"] == pytest.approx(
+        cost(gw, "mock-gpt-4", p, c) + cost(gw, "mock-mixtral", p, 1) + cost(gw, "mock-gpt-3.5", p, 1))
+
+
+@pytest.mark.parametrize("agreeing", [True, False])
+def test_streamed_cascade_replays_or_streams_and_charges_every_call(gw, mock, agreeing):
+    mock.state(answers={WEAK: "B", VERIFIER: "B" if agreeing else "A"}, reset_counts=True)
+    key = new_key(gw)
+    stream = client(gw, key).chat.completions.create(model="verified", messages=MSG, max_tokens=8, stream=True,
+                                                     stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = [c.usage for c in chunks if c.usage is not None][-1]
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    [row] = settled(gw, key, 1)
+    p = usage.prompt_tokens
+    if agreeing:
+        assert text == "B" and row["route_reason"] == "cascade:agreed" and row["model"] == "mock-mixtral"
+        assert chunks[-1].usage is not None and not chunks[-1].choices  # OpenAI's own usage chunk
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (2 * p, 2)
+    else:
+        assert "mock answer from gpt-4-turbo" in text and row["route_reason"] == "cascade:escalated"
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (3 * p, usage.completion_tokens + 2)
+    assert row["stream"] and row["status"] == 200
+    if agreeing:  # no usage asked for: none is sent, and the ledger still has the calls' own counts
+        plain = list(client(gw, key).chat.completions.create(model="verified", messages=MSG, max_tokens=8,
+                                                             stream=True))
+        assert all(c.usage is None for c in plain)
+        again = [r for r in settled(gw, key, 2) if r["request_id"] != row["request_id"]][0]
+        assert (again["prompt_tokens"], again["completion_tokens"]) == (row["prompt_tokens"], row["completion_tokens"])
+
+
+def test_a_failing_verifier_escalates_and_its_weak_call_is_still_charged(gw, mock):
+    mock.state(answers={WEAK: "B"}, faults={VERIFIER: "500"}, reset_counts=True)
+    key = new_key(gw)
+    raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
+    assert raw.headers["x-doka-model"] == "mock-gpt-4"
+    assert raw.headers["x-doka-route-reason"] == "cascade:failed_check"
+    resp = raw.parse()
+    [row] = settled(gw, key, 1)
+    p, c = resp.usage.prompt_tokens, resp.usage.completion_tokens
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2 * p, c + 1)  # the 500 cost nothing
+    # and when every call fails, the client gets an OpenAI error and the weak call is still on the row
+    mock.state(faults={VERIFIER: "500", STRONG: "500"})
+    with pytest.raises(openai.APIStatusError) as err:
+        client(gw, key).chat.completions.create(model="verified", messages=MSG, max_tokens=8)
+    assert err.value.status_code == 502 and err.value.body["type"] in ("api_error", "server_error", "upstream_error")
+    failed = [r for r in settled(gw, key, 2) if r["status"] != 200]
+    assert len(failed) == 1 and failed[0]["prompt_tokens"] == p and failed[0]["completion_tokens"] == 1
+
+
+def test_client_mistakes_are_a_400_without_escalating(gw, mock):
+    mock.state(faults={WEAK: "400"}, reset_counts=True)
+    key = new_key(gw)
+    with pytest.raises(openai.BadRequestError):
+        client(gw, key).chat.completions.create(model="verified", messages=MSG, max_tokens=8)
+    assert STRONG not in mock.state()["by_model"]
+    [row] = settled(gw, key, 1)
+    assert row["status"] == 400
+
+
+def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(gw, mock):
+    import threading
+
+    body = {"model": "verified", "messages": MSG, "max_tokens": 8}
+    est = estimate.reservation(body)
+    key = new_key(gw, tokens_per_day=2 * est)  # room for one plain call in flight, not for a cascade
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    mock.state(latency_ms=1500)
+
+    def held_while(model: str) -> tuple[int, int]:
+        """Reserved tokens while one `model` request is in flight, and a second request's status."""
+        first = threading.Thread(target=httpx.post, args=(gw.url + "/v1/chat/completions",),
+                                 kwargs={"headers": headers, "json": {**body, "model": model}, "timeout": 30})
+        first.start()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            usage = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
+            if usage["inflight"]:
+                break
+            time.sleep(0.05)
+        second = httpx.post(gw.url + "/v1/chat/completions", headers=headers, timeout=30,
+                            json={**body, "model": "mock-gpt-3.5"})
+        first.join()
+        return usage["reserved_tokens"], second.status_code
+
+    assert held_while("mock-mixtral") == (est, 200)
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": None})  # reset the room
+    settled(gw, key, 2)
+    used = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]["tokens_today"]
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 2 * est})
+    reserved, second = held_while("verified")
+    assert reserved == 3 * est and second == 429
+    mock.reset()
+
+    no_verifier = new_key(gw, models=["verified", "mock-mixtral", "mock-gpt-4"])
+    with pytest.raises(openai.PermissionDeniedError) as err:
+        client(gw, no_verifier).chat.completions.create(**body)
+    assert "mock-gpt-3.5" in err.value.body["message"]
+    models = {m.id: m for m in client(gw, new_key(gw)).models.list().data}
+    assert models["verified"].model_extra["doka"] == {"kind": "cascade", "weak": "mock-mixtral",
+                                                      "verifier": "mock-gpt-3.5", "strong": "mock-gpt-4",
+                                                      "fallbacks": []}
+
+
+def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
+    """Clients that hang up while the weak and verifier calls run (plain and streamed): each
+    request has one 499 row, nothing stays reserved, and the abandoned calls were cancelled."""
+    key = new_key(gw, tokens_per_day=1_000_000)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    body = {"model": "verified", "messages": MSG, "max_tokens": 8}
+    mock.state(latency_ms=3000, reset_counts=True)  # far slower than the clients wait
+
+    async def leave(http: httpx.AsyncClient, stream: bool) -> str:
+        try:
+            if stream:
+                async with http.stream("POST", gw.url + "/v1/chat/completions", headers=headers,
+                                       json={**body, "stream": True}) as r:
+                    await r.aread()
+            else:
+                await http.post(gw.url + "/v1/chat/completions", headers=headers, json=body)
+        except httpx.TimeoutException:
+            return "left"
+        return "answered"
+
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=0.5)) as http:
+            return await asyncio.gather(*[leave(http, stream=i % 2 == 1) for i in range(10)])
+
+    assert asyncio.run(run()) == ["left"] * 10
+    got = settled(gw, key, 10)
+    assert len(got) == 10 and all(r["model_requested"] == "verified" for r in got), got
+    left = [r for r in got if r["status"] == 499]
+    assert len(left) >= 5, got  # the cancel path (the one under test) ran
+    # no call had answered: nothing but a cut stream's prompt (the rule for every stream) is charged
+    assert all(r["completion_tokens"] == 0 and (r["stream"] or r["prompt_tokens"] == 0) for r in left), left
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") in ("0", ""):
+        # Serve's own proxy reports every hang-up (HAProxy forwards some only once answered)
+        assert len(left) == 10, got
+    assert mock.state()["counts"]["requests"] >= 2  # the cascade's calls were in flight when they left
