@@ -13,56 +13,17 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port, gateway_test_config, serve_http_port
+from tests.keyed_gateway import admin, keyed_gateway, new_key
 
 MASTER = "sk-master-e2e"
 APP = "doka-accounts-e2e"
 PREFIX = "/acct"
 
 
-def _deploy(cfg) -> None:
-    from ray import serve
-
-    from app.graph import build_app
-
-    serve.run(build_app(cfg), name=APP, route_prefix=PREFIX)
-
-
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    from app.config import parse_config
-
-    port = free_port()
-    raw = gateway_test_config(mock_upstream.port, port)
-    raw["server"]["data_dir"] = str(tmp_path_factory.mktemp("acct"))
-    raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2}
-    raw["deployments"]["ingress"]["num_replicas"] = 2
-    cfg = parse_config(raw)
-    port = serve_http_port(port)
-    _deploy(cfg)
-    url = f"http://127.0.0.1:{port}{PREFIX}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    mock_upstream.reset()
-    yield type("GW", (), {"url": url, "cfg": cfg, "mock": mock_upstream})
-    serve.delete(APP)
-
-
-def admin(gw, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kw)
-
-
-def new_key(gw, **limits) -> dict:
-    r = admin(gw, "POST", "/key/generate", json=limits)
-    assert r.status_code == 200, r.text
-    return r.json()
+    yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("acct"), app=APP, prefix=PREFIX, master=MASTER,
+                             ingress_replicas=2)
 
 
 def chat(gw, key: str | None, model: str = "mock-gpt-3.5", **extra) -> httpx.Response:
@@ -166,7 +127,7 @@ def test_spend_and_quota_survive_a_gateway_restart(gw):
     assert chat(gw, key["key"]).status_code == 429
 
     serve.delete(APP)  # the whole app goes, accounts deployment included; its ledger buffer is flushed
-    _deploy(gw.cfg)
+    gw.deploy()
     after = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]
     assert after["tokens_today"] == before["tokens_today"] and after["spend_usd"] == pytest.approx(before["spend_usd"])
     assert chat(gw, key["key"]).status_code == 429  # the quota is still used up

@@ -18,7 +18,7 @@ import pytest
 
 from accounts import estimate
 from deployments.cascade import agree, answer_key, replay
-from tests.conftest import free_port, gateway_test_config, serve_http_port
+from tests.keyed_gateway import admin, keyed_gateway, new_key
 
 MASTER = "sk-master-cascade"
 APP = "doka-cascade-test"
@@ -63,30 +63,7 @@ def test_replay_is_the_stream_an_openai_client_reads():
 # ------------------------------------------------------------------ through the gateway
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    from app.config import parse_config
-    from app.graph import build_app
-
-    port = free_port()
-    raw = gateway_test_config(mock_upstream.port, port)
-    raw["server"]["data_dir"] = str(tmp_path_factory.mktemp("cascade"))
-    raw["accounts"] = {"require_keys": True, "master_key": MASTER, "settle_interval_s": 0.2}
-    cfg = parse_config(raw)
-    port = serve_http_port(port)
-    serve.run(build_app(cfg), name=APP, route_prefix=PREFIX)
-    url = f"http://127.0.0.1:{port}{PREFIX}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    mock_upstream.reset()
-    yield type("GW", (), {"url": url, "cfg": cfg, "mock": mock_upstream})
-    mock_upstream.reset()
-    serve.delete(APP)
+    yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("cascade"), app=APP, prefix=PREFIX, master=MASTER)
 
 
 @pytest.fixture()
@@ -94,16 +71,6 @@ def mock(gw):
     gw.mock.reset()
     yield gw.mock
     gw.mock.reset()
-
-
-def admin(gw, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kw)
-
-
-def new_key(gw, **limits) -> dict:
-    r = admin(gw, "POST", "/key/generate", json=limits)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def rows(gw, key: dict) -> list[dict]:

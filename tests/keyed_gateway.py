@@ -1,0 +1,63 @@
+"""A test module's own doka app with keys on (SQLite under a temp dir), beside the session's
+keys-off gateway on the same Serve proxy under its own route prefix; and the master-key calls
+the tests make on it (admin API, new keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from tests.conftest import MockUpstream, free_port, gateway_test_config, serve_http_port, wait_healthy
+
+
+@dataclass
+class KeyedGateway:
+    url: str
+    cfg: Any  # app.config.DokaConfig
+    mock: MockUpstream
+    master: str
+    app: str
+    prefix: str
+
+    def deploy(self) -> None:
+        """(Re)deploy the app; returns once it answers."""
+        from ray import serve
+
+        from app.graph import build_app
+
+        serve.run(build_app(self.cfg), name=self.app, route_prefix=self.prefix)
+        wait_healthy(f"{self.url}/health/liveliness", 60)
+
+
+def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, master: str,
+                  ingress_replicas: int = 1) -> Iterator[KeyedGateway]:
+    """Body of a module fixture: the gateway for the test config with keys on, deleted after."""
+    from ray import serve
+
+    from app.config import parse_config
+
+    port = free_port()
+    raw = gateway_test_config(mock.port, port)
+    raw["server"]["data_dir"] = str(data_dir)
+    raw["accounts"] = {"require_keys": True, "master_key": master, "settle_interval_s": 0.2}
+    raw["deployments"]["ingress"]["num_replicas"] = ingress_replicas
+    port = serve_http_port(port)
+    gw = KeyedGateway(f"http://127.0.0.1:{port}{prefix}", parse_config(raw), mock, master, app, prefix)
+    gw.deploy()
+    mock.reset()
+    yield gw
+    mock.reset()
+    serve.delete(app)
+
+
+def admin(gw: KeyedGateway, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, gw.url + path, headers={"Authorization": f"Bearer {gw.master}"}, timeout=30, **kw)
+
+
+def new_key(gw: KeyedGateway, **limits: Any) -> dict:
+    r = admin(gw, "POST", "/key/generate", json=limits)
+    assert r.status_code == 200, r.text
+    return r.json()
