@@ -762,9 +762,12 @@ class Ingress:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 it = replay(result, include_usage).__aiter__()
                 result = (await it.__anext__(), it)
+            self._obs.metrics.cascade(name, "agreed")
             return _Attempt(result, spec.weak, "cascade:agreed", [spec.weak, spec.verifier], side,
                             answers[spec.weak].get("usage"))
-        reason = "cascade:escalated" if len(answers) == 2 else "cascade:failed_check"
+        outcome = "escalated" if len(answers) == 2 else "failed_check"
+        self._obs.metrics.cascade(name, outcome)
+        reason = f"cascade:{outcome}"
         att = await self._run_chain(kind, body, chain, reason, stream=stream)
         att.tried = [spec.weak, spec.verifier, *att.tried]
         att.side = side
@@ -887,9 +890,6 @@ class Ingress:
         replica's __del__ waits for unfinished settlements on graceful shutdown. `side`: the
         other calls made for it (a cascade's), added to its tokens and cost.
         """
-        self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason)
-        if isinstance(self._accounts, NoAccounts):
-            return None
         usage = usage or {}
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
@@ -900,10 +900,15 @@ class Ingress:
             calls.append((m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)))
         costs = [e.cost(cp, cc) for m, cp, cc in calls if (e := self.cfg.model(m)) is not None]
         known = [x for x in costs if x is not None]
+        cost = sum(known) if known else None
+        self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason,
+                         cost if side else None)
+        if isinstance(self._accounts, NoAccounts):
+            return None
         task = asyncio.ensure_future(self._accounts.settle(
             grant, request_id=request_id, model_requested=requested, model=model,
             prompt_tokens=sum(cp for _, cp, _ in calls), completion_tokens=sum(cc for _, _, cc in calls),
-            cost_usd=sum(known) if known else None, status=status,
+            cost_usd=cost, status=status,
             latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream))
         self._settling.add(task)
         task.add_done_callback(partial(_settled, self._settling, request_id))

@@ -43,6 +43,7 @@ class RequestObservation:
         self._start = time.perf_counter()
         self._finished = False
         self.last_response: dict[str, Any] | None = None  # summary of the answering attempt
+        self._last_failed = False  # the latest attempt failed: the next one is a fallback
 
     @contextmanager
     def routing(self, candidates: list[str] | None = None, started: float | None = None) -> Iterator["_Routing"]:
@@ -56,8 +57,9 @@ class RequestObservation:
 
     @contextmanager
     def attempt(self, model: str, upstream_model: str | None = None) -> Iterator[AttemptSpan]:
-        """One upstream attempt; a second attempt in a request counts as a fallback."""
-        if self.record.attempts:
+        """One upstream attempt; one started after a failed attempt counts as a fallback (a
+        cascade's verifier and strong calls follow answers, not failures)."""
+        if self.record.attempts and self._last_failed:
             self._obs.metrics.fallback(self.record.attempts[-1], model)
         self.record.attempts.append(model)
         ok = False
@@ -66,6 +68,7 @@ class RequestObservation:
                 yield attempt
                 ok = True
         finally:
+            self._last_failed = not ok
             self._obs.metrics.attempt(model, ok)
 
     @contextmanager
@@ -262,8 +265,11 @@ class Observability:
         status_code: int = 200,
         error: str | None = None,
         route_reason: str | None = None,
+        cost: float | None = None,
     ) -> TraceRecord | None:
-        """Close an open request by id (the ingress's settle point for answers, errors and streams)."""
+        """Close an open request by id (the ingress's settle point for answers, errors and streams).
+
+        `cost`: the request's USD when it is more than the answering call's (a cascade's calls)."""
         req = self._open.pop(request_id, None)
         if req is None:
             return None
@@ -273,7 +279,7 @@ class Observability:
         if route_reason:  # the ingress's reason (explicit, chain, fallback tier) + the router's
             rr = req.record.route_reason
             req.record.route_reason = route_reason if not rr or rr == route_reason else f"{route_reason}; {rr}"
-        return req.finish(model, response or None, status_code=status_code, error=error)
+        return req.finish(model, response or None, status_code=status_code, error=error, cost=cost)
 
     def start(
         self,

@@ -47,6 +47,8 @@ SPECS = {
         _Spec("histogram", "doka_routing_latency_seconds", "Router call latency seen by the ingress", ("strategy",), ROUTING_BUCKETS),
         _Spec("counter", "doka_upstream_attempts_total", "Upstream attempts by model and outcome", ("model", "outcome")),
         _Spec("counter", "doka_fallbacks_total", "Fallbacks from a failed model to the next one", ("from_model", "to_model")),
+        _Spec("counter", "doka_cascade_outcomes_total", "Cascade requests by outcome (agreed, escalated, failed_check)",
+              ("cascade", "outcome")),
         _Spec("gauge", "doka_router_degraded", "1 while the router answers with its fallback strategy", ()),
         _Spec("gauge", "doka_router_artifact_info", "The router artifact version in use (value 1)", ("version",)),
     )
@@ -187,6 +189,9 @@ class GatewayMetrics:
 
     def fallback(self, from_model: str, to_model: str) -> None:
         self._record("doka_fallbacks_total", from_model=self.model_label(from_model), to_model=self.model_label(to_model))
+
+    def cascade(self, name: str, outcome: str) -> None:
+        self._record("doka_cascade_outcomes_total", cascade=self.model_label(name), outcome=outcome)
 
     def first_token(self, model: str, seconds: float) -> None:
         self._record("doka_time_to_first_token_seconds", seconds, model=self.model_label(model))

@@ -93,6 +93,18 @@ def client(gw, key: dict) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0, timeout=30)
 
 
+def metric(gw, name: str, **labels: str) -> float:
+    """A doka_* counter's value on the gateway's /metrics (one ingress replica here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+FALLBACK = {"to_model": "mock-gpt-4"}  # from whichever cheap call failed last
+
+
 def cost(gw, model: str, p: int, c: int) -> float:
     return gw.cfg.model(model).cost(p, c)
 
@@ -103,6 +115,7 @@ def test_agreeing_models_answer_with_the_weak_one_and_both_calls_are_charged(gw,
     raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
     resp = raw.parse()
     assert resp.choices[0].message.content == "B"
+    assert metric(gw, "doka_cascade_outcomes_total", cascade="verified", outcome="agreed") >= 1
     assert raw.headers["x-doka-model"] == "mock-mixtral" and raw.headers["x-doka-route-reason"] == "cascade:agreed"
     assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-3.5"
     assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1}  # the strong model was never asked
@@ -117,8 +130,11 @@ def test_agreeing_models_answer_with_the_weak_one_and_both_calls_are_charged(gw,
 def test_disagreement_escalates_to_the_strong_model_and_all_three_are_charged(gw, mock):
     mock.state(answers={WEAK: "A", VERIFIER: "B"}, reset_counts=True)
     key = new_key(gw)
+    escalated, fallbacks = metric(gw, "doka_cascade_outcomes_total", outcome="escalated"), metric(gw, "doka_fallbacks_total", **FALLBACK)
     raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
     resp = raw.parse()
+    assert metric(gw, "doka_cascade_outcomes_total", cascade="verified", outcome="escalated") == escalated + 1
+    assert metric(gw, "doka_fallbacks_total", **FALLBACK) == fallbacks  # escalation is not a fallback
     assert raw.headers["x-doka-model"] == "mock-gpt-4" and raw.headers["x-doka-route-reason"] == "cascade:escalated"
     assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-3.5,mock-gpt-4"
     assert "mock answer from gpt-4-turbo" in resp.choices[0].message.content
@@ -163,18 +179,26 @@ def test_a_failing_verifier_escalates_and_its_weak_call_is_still_charged(gw, moc
     mock.state(answers={WEAK: "B"}, faults={VERIFIER: "500"}, reset_counts=True)
     key = new_key(gw)
     raw = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
+    assert metric(gw, "doka_cascade_outcomes_total", cascade="verified", outcome="failed_check") >= 1
     assert raw.headers["x-doka-model"] == "mock-gpt-4"
     assert raw.headers["x-doka-route-reason"] == "cascade:failed_check"
     resp = raw.parse()
     [row] = settled(gw, key, 1)
     p, c = resp.usage.prompt_tokens, resp.usage.completion_tokens
     assert (row["prompt_tokens"], row["completion_tokens"]) == (2 * p, c + 1)  # the 500 cost nothing
+    # both cheap calls failing: the strong call is a fallback like any tier after a failure
+    mock.state(faults={WEAK: "500", VERIFIER: "500"})
+    fallbacks = metric(gw, "doka_fallbacks_total", **FALLBACK)
+    r = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=8)
+    assert r.headers["x-doka-route-reason"] == "cascade:failed_check" and r.headers["x-doka-model"] == "mock-gpt-4"
+    assert metric(gw, "doka_fallbacks_total", **FALLBACK) == fallbacks + 1
+    settled(gw, key, 2)
     # and when every call fails, the client gets an OpenAI error and the weak call is still on the row
     mock.state(faults={VERIFIER: "500", STRONG: "500"})
     with pytest.raises(openai.APIStatusError) as err:
         client(gw, key).chat.completions.create(model="verified", messages=MSG, max_tokens=8)
     assert err.value.status_code == 502 and err.value.body["type"] in ("api_error", "server_error", "upstream_error")
-    failed = [r for r in settled(gw, key, 2) if r["status"] != 200]
+    failed = [r for r in settled(gw, key, 3) if r["status"] != 200]
     assert len(failed) == 1 and failed[0]["prompt_tokens"] == p and failed[0]["completion_tokens"] == 1
 
 
