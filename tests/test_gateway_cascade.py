@@ -291,3 +291,24 @@ def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
         # Serve's own proxy reports every hang-up (HAProxy forwards some only once answered)
         assert len(left) == 10, got
     assert mock.state()["counts"]["requests"] >= 2  # the cascade's calls were in flight when they left
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_messages_through_a_cascade(gw, mock, stream):
+    """The Messages API rides the same path: the replayed agreed answer in Anthropic's shape."""
+    import anthropic
+
+    mock.state(answers={WEAK: "B", VERIFIER: "B"}, reset_counts=True)
+    key = new_key(gw)
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=key["key"], max_retries=0)
+    if stream:
+        with claude.messages.stream(model="verified", max_tokens=8, messages=MSG) as s:
+            text = "".join(s.text_stream)
+            final = s.get_final_message()
+    else:
+        final = claude.messages.create(model="verified", max_tokens=8, messages=MSG)
+        text = final.content[0].text
+    assert text == "B" and final.stop_reason == "end_turn"
+    [row] = settled(gw, key, 1)
+    assert row["route_reason"] == "cascade:agreed" and row["model"] == "mock-mixtral"
+    assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1}
