@@ -265,6 +265,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=15, help="seconds per measurement")
     p.add_argument("--latency-ms", type=float, default=50.0, help="mock upstream latency")
     p.add_argument("--models", default="mock-gpt-3.5,auto", help="comma-separated doka model names to call")
+    p.add_argument("--mock-answer", action="append", default=[], metavar="UPSTREAM_MODEL=TEXT",
+                   help="a fixed answer for one upstream model (repeatable): makes a cascade's models agree")
     p.add_argument("--keys", choices=["on", "off", "both"], default="on",
                    help="on: every request carries a virtual key (auth + quota + ledger row); both: a "
                    "keys-off and a keys-on gateway side by side, alternated (load/bench_keys.py)")
@@ -305,6 +307,11 @@ def run_bench(args: argparse.Namespace) -> int:
     la_before = os.getloadavg()
     try:
         mock, mock_port = start_mock(args.latency_ms)
+        if args.mock_answer:
+            import httpx
+
+            answers = dict(a.split("=", 1) for a in args.mock_answer)
+            httpx.post(f"http://127.0.0.1:{mock_port}/_mock/state", json={"answers": answers}, timeout=10).raise_for_status()
         gw = Gateway(mock_port, keys=args.keys == "on", learned=args.router == "learned", perf=not args.no_perf)
         gw.ready()
         url = f"{gw.url}/v1/chat/completions"
