@@ -733,8 +733,8 @@ class Ingress:
         """`cascades.<name>`: ask weak and verifier at once; their agreed answer, else the strong chain's.
 
         Both are asked for a whole answer (a stream is replayed from the weak one once they
-        agree). Every call that answered is appended to `side` as it is known, so whatever way
-        the request ends charges it; a call still running when the client leaves is cancelled.
+        agree). Every call that answered is added to `side`, also when the client leaves, so
+        whatever way the request ends charges it; a call still running then is cancelled.
         """
         spec = self._cascades[name]
         quiet = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}

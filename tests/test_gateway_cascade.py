@@ -257,12 +257,19 @@ def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(g
 
 
 def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
-    """Clients that hang up while the weak and verifier calls run (plain and streamed): each
-    request has one 499 row, nothing stays reserved, and the abandoned calls were cancelled."""
-    key = new_key(gw, tokens_per_day=1_000_000)
+    """Clients that hang up while the weak and verifier calls run (plain and streamed), 5 rounds
+    of 10: each request has exactly one row, nothing stays reserved, and a request whose hang-up
+    reached the replica (499) was charged for no call.
+
+    Serve's own proxy reports every hang-up. HAProxy (`make test`'s default, as `make run`'s)
+    keeps a request it has forwarded open after its client leaves (`abortonclose` drops only
+    queued ones), so there some run to their answer (200, charged in full) and a share arrive as
+    499: the rounds are many enough that the cancel path is seen either way.
+    """
+    key = new_key(gw, tokens_per_day=10_000_000)
     headers = {"Authorization": f"Bearer {key['key']}"}
     body = {"model": "verified", "messages": MSG, "max_tokens": 8}
-    mock.state(latency_ms=3000, reset_counts=True)  # far slower than the clients wait
+    mock.state(latency_ms=1500, reset_counts=True)  # far slower than the clients wait
 
     async def leave(http: httpx.AsyncClient, stream: bool) -> str:
         try:
@@ -276,20 +283,23 @@ def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
             return "left"
         return "answered"
 
-    async def run() -> list[str]:
+    async def round_() -> list[str]:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=0.5)) as http:
             return await asyncio.gather(*[leave(http, stream=i % 2 == 1) for i in range(10)])
 
-    assert asyncio.run(run()) == ["left"] * 10
-    got = settled(gw, key, 10)
-    assert len(got) == 10 and all(r["model_requested"] == "verified" for r in got), got
+    for n in range(1, 6):
+        assert asyncio.run(round_()) == ["left"] * 10
+        got = settled(gw, key, 10 * n)  # this round's holds released before the next round
+    assert len(got) == 50 and all(r["model_requested"] == "verified" for r in got), got
     left = [r for r in got if r["status"] == 499]
-    assert len(left) >= 5, got  # the cancel path (the one under test) ran
+    assert left, got  # the cancel path (the one under test) ran
     # no call had answered: nothing but a cut stream's prompt (the rule for every stream) is charged
     assert all(r["completion_tokens"] == 0 and (r["stream"] or r["prompt_tokens"] == 0) for r in left), left
+    answered = [r for r in got if r["status"] != 499]
+    assert all(r["status"] == 200 and r["route_reason"] == "cascade:escalated" and r["completion_tokens"] > 0
+               for r in answered), answered
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") in ("0", ""):
-        # Serve's own proxy reports every hang-up (HAProxy forwards some only once answered)
-        assert len(left) == 10, got
+        assert not answered, answered
     assert mock.state()["counts"]["requests"] >= 2  # the cascade's calls were in flight when they left
 
 
