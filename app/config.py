@@ -335,9 +335,9 @@ class DokaConfig(_Strict):
     def chain_for(self, name: str) -> list[str]:
         """The ordered models to try for a requested name.
 
-        A chain name gives that chain; a cascade, its strong model's (what it escalates to).
-        A model name gives the model, then the rest of the
-        first chain that contains it (so `vllm-qwen` falls back along `vllm-qwen -> ...`).
+        A chain name gives that chain; a cascade, its strong model's (what it escalates to). A
+        model name gives the model, then the rest of the first chain that contains it (so
+        `vllm-qwen` falls back along `vllm-qwen -> ...`).
         """
         chain = self.lookups.chains.get(name)
         return list(chain) if chain is not None else [name]
