@@ -58,8 +58,18 @@ class OpenAIError(Exception):
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+# upstream answers that refuse the request itself (not the tier): another tier would refuse it too
+CLIENT_ERROR_STATUSES = (400, 404, 413, 422)
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
+
+
+def model_not_allowed(what: str, permitted: set[str]) -> OpenAIError:
+    """403 for a key whose allow-list leaves nothing to call; `what` says what it lacks."""
+    return OpenAIError(403, f"{what}; allowed: {', '.join(sorted(permitted))}", type="permission_error",
+                       param="model", code="model_not_allowed")
 
 
 def unknown_model(name: str, known: list[str]) -> OpenAIError:
@@ -114,4 +124,4 @@ class UpstreamError(Exception):
     @property
     def is_client_error(self) -> bool:
         """The request itself was refused: trying another tier would not help."""
-        return self.status in (400, 404, 413, 422)
+        return self.status in CLIENT_ERROR_STATUSES

@@ -39,7 +39,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from accounts.estimate import prompt_tokens
 from app import anthropic_api, responses_api
 from app.config import DokaConfig, parse_config
-from app.errors import OpenAIError, UpstreamError, bad_request, body_too_large, unknown_model, upstream_exhausted
+from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
+                        model_not_allowed, unknown_model, upstream_exhausted)
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
 from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
@@ -637,9 +638,8 @@ class Ingress:
         if cascade is not None and permitted is not None:
             missing = sorted({cascade.weak, cascade.verifier} - permitted)
             if missing:  # the answer comes from agreement of the two: both must be callable
-                raise OpenAIError(403, f"cascade {requested!r} calls {', '.join(missing)}, which this key may not use; "
-                                  f"allowed: {', '.join(sorted(permitted))}", type="permission_error", param="model",
-                                  code="model_not_allowed")
+                raise model_not_allowed(f"cascade {requested!r} calls {', '.join(missing)}, which this key may not use",
+                                        permitted)
         if requested != self._auto:
             reason = f"chain:{requested}" if requested in self.cfg.fallbacks else "explicit"
             return self._allowed_chain(self.cfg.chain_for(requested), permitted, requested), reason, None
@@ -652,9 +652,7 @@ class Ingress:
         if permitted is not None:
             candidates = [c for c in candidates if c in permitted]
             if not candidates:
-                raise OpenAIError(403, f"this key may use none of the {self._auto!r} candidates; allowed: "
-                                  f"{', '.join(sorted(permitted))}", type="permission_error", param="model",
-                                  code="model_not_allowed")
+                raise model_not_allowed(f"this key may use none of the {self._auto!r} candidates", permitted)
         if early is not None and early.candidates != candidates:
             early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
             early = None
@@ -679,9 +677,7 @@ class Ingress:
             return chain
         kept = [m for m in chain if m in permitted]
         if not kept:
-            raise OpenAIError(403, f"this key may use no model of {requested!r} ({', '.join(chain)}); allowed: "
-                              f"{', '.join(sorted(permitted))}", type="permission_error", param="model",
-                              code="model_not_allowed")
+            raise model_not_allowed(f"this key may use no model of {requested!r} ({', '.join(chain)})", permitted)
         return kept
 
     async def _run_chain(self, kind: str, body: dict[str, Any], chain: list[str], base_reason: str,
@@ -751,12 +747,12 @@ class Ingress:
                 elif call.exception() is None:
                     answers[m] = call.result().result
                     side.append((m, answers[m].get("usage") or {}))
-                elif isinstance(err := call.exception(), OpenAIError) and err.status in (400, 404, 413, 422):
+                elif isinstance(err := call.exception(), OpenAIError) and err.status in CLIENT_ERROR_STATUSES:
                     refused = err  # the request itself was refused (`_run_chain`): no tier would take it
         if refused is not None:
             raise refused
         if len(answers) == 2 and agree(answers[spec.weak], answers[spec.verifier]):
-            del side[[m for m, _ in side].index(spec.weak)]  # the weak call is the answer now
+            side[:] = [(m, u) for m, u in side if m != spec.weak]  # the weak call is the answer now
             result = answers[spec.weak]
             if stream:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -891,28 +887,36 @@ class Ingress:
         other calls made for it (a cascade's), added to its tokens and cost.
         """
         usage = usage or {}
-        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
-            delivered = grant.meter.usage()  # what the stream sent (the gateway's rule when nothing else was called)
-            p, c = int(delivered["prompt_tokens"]), int(delivered["completion_tokens"])
-        calls = [(model, p, c)] if model else []
-        for m, u in side or ():
-            calls.append((m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)))
-        costs = [e.cost(cp, cc) for m, cp, cc in calls if (e := self.cfg.model(m)) is not None]
-        known = [x for x in costs if x is not None]
-        cost = sum(known) if known else None
+        keyed = not isinstance(self._accounts, NoAccounts)
+        # keys off and one call: nothing to add up (the observer prices the answer itself)
+        p, c, cost = self._charge(grant, model, usage, stream, side) if keyed or side else (0, 0, None)
         self._obs.finish(request_id, model, usage, status, None if status < 400 else f"http_{status}", reason,
                          cost if side else None)
-        if isinstance(self._accounts, NoAccounts):
+        if not keyed:
             return None
         task = asyncio.ensure_future(self._accounts.settle(
             grant, request_id=request_id, model_requested=requested, model=model,
-            prompt_tokens=sum(cp for _, cp, _ in calls), completion_tokens=sum(cc for _, _, cc in calls),
-            cost_usd=cost, status=status,
+            prompt_tokens=p, completion_tokens=c, cost_usd=cost, status=status,
             latency_ms=(time.perf_counter() - started) * 1000, route_reason=reason, stream=stream))
         self._settling.add(task)
         task.add_done_callback(partial(_settled, self._settling, request_id))
         return task
+
+    def _charge(self, grant: Any, model: str | None, usage: dict, stream: bool,
+                side: list[tuple[str, dict]] | None) -> tuple[int, int, float | None]:
+        """Prompt tokens, completion tokens and USD of a request: the answering call's plus every
+        side call's (a cascade's); USD None when no model called has a price."""
+        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
+            # a stream cut off without usage is charged what it delivered: the gateway's rule
+            # (accounts/gateway.py), applied here because the side calls' tokens are added to it
+            delivered = grant.meter.usage()
+            p, c = int(delivered["prompt_tokens"]), int(delivered["completion_tokens"])
+        calls = [(model, p, c)] + [
+            (m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)) for m, u in side or ()]
+        costs = [x for m, cp, cc in calls
+                 if m and (e := self.cfg.model(m)) is not None and (x := e.cost(cp, cc)) is not None]
+        return sum(cp for _, cp, _ in calls), sum(cc for _, _, cc in calls), (sum(costs) if costs else None)
 
     def _model_list(self) -> dict[str, Any]:
         data = []
