@@ -92,9 +92,10 @@ def main() -> None:
     for held in TASKS:  # leave-one-task-out: the verifier a team without `held` in its data would pick
         v = max(VERIFIERS, key=lambda v: min(a for t, a in inner[v].items() if t != held))
         d = test[held]
-        r = report(disagreement(d, v, featurizer), d)
+        score = disagreement(d, v, featurizer)
+        r = report(score, d)
         # the gateway's cascade is the binary rule (escalate on any difference): one point of the curve
-        esc = disagreement(d, v, featurizer) >= 1.0
+        esc = score >= 1.0
         qs, qw = d[STRONG].to_numpy(float), d[WEAK].to_numpy(float)
         q = np.where(esc, qs, qw).mean()
         pgr = (q - qw.mean()) / (qs.mean() - qw.mean())
