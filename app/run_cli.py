@@ -183,7 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     chains = ", ".join(f"{k}: {' -> '.join(v)}" for k, v in cfg.fallbacks.items()) or "none"
-    cascades = ", ".join(f"{k}: {c.weak} + {c.verifier} -> {c.strong}" for k, c in cfg.cascades.items()) or "none"
+    cascades = ", ".join(f"{k}: {c.weak} + {c.verifier} -> {c.strong}"
+                         + ("" if c.compare == "text" else f" ({c.compare})")
+                         for k, c in cfg.cascades.items()) or "none"
     print(f"{args.file}: OK — {len(cfg.model_list)} models, chains: {chains}, cascades: {cascades}, "
           f"auto strategy: {cfg.router.strategy}")
     return 0

@@ -11,29 +11,75 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
+
+Compare = Literal["text", "final_answer"]
 
 _SPACE = re.compile(r"\s+")
 _EDGES = " \t\n\"'`.,;:!?()[]{}*"
+# Where a worked answer states its result, as math and multiple-choice prompts ask for it: GSM8K's
+# "#### 42", "the (final) answer is 42.", "Answer: (B)". A sentence ends at a full stop followed
+# by a space or the end (so "3.5" stays whole) or at a line break.
+_STATED = re.compile(r"(?:####|\b(?:final answer|answer)\s*(?:is|:|=))\s*(.+?)(?=\.\s|\.?$|\n)",
+                     re.IGNORECASE | re.MULTILINE)
+_BOXED = "\\boxed{"
+_NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?%?$", re.IGNORECASE)
 
 
-def answer_key(result: dict[str, Any]) -> str:
+def _boxed(text: str) -> str | None:
+    """The content of the last LaTeX `\\boxed{...}` (braces balanced), if any."""
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, i = 1, start + len(_BOXED)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def final_answer(text: str) -> str | None:
+    """The result a worked answer states (`\\boxed{}`, `#### x`, "the answer is x", "Answer: x"),
+    the last one stated; None when it states none (free text is compared whole)."""
+    boxed = _boxed(text)
+    if boxed is not None:
+        return boxed
+    stated = _STATED.findall(text)
+    return stated[-1] if stated else None
+
+
+def _normalise(text: str) -> str:
+    norm = _SPACE.sub(" ", text).strip(_EDGES).casefold()
+    number = norm.lstrip("$").strip()
+    if _NUMBER.match(number):  # $1,000 / 1000.0 / 1e3 are one number
+        try:
+            value = float(number.replace(",", "").rstrip("%"))
+            norm = f"{value:.12g}" + ("%" if number.endswith("%") else "")
+        except ValueError:
+            pass
+    return norm
+
+
+def answer_key(result: dict[str, Any], compare: Compare = "text") -> str:
     """What two answers must share to agree: the first choice's text (chat or completion),
     case-folded, whitespace collapsed, quotes and punctuation at the ends dropped, plus its tool
-    calls (name and arguments)."""
+    calls (name and arguments). With `final_answer`, only the result the text states, when it
+    states one: two worked solutions that reach 42 by different words agree."""
     choices = result.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    text = message.get("content") if "message" in choice else choice.get("text")
+    text = str((message.get("content") if "message" in choice else choice.get("text")) or "")
     calls = [(c.get("function") or {}).get("name", "") + (c.get("function") or {}).get("arguments", "")
              for c in message.get("tool_calls") or [] if isinstance(c, dict)]
-    norm = _SPACE.sub(" ", str(text or "")).strip(_EDGES).casefold()
+    stated = final_answer(text) if compare == "final_answer" else None
+    norm = _normalise(text if stated is None else stated)
     return norm + ("\x00" + json.dumps(calls) if calls else "")
 
 
-def agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def agree(a: dict[str, Any], b: dict[str, Any], compare: Compare = "text") -> bool:
     """Two answers agree when their keys match; two empty answers never do (nothing was said)."""
-    ka, kb = answer_key(a), answer_key(b)
+    ka, kb = answer_key(a, compare), answer_key(b, compare)
     return bool(ka) and ka == kb
 
 

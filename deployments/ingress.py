@@ -751,7 +751,7 @@ class Ingress:
                     refused = err  # the request itself was refused (`_run_chain`): no tier would take it
         if refused is not None:
             raise refused
-        if len(answers) == 2 and agree(answers[spec.weak], answers[spec.verifier]):
+        if len(answers) == 2 and agree(answers[spec.weak], answers[spec.verifier], spec.compare):
             side[:] = [(m, u) for m, u in side if m != spec.weak]  # the weak call is the answer now
             result = answers[spec.weak]
             if stream:

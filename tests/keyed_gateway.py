@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -33,8 +33,9 @@ class KeyedGateway:
 
 
 def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, master: str,
-                  ingress_replicas: int = 1) -> Iterator[KeyedGateway]:
-    """Body of a module fixture: the gateway for the test config with keys on, deleted after."""
+                  ingress_replicas: int = 1, edit: Callable[[dict], None] | None = None) -> Iterator[KeyedGateway]:
+    """Body of a module fixture: the gateway for the test config with keys on, deleted after;
+    `edit` changes the raw config first (a module's own cascades, say)."""
     from ray import serve
 
     from app.config import parse_config
@@ -44,6 +45,8 @@ def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, 
     raw["server"]["data_dir"] = str(data_dir)
     raw["accounts"] = {"require_keys": True, "master_key": master, "settle_interval_s": 0.2}
     raw["deployments"]["ingress"]["num_replicas"] = ingress_replicas
+    if edit is not None:
+        edit(raw)
     port = serve_http_port(port)
     gw = KeyedGateway(f"http://127.0.0.1:{port}{prefix}", parse_config(raw), mock, master, app, prefix)
     gw.deploy()

@@ -43,6 +43,22 @@ def test_answers_agree_on_their_normalised_text_and_tool_calls():
     assert answer_key(chat("Hello   World")) == "hello world"
 
 
+def test_final_answer_compares_the_result_a_worked_answer_states():
+    def chat(text):
+        return {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
+
+    def same(a, b):
+        return agree(chat(a), chat(b), "final_answer")
+
+    assert same("48 / 2 = 24, and 48 + 24 = 72.\n#### 72", "She sold 72 clips in all. The answer is 72.")
+    assert same("The answer is $1,000.", "Answer: 1000") and same("The answer is 3.5. Since x", "answer: 3.50")
+    assert same("so \\boxed{\\frac{1}{2}}", "The final answer is \\frac{1}{2}.")
+    assert same("The answer is (B).", "B")  # one states a result, the other is only the result
+    assert not same("#### 71", "The answer is 72") and not same("The answer is B", "The answer is C")
+    assert not same("Paris, I think", "It is Paris") and same("Paris.", "paris")  # nothing stated: whole text
+    assert not agree(chat("#### 72"), chat("The answer is 72."))  # `text`, the default, compares it all
+
+
 def test_replay_is_the_stream_an_openai_client_reads():
     from openai.types.chat import ChatCompletionChunk
 
@@ -61,9 +77,15 @@ def test_replay_is_the_stream_an_openai_client_reads():
 
 
 # ------------------------------------------------------------------ through the gateway
+def _worked(raw: dict) -> None:
+    """`worked`: config/default.yaml's `verified` comparing stated results (`compare: final_answer`)."""
+    raw["cascades"]["worked"] = {**raw["cascades"]["verified"], "compare": "final_answer"}
+
+
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
-    yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("cascade"), app=APP, prefix=PREFIX, master=MASTER)
+    yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("cascade"), app=APP, prefix=PREFIX, master=MASTER,
+                             edit=_worked)
 
 
 @pytest.fixture()
@@ -145,6 +167,24 @@ def test_disagreement_escalates_to_the_strong_model_and_all_three_are_charged(gw
     assert (row["prompt_tokens"], row["completion_tokens"]) == (3 * p, c + 1 + 1)  # "A" and "B": one token each
     assert row["cost_usd"] == pytest.approx(
         cost(gw, "mock-gpt-4", p, c) + cost(gw, "mock-mixtral", p, 1) + cost(gw, "mock-gpt-3.5", p, 1))
+
+
+def test_a_final_answer_cascade_agrees_on_the_stated_result_where_text_escalates(gw, mock):
+    mock.state(answers={WEAK: "48 / 2 = 24 and 48 + 24 = 72.\n#### 72",
+                        VERIFIER: "She sold 72 clips altogether. The answer is 72."}, reset_counts=True)
+    key = new_key(gw)
+    worked = client(gw, key).chat.completions.with_raw_response.create(model="worked", messages=MSG, max_tokens=32)
+    assert worked.headers["x-doka-route-reason"] == "cascade:agreed"
+    assert worked.headers["x-doka-model"] == "mock-mixtral"
+    assert worked.parse().choices[0].message.content.endswith("#### 72")  # the weak answer, whole
+    assert metric(gw, "doka_cascade_outcomes_total", cascade="worked", outcome="agreed") >= 1
+    text = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=32)
+    assert text.headers["x-doka-route-reason"] == "cascade:escalated"  # the same answers, compared whole
+    mock.state(answers={WEAK: "#### 71", VERIFIER: "The answer is 72."}, reset_counts=True)
+    wrong = client(gw, key).chat.completions.with_raw_response.create(model="worked", messages=MSG, max_tokens=32)
+    assert wrong.headers["x-doka-route-reason"] == "cascade:escalated" and wrong.headers["x-doka-model"] == "mock-gpt-4"
+    assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1, STRONG: 1}
+    assert [r["route_reason"] for r in settled(gw, key, 3)].count("cascade:agreed") == 1
 
 
 @pytest.mark.parametrize("agreeing", [True, False])

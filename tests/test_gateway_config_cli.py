@@ -32,6 +32,7 @@ def test_a_cascade_names_three_different_chat_models_and_no_taken_name():
 
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     assert parse_config(raw).chain_for("verified") == ["mock-gpt-4"]  # escalation: the strong model's chain
+    assert parse_config(raw).cascades["verified"].compare == "text"  # the whole answer unless asked otherwise
     ok = {"weak": "mock-mixtral", "verifier": "mock-gpt-3.5", "strong": "mock-gpt-4"}
     for cascades, says in (
         ({"x": {**ok, "verifier": "mock-mixtral"}}, "three different models"),
@@ -40,6 +41,7 @@ def test_a_cascade_names_three_different_chat_models_and_no_taken_name():
         ({"default": ok}, "cascade 'default' clashes"),
         ({"auto": ok}, "cascade 'auto' clashes"),
         ({"x": {**ok, "extra": 1}}, "cascades.x.extra"),
+        ({"x": {**ok, "compare": "embedding"}}, "cascades.x.compare"),
     ):
         with pytest.raises(ConfigError, match=says):
             parse_config({**raw, "cascades": cascades})
