@@ -31,6 +31,64 @@ def test_import_routerbench(tmp_path, capsys):
     assert summary["train"]["records"] > 2000 and len(summary["test"]["models"]) == 11
     first = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])
     assert set(first) >= {"id", "prompt", "scores", "costs"} and "mixtral-8x7b-chat" in first["scores"]
+    assert set(first["responses"]) == set(first["scores"])  # each model's answer, for eval-cascade
+    assert all(isinstance(t, str) and not t.startswith("[") for t in first["responses"].values())
+
+
+def _cascade_data(tmp_path) -> Path:
+    """Ten prompts, answers chosen so each outcome is known: 1-4 the two cheap models agree and the
+    weak one is right, 5 they agree on a wrong answer, 6-8 they differ (gpt-4 right, mixtral wrong),
+    9-10 they differ as worked answers that state the same result (mixtral right)."""
+    recs = []
+    for i in range(1, 11):
+        if i <= 5:
+            w, v = "B", "b."
+        elif i <= 8:
+            w, v = "A", "C"
+        else:
+            w, v = "12 + 30 = 42.\n#### 42", "Adding them gives 42. The answer is 42."
+        recs.append(Record(id=i, prompt=f"question {i}: A, B or C?",
+                           scores={"mixtral": float(i <= 4 or i >= 9), "gpt-4": 1.0, "yi": 1.0},
+                           costs={"mixtral": 0.001, "gpt-4": 0.01, "yi": 0.0005},
+                           responses={"mixtral": w, "yi": v, "gpt-4": "B"}))
+    return write_jsonl(from_records(recs), tmp_path / "answers.jsonl")
+
+
+def test_eval_cascade_scores_the_gateways_agreement_rule_on_recorded_answers(tmp_path, capsys):
+    data = _cascade_data(tmp_path)
+    base = ["router", "eval-cascade", "--data", str(data), "--weak", "mixtral", "--verifier", "yi", "--strong", "gpt-4"]
+    assert main(base + ["--quiet"]) == 0
+    rep = _json(capsys)
+    assert (rep["prompts"], rep["escalated_share"]) == (10, 0.5)  # 6-10 differ as whole texts
+    assert rep["quality"] == {"weak": 0.6, "strong": 1.0, "cascade": 0.9}  # only prompt 5 is answered wrong
+    assert rep["gap_recovered"] == pytest.approx(0.75) and rep["lift_over_random"] == pytest.approx(0.25)
+    assert rep["weak_right_when"] == {"agreed": 0.8, "escalated": 0.4}
+    # weak + verifier on every prompt, gpt-4 on the five escalated ones
+    assert rep["usd_per_1k_prompts"]["cascade"] == pytest.approx(1e3 * (0.0015 + 0.5 * 0.01))
+    assert main(base + ["--compare", "final_answer", "--quiet"]) == 0
+    worked = _json(capsys)  # 9 and 10 now agree on 42, and mixtral was right there
+    assert (worked["escalated_share"], worked["quality"]["cascade"]) == pytest.approx((0.3, 0.9))
+    assert worked["gap_recovered"] > 0 and worked["lift_over_random"] == pytest.approx(0.75 - 0.3)
+    assert main(base) == 0 and "escalated 50.0%" in capsys.readouterr().err  # the summary line for a terminal
+
+
+def test_eval_cascade_compares_a_router_and_names_what_is_missing(tmp_path, capsys):
+    data = _cascade_data(tmp_path)
+    art = tmp_path / "art"
+    assert main(["router", "train", "--family", "logreg", "--data", str(data), "--out", str(art),
+                 "--featurizer", "hashing-256", "--holdout", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    base = ["router", "eval-cascade", "--data", str(data), "--weak", "mixtral", "--strong", "gpt-4", "--quiet"]
+    assert main(base + ["--verifier", "yi", "--artifact", str(art)]) == 0
+    same = _json(capsys)["router_at_same_strong_share"]
+    assert same["family"] == "logreg" and 0.6 <= same["quality"] <= 1.0
+    assert main(base + ["--verifier", "claude"]) == 2  # no answers recorded for it
+    assert "answers from ['gpt-4', 'mixtral', 'yi']" in capsys.readouterr().err
+    assert main(base + ["--verifier", "mixtral"]) == 2
+    assert "three different models" in capsys.readouterr().err
+    assert main(["router", "eval-cascade", "--data", str(data), "--weak", "mistral", "--verifier", "yi",
+                 "--strong", "gpt-4", "--alias", "mixtral=mistral", "--quiet"]) == 0  # a dataset's other spelling
+    assert _json(capsys)["escalated_share"] == 0.5
 
 
 def test_train_eval_publish(tmp_path, capsys):

@@ -117,6 +117,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_cascade(args: argparse.Namespace) -> int:
+    from router.runtime import LearnedRouter
+    from training.cascade_eval import cascade_summary, evaluate_cascade
+    from training.evaluate import parse_alias_flags
+
+    router = None
+    if args.registry:
+        router = LearnedRouter.load(args.registry, args.artifact or "latest")
+    elif args.artifact:
+        router = LearnedRouter.from_path(args.artifact)
+    report = evaluate_cascade(args.data, weak=args.weak, verifier=args.verifier, strong=args.strong,
+                              compare=args.compare, aliases=parse_alias_flags(args.alias), router=router,
+                              bootstrap=args.bootstrap)
+    if not args.quiet:
+        print(cascade_summary(report), file=sys.stderr)
+    print(json.dumps(report, default=str))
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from router.runtime import LearnedRouter
     from training.calibrate import calibrate, read_prompts, write_cost_weight
@@ -206,6 +225,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="two-model mode: prompt resamples for the APGR standard error and 95%% interval (0: off)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run(_eval))
+
+    p = sub.add_parser("eval-cascade", help="score a cascade (weak + verifier, strong on disagreement) on a dataset "
+                       "whose records carry each model's answer; prints one JSON object")
+    p.add_argument("--data", required=True, help="JSONL dataset with `responses` ({model: answer}) per record")
+    p.add_argument("--weak", required=True, help="the model whose answer is kept when the verifier agrees")
+    p.add_argument("--verifier", required=True, help="the second cheap model")
+    p.add_argument("--strong", required=True, help="the model asked when they disagree")
+    p.add_argument("--compare", choices=["text", "final_answer"], default="text",
+                   help="agreement rule, as a cascade's `compare` in the config")
+    p.add_argument("--alias", action="append", metavar="DATASET_MODEL=NAME", help="rename a dataset model (repeatable)")
+    p.add_argument("--artifact", help="also score this router at the cascade's share of strong calls (folder, or "
+                   "a version with --registry)")
+    p.add_argument("--registry", help="registry URL to load --artifact from")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="resamples for the standard error")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_run(_eval_cascade))
 
     p = sub.add_parser("calibrate", help="the cost weight that sends a given share of a traffic sample to the strong model")
     p.add_argument("--artifact", help="artifact folder, or a version when --registry is given")

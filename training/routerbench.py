@@ -1,5 +1,7 @@
 """Import RouterBench's wide CSVs (one correctness column and one `|total_cost` column per model)
-into doka's JSONL dataset format, one file per split (`train.jsonl`, `test.jsonl`)."""
+into doka's JSONL dataset format, one file per split (`train.jsonl`, `test.jsonl`). Each model's
+answer (`<model>|model_response`) is kept as the record's `responses`, which routers ignore and
+`doka router eval-cascade` reads."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def _label(column: str) -> str:
 
 
 def _prompt(raw: str) -> str:
-    """RouterBench stores prompts as a Python list literal of turns; join them."""
+    """RouterBench stores prompts (and answers) as a Python list literal of turns; join them."""
     raw = raw.strip()
     if raw.startswith("["):
         try:
@@ -60,14 +62,16 @@ def read_csv(path: Path) -> tuple[list[Record], int]:
                     costs[_label(c)] = float(row[f"{c}|total_cost"])
                 except (TypeError, ValueError):
                     pass
+            responses = {_label(c): _prompt(row[f"{c}|model_response"]) for c in model_cols
+                         if row.get(f"{c}|model_response")}
             rid = row.get("sample_id") or row.get("") or str(len(records))
             if rid in seen:
                 dropped += 1
                 continue
             seen.add(rid)
-            records.append(
-                Record(id=rid, prompt=_prompt(row["prompt"]), scores=scores, costs=costs or None, task=row.get("eval_name"))
-            )
+            extra = {"responses": responses} if responses else {}
+            records.append(Record(id=rid, prompt=_prompt(row["prompt"]), scores=scores, costs=costs or None,
+                                  task=row.get("eval_name"), **extra))
     return records, dropped
 
 
