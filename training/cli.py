@@ -1,4 +1,4 @@
-"""`doka router ...`: import-routerbench, train, eval, publish, bootstrap.
+"""`doka router ...`: import-routerbench, train, eval, eval-cascade, calibrate, publish, bootstrap, versions.
 
 Errors (bad data, unknown family, refused artifact) print one clear line and exit 2.
 """
@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, get_args
+
+from deployments.cascade import Compare
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,6 +50,20 @@ def _run(fn):
     return handler
 
 
+def _router(args: argparse.Namespace, required: bool = True) -> Any:
+    """The artifact `--artifact PATH` or `--registry URL [--artifact VERSION]` names (None if
+    neither is given and none is required)."""
+    from router.runtime import LearnedRouter
+
+    if args.registry:
+        return LearnedRouter.load(args.registry, args.artifact or "latest")
+    if args.artifact:
+        return LearnedRouter.from_path(args.artifact)
+    if required:
+        raise ValueError("give --artifact PATH (or --registry URL [--artifact VERSION])")
+    return None
+
+
 def _import(args: argparse.Namespace) -> int:
     from training.routerbench import import_routerbench
 
@@ -84,18 +100,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from router.runtime import LearnedRouter
     from training.dataset import parse_cost_flags
     from training.evaluate import apgr_summary, evaluate, parse_alias_flags, plot
 
-    if args.registry:
-        router = LearnedRouter.load(args.registry, args.artifact or "latest")
-    else:
-        if not args.artifact:
-            raise ValueError("give --artifact PATH (or --registry URL [--artifact VERSION])")
-        router = LearnedRouter.from_path(args.artifact)
     report = evaluate(
-        router,
+        _router(args),
         args.data,
         aliases=parse_alias_flags(args.alias),
         strong=args.strong,
@@ -118,18 +127,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_cascade(args: argparse.Namespace) -> int:
-    from router.runtime import LearnedRouter
     from training.cascade_eval import cascade_summary, evaluate_cascade
     from training.evaluate import parse_alias_flags
 
-    router = None
-    if args.registry:
-        router = LearnedRouter.load(args.registry, args.artifact or "latest")
-    elif args.artifact:
-        router = LearnedRouter.from_path(args.artifact)
     report = evaluate_cascade(args.data, weak=args.weak, verifier=args.verifier, strong=args.strong,
-                              compare=args.compare, aliases=parse_alias_flags(args.alias), router=router,
-                              bootstrap=args.bootstrap)
+                              compare=args.compare, aliases=parse_alias_flags(args.alias),
+                              router=_router(args, required=False), bootstrap=args.bootstrap)
     if not args.quiet:
         print(cascade_summary(report), file=sys.stderr)
     print(json.dumps(report, default=str))
@@ -137,16 +140,9 @@ def _eval_cascade(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from router.runtime import LearnedRouter
     from training.calibrate import calibrate, read_prompts, write_cost_weight
 
-    if args.registry:
-        router = LearnedRouter.load(args.registry, args.artifact or "latest")
-    elif args.artifact:
-        router = LearnedRouter.from_path(args.artifact)
-    else:
-        raise ValueError("give --artifact PATH (or --registry URL [--artifact VERSION])")
-    report = calibrate(router, read_prompts(args.data), args.strong, args.weak, args.target_strong_share, progress=not args.quiet)
+    report = calibrate(_router(args), read_prompts(args.data), args.strong, args.weak, args.target_strong_share, progress=not args.quiet)
     if args.write_config:
         report["config"] = str(write_cost_weight(args.write_config, report["cost_weight"]))
     _print(report)
@@ -232,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weak", required=True, help="the model whose answer is kept when the verifier agrees")
     p.add_argument("--verifier", required=True, help="the second cheap model")
     p.add_argument("--strong", required=True, help="the model asked when they disagree")
-    p.add_argument("--compare", choices=["text", "final_answer"], default="text",
+    p.add_argument("--compare", choices=list(get_args(Compare)), default="text",
                    help="agreement rule, as a cascade's `compare` in the config")
     p.add_argument("--alias", action="append", metavar="DATASET_MODEL=NAME", help="rename a dataset model (repeatable)")
     p.add_argument("--artifact", help="also score this router at the cascade's share of strong calls (folder, or "
