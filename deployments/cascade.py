@@ -18,9 +18,10 @@ Compare = Literal["text", "final_answer"]
 _SPACE = re.compile(r"\s+")
 _EDGES = " \t\n\"'`.,;:!?()[]{}*"
 # Where a worked answer states its result, as math and multiple-choice prompts ask for it: GSM8K's
-# "#### 42", "the (final) answer is 42.", "Answer: (B)". A sentence ends at a full stop followed
-# by a space or the end (so "3.5" stays whole) or at a line break.
-_STATED = re.compile(r"(?:####|\b(?:final answer|answer)\s*(?:is|:|=))\s*(.+?)(?=\.\s|\.?$|\n)",
+# "#### 42", "the (final) answer is 42.", "Answer: (B)". The result ends at a full stop, comma
+# or semicolon followed by a space or the end (so "3.5" and "1,000" stay whole) or at a line break:
+# "The answer is B, because ..." states B.
+_STATED = re.compile(r"(?:####|\b(?:final answer|answer)\s*(?:is|:|=))\s*(.+?)(?=[.,;]\s|[.,;]?$|\n)",
                      re.IGNORECASE | re.MULTILINE)
 _BOXED = "\\boxed{"
 _NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?%?$", re.IGNORECASE)

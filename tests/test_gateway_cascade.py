@@ -54,6 +54,7 @@ def test_final_answer_compares_the_result_a_worked_answer_states():
     assert same("The answer is $1,000.", "Answer: 1000") and same("The answer is 3.5. Since x", "answer: 3.50")
     assert same("so \\boxed{\\frac{1}{2}}", "The final answer is \\frac{1}{2}.")
     assert same("The answer is (B).", "B")  # one states a result, the other is only the result
+    assert same("The answer is B, because the others are wrong.", "Answer: B; it is the only one")
     assert not same("#### 71", "The answer is 72") and not same("The answer is B", "The answer is C")
     assert not same("Paris, I think", "It is Paris") and same("Paris.", "paris")  # nothing stated: whole text
     assert not agree(chat("#### 72"), chat("The answer is 72."))  # `text`, the default, compares it all
