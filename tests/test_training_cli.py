@@ -72,6 +72,28 @@ def test_eval_cascade_scores_the_gateways_agreement_rule_on_recorded_answers(tmp
     assert main(base) == 0 and "escalated 50.0%" in capsys.readouterr().err  # the summary line for a terminal
 
 
+
+def test_eval_and_eval_cascade_keep_one_task_of_a_mixed_file(tmp_path, capsys):
+    rows = [json.loads(line) for line in _cascade_data(tmp_path).read_text().splitlines()]
+    for r in rows:  # prompts 1-5 (all agreed) are one benchmark, 6-10 another
+        r["task"] = "letters" if int(r["id"]) <= 5 else "mixed"
+    data = write_jsonl(rows, tmp_path / "tasks.jsonl")
+    base = ["router", "eval-cascade", "--data", str(data), "--weak", "mixtral", "--verifier", "yi", "--strong", "gpt-4",
+            "--quiet"]
+    assert main(base + ["--task", "letters"]) == 0
+    rep = _json(capsys)
+    assert (rep["task"], rep["prompts"], rep["escalated_share"]) == ("letters", 5, 0.0)
+    assert main(base + ["--task", "nope"]) == 2
+    assert "the data has tasks ['letters', 'mixed']" in capsys.readouterr().err
+    art = tmp_path / "art"
+    assert main(["router", "train", "--family", "logreg", "--data", str(data), "--out", str(art),
+                 "--featurizer", "hashing-256", "--holdout", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["router", "eval", "--artifact", str(art), "--data", str(data), "--strong", "gpt-4",
+                 "--weak", "mixtral", "--task", "mixed", "--quiet"]) == 0
+    assert _json(capsys)["n"] == 5
+
+
 def test_eval_cascade_compares_a_router_and_names_what_is_missing(tmp_path, capsys):
     data = _cascade_data(tmp_path)
     art = tmp_path / "art"

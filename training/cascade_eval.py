@@ -47,11 +47,12 @@ def _gap_recovered(q: np.ndarray, w: np.ndarray, s: np.ndarray) -> float | None:
 
 def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, strong: str, compare: Compare = "text",
                      aliases: dict[str, str] | None = None, router: Any = None, bootstrap: int = 200,
-                     seed: int = 0) -> dict[str, Any]:
-    """The cascade's report on `data` (see the module docstring); `router` a LearnedRouter or None."""
-    from training.evaluate import apply_aliases, predict_dataset
+                     seed: int = 0, task: str | None = None) -> dict[str, Any]:
+    """The cascade's report on `data` (see the module docstring); `router` a LearnedRouter or None;
+    `task` keeps only that task's records."""
+    from training.evaluate import apply_aliases, only_task, predict_dataset
 
-    ds = apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases)
+    ds = only_task(apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases), task)
     if len({weak, verifier, strong}) != 3:
         raise DatasetError("weak, verifier and strong must be three different models")
     for name in (weak, strong):
@@ -76,7 +77,7 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
     recovered = _gap_recovered(q, w, s)
     report: dict[str, Any] = {
         "mode": "cascade", "weak": weak, "verifier": verifier, "strong": strong, "compare": compare,
-        "data_sha256": ds.source_hash, "prompts": int(len(idx)), "dropped": int((~keep).sum()),
+        "task": task, "data_sha256": ds.source_hash, "prompts": int(len(idx)), "dropped": int((~keep).sum()),
         "escalated_share": escalated,
         "quality": {"weak": float(w.mean()), "strong": float(s.mean()), "cascade": float(q.mean())},
         "weak_right_when": {"agreed": float(w[agreed].mean()) if agreed.any() else None,

@@ -115,6 +115,7 @@ def _eval(args: argparse.Namespace) -> int:
         assumed_output_tokens=args.assumed_output_tokens,
         progress=not args.quiet,
         bootstrap=args.bootstrap,
+        task=args.task,
     )
     if report.get("mode") == "two-model" and not args.quiet:
         print(apgr_summary(report), file=sys.stderr)
@@ -132,7 +133,7 @@ def _eval_cascade(args: argparse.Namespace) -> int:
 
     report = evaluate_cascade(args.data, weak=args.weak, verifier=args.verifier, strong=args.strong,
                               compare=args.compare, aliases=parse_alias_flags(args.alias),
-                              router=_router(args, required=False), bootstrap=args.bootstrap)
+                              router=_router(args, required=False), bootstrap=args.bootstrap, task=args.task)
     if not args.quiet:
         print(cascade_summary(report), file=sys.stderr)
     print(json.dumps(report, default=str))
@@ -219,6 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--curve", action="store_true", help="include the curve points in the JSON")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N",
                    help="two-model mode: prompt resamples for the APGR standard error and 95%% interval (0: off)")
+    p.add_argument("--task", help="only the records with this `task` (e.g. arc-challenge)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run(_eval))
 
@@ -235,6 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "a version with --registry)")
     p.add_argument("--registry", help="registry URL to load --artifact from")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="resamples for the standard error")
+    p.add_argument("--task", help="only the records with this `task` (e.g. arc-challenge)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_run(_eval_cascade))
 

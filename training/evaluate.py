@@ -41,6 +41,17 @@ def apply_aliases(ds: Dataset, aliases: dict[str, str] | None) -> Dataset:
     return Dataset(ds.ids, ds.prompts, labels, ds.scores, ds.costs, ds.source_hash, ds.extra)
 
 
+def only_task(ds: Dataset, task: str | None) -> Dataset:
+    """The records whose `task` is `task` (all of them for None): one benchmark of a mixed file."""
+    if task is None:
+        return ds
+    tasks = [str((e or {}).get("task", "")) for e in ds.extra] if ds.extra else [""] * len(ds)
+    keep = np.array([t == task for t in tasks])
+    if not keep.any():
+        raise DatasetError(f"no record has task {task!r}; the data has tasks {sorted(set(tasks) - {''}) or 'none'}")
+    return ds.subset(keep)
+
+
 def evaluate(
     router: LearnedRouter,
     data: str | Path | Dataset,
@@ -54,8 +65,9 @@ def evaluate(
     assumed_output_tokens: int = 256,
     progress: bool = True,
     bootstrap: int = 200,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    ds = apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases)
+    ds = only_task(apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases), task)
     if (strong is None) != (weak is None):
         raise DatasetError("two-model mode needs both --strong and --weak")
     unknown = [lab for lab in ds.labels if lab not in router.labels]
