@@ -37,6 +37,7 @@ from app.config import DokaConfig, parse_config
 from router.static import CheapestHealthy, StaticStrategy, WeightedRoundRobin, price_per_token
 
 logger = logging.getLogger("ray.serve")
+_UNSCORED: tuple[None, None, None] = (None, None, None)  # no engine, or scoring failed: the fallback answers
 
 
 def make_static(name: str, cfg: DokaConfig) -> StaticStrategy:
@@ -197,16 +198,19 @@ class RouterService:
         why, degraded = "", learned
         if learned and self._slot.current is not None:
             if self._inline and self._slot.current.inline:
-                engine, row = await self._score_this_tick(prompt or "")
+                engine, row, familiar = await self._score_this_tick(prompt or "")
             else:
-                engine, row = await self._score(prompt or "")
+                engine, row, familiar = await self._score(prompt or "")
             if engine is not None:
                 allowed = [c for c in (candidates or self._static.default_candidates)]
                 choice = engine.decide(row, weight, allowed)
                 if choice is not None:
-                    return {"model": choice.model, "strategy": "learned", "score": choice.score,
-                            "artifact_version": engine.version, "reason": choice.reason, "degraded": False,
-                            "decision_ms": round((time.perf_counter() - started) * 1000, 3)}
+                    decision = {"model": choice.model, "strategy": "learned", "score": choice.score,
+                                "artifact_version": engine.version, "reason": choice.reason, "degraded": False,
+                                "decision_ms": round((time.perf_counter() - started) * 1000, 3)}
+                    if familiar is not None:  # a gated artifact: did the prompt take its in-distribution path
+                        decision["familiar"] = familiar
+                    return decision
                 why, degraded = f"artifact {engine.version} knows none of the candidates {allowed}", False
             else:
                 why = "learned router error (see replica log)"
@@ -218,22 +222,23 @@ class RouterService:
         return decision
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _score(self, prompts: list[str]) -> list[tuple[Any, np.ndarray | None]]:
-        """Embed + score every prompt of concurrent requests in one call, off the event loop.
+    async def _score(self, prompts: list[str]) -> list[tuple[Any, np.ndarray | None, bool | None]]:
+        """Embed + score every prompt of concurrent requests in one call, off the event loop:
+        (engine, quality row, familiar) each.
 
         One engine snapshot serves the whole batch, so a swap mid-batch cannot mix artifacts.
         """
         engine = self._slot.current
         if engine is None:
-            return [(None, None)] * len(prompts)
+            return [_UNSCORED] * len(prompts)
         try:
-            quality = await asyncio.get_running_loop().run_in_executor(self._infer_pool, engine.predict, prompts)
+            scored = await asyncio.get_running_loop().run_in_executor(self._infer_pool, engine.predict, prompts)
         except Exception:  # noqa: BLE001 - never fail a request: the fallback strategy answers
             logger.exception("router: scoring a batch of %d failed", len(prompts))
-            return [(None, None)] * len(prompts)
-        return [(engine, quality[i]) for i in range(len(prompts))]
+            return [_UNSCORED] * len(prompts)
+        return [(engine, *scored.row(i)) for i in range(len(prompts))]
 
-    def _score_this_tick(self, prompt: str) -> "asyncio.Future[tuple[Any, np.ndarray | None]]":
+    def _score_this_tick(self, prompt: str) -> "asyncio.Future[tuple[Any, np.ndarray | None, bool | None]]":
         """In the ingress's process with a table-lookup featurizer (~0.1 ms a prompt): every
         prompt asked for in this event-loop iteration is scored in one call on the loop. No
         thread hop, and no batch wait (serve.batch holds a lone request up to batch_wait_timeout_s)."""
@@ -248,13 +253,13 @@ class RouterService:
         batch, self._tick = self._tick, []
         engine = self._slot.current
         try:
-            quality = engine.predict([p for p, _ in batch]) if engine is not None else None
+            scored = engine.predict([p for p, _ in batch]) if engine is not None else None
         except Exception:  # noqa: BLE001 - never fail a request: the fallback strategy answers
             logger.exception("router: scoring a batch of %d failed", len(batch))
-            quality = None
+            scored = None
         for i, (_, future) in enumerate(batch):
             if not future.done():
-                future.set_result((engine, quality[i]) if quality is not None else (None, None))
+                future.set_result((engine, *scored.row(i)) if scored is not None else _UNSCORED)
 
     async def status(self) -> dict[str, Any]:
         """What the ingress shows on /health/readiness."""

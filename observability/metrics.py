@@ -44,6 +44,8 @@ SPECS = {
         _Spec("counter", "doka_tokens_total", "Tokens by model, key and direction (input/output)", ("model", "key", "direction")),
         _Spec("counter", "doka_cost_usd_total", "Spend in USD by model and key", ("model", "key")),
         _Spec("counter", "doka_routing_decisions_total", "auto-routing decisions by chosen model and strategy", ("model", "strategy")),
+        _Spec("counter", "doka_routing_gate_total", "Decisions of a gated artifact by path (familiar: its in-distribution "
+              "ensemble; novel: difficulty)", ("path",)),
         _Spec("histogram", "doka_routing_latency_seconds", "Router call latency seen by the ingress", ("strategy",), ROUTING_BUCKETS),
         _Spec("counter", "doka_upstream_attempts_total", "Upstream attempts by model and outcome", ("model", "outcome")),
         _Spec("counter", "doka_fallbacks_total", "Fallbacks from a failed model to the next one", ("from_model", "to_model")),
@@ -168,6 +170,8 @@ class GatewayMetrics:
         strategy = self.strategy_label(str(decision.get("strategy") or NONE))
         self._record("doka_routing_decisions_total", model=self.model_label(decision.get("model")), strategy=strategy)
         self._record("doka_routing_latency_seconds", latency_s, strategy=strategy)
+        if decision.get("familiar") is not None:
+            self._record("doka_routing_gate_total", path="familiar" if decision["familiar"] else "novel")
         degraded = decision.get("degraded")
         if degraded is not None:
             self.set_router_state(degraded=bool(degraded), artifact_version=decision.get("artifact_version"))

@@ -47,6 +47,7 @@ ROUTING_CANDIDATES = "llm.routing.candidates"
 ROUTING_REASON = "llm.routing.reason"
 ROUTER_STRATEGY = "router.strategy"
 ROUTER_SCORE = "router.score"
+ROUTER_FAMILIAR = "router.familiar"  # gated artifacts: the prompt passed the novelty gate
 ROUTER_ARTIFACT = "router.artifact_version"
 
 
@@ -139,6 +140,8 @@ class RoutingSpan:
             _set(target, ROUTER_SCORE, _float_or_none(decision.get("score")))
             _set(target, ROUTER_ARTIFACT, decision.get("artifact_version"))
             _set(target, ROUTING_REASON, decision.get("reason"))
+            if decision.get("familiar") is not None:
+                target.set_attribute(ROUTER_FAMILIAR, bool(decision["familiar"]))
             target.set_attribute(ROUTING_LATENCY_MS, latency_ms)
 
 

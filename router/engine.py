@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,14 @@ from app.config import DokaConfig
 from router.featurizer import runs_inline
 from router.policy import choose
 from router.runtime import LearnedRouter
+
+
+class Scored(NamedTuple):
+    quality: np.ndarray  # [n, n_labels]
+    familiar: np.ndarray | None  # [n] bool: passed a gated artifact's novelty gate; None for other families
+
+    def row(self, i: int) -> tuple[np.ndarray, bool | None]:
+        return self.quality[i], None if self.familiar is None else bool(self.familiar[i])
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,11 @@ class LearnedEngine:
         """Gateway models this artifact can score (auto candidates with a known label)."""
         return list(self.columns)
 
-    def predict(self, prompts: list[str]) -> np.ndarray:
-        """[n, n_labels] predicted quality (the expensive part: embed + score)."""
-        return self.router.predict(prompts)
+    def predict(self, prompts: list[str]) -> Scored:
+        """[n, n_labels] predicted quality (the expensive part: embed + score), and for a gated
+        artifact which prompts looked like its training data."""
+        quality, familiar = self.router.predict_with_gate(prompts)
+        return Scored(quality, familiar)
 
     def costs_for(self, models: list[str]) -> tuple[np.ndarray, str]:
         """Cost per candidate and where it came from (`artifact`, `config` or `none`)."""

@@ -297,12 +297,14 @@ def familiar(state: dict[str, Any], X: np.ndarray) -> np.ndarray:
     return _familiarity(state["gate_bank"], Q, int(state["gate_k"][0])) >= float(state["gate_tau"][0])
 
 
-def _predict_gated(state, X):
+def predict_gated(state: dict[str, Any], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A gated artifact's predictions and which prompts took the ensemble's path (the gate is
+    computed once for both: the routing span reports it as `router.familiar`)."""
     X = np.asarray(X, dtype=np.float64)
     P = _predict_difficulty({k: state[f"difficulty_{k}"] for k in ("coef", "bias", "intercept", "slope")}, X)
     near = familiar(state, X)
     if not near.any():  # novel traffic costs difficulty + the gate only
-        return P
+        return P, near
     H, i = X[near], 0
     while f"mlp_w{i + 1}" in state:  # sklearn's MLPRegressor: relu hidden layers, identity output
         H = np.maximum(H @ state[f"mlp_w{i}"] + state[f"mlp_b{i}"], 0.0)
@@ -313,7 +315,11 @@ def _predict_gated(state, X):
     k = int(state["knn_k"][0])
     P_knn = _clip(state["knn_y"][np.argpartition(d2, k - 1, axis=1)[:, :k]].mean(axis=1))
     P[near] = _clip((P[near] + P_mlp + P_knn) / 3.0)  # the ensemble family with its default members
-    return P
+    return P, near
+
+
+def _predict_gated(state, X):
+    return predict_gated(state, X)[0]
 
 
 FAMILIES: dict[str, Family] = {

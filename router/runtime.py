@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from router.artifact import ArtifactError, load_artifact
-from router.families import FamilyError, familiar, get_family
+from router.families import FamilyError, familiar, get_family, predict_gated
 from router.registry import Registry
 
 
@@ -45,11 +45,14 @@ class LearnedRouter:
             raise ArtifactError(f"artifact {router.version}: model predicts {probe.shape[1]} outputs for {len(router.labels)} labels")
         return router
 
-    def predict_embeddings(self, X: np.ndarray) -> np.ndarray:
+    def _checked(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.featurizer.dim:
             raise ValueError(f"embeddings must be [n, {self.featurizer.dim}], got {X.shape}")
-        return self._family.predict(self._state, X)
+        return X
+
+    def predict_embeddings(self, X: np.ndarray) -> np.ndarray:
+        return self._family.predict(self._state, self._checked(X))
 
     def familiar_embeddings(self, X: np.ndarray) -> np.ndarray | None:
         """Which prompts pass a `gated` artifact's novelty gate (take its in-distribution path);
@@ -61,6 +64,14 @@ class LearnedRouter:
     def predict(self, prompts: list[str]) -> np.ndarray:
         """[n, len(labels)] predicted quality in [0, 1]."""
         return self.predict_embeddings(self.featurizer.embed(list(prompts)))
+
+    def predict_with_gate(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict`, and for a `gated` artifact which prompts passed its novelty gate (None for
+        families without one), from one embedding and one gate computation."""
+        X = self._checked(self.featurizer.embed(list(prompts)))
+        if self.metadata["family"] != "gated":
+            return self._family.predict(self._state, X), None
+        return predict_gated(self._state, X)
 
     def label_costs(self, labels: list[str] | None = None) -> np.ndarray:
         """Mean USD per call seen in training, per label (NaN where unknown)."""

@@ -39,8 +39,9 @@ LABEL_OF = {"mock-mixtral": MIXTRAL, "mock-gpt-3.5": GPT35, "mock-gpt-4": GPT4}
 
 
 def train_artifact(out: Path, code_label: str = GPT4, chat_label: str = MIXTRAL, key: str = KEY,
-                   extra: list[tuple[str, dict[str, float]]] | None = None) -> Path:
-    """A tiny signed knn router: `code_label` is the good model for code, `chat_label` for small talk."""
+                   extra: list[tuple[str, dict[str, float]]] | None = None, family: str = "knn") -> Path:
+    """A tiny signed router (knn unless `family` says otherwise): `code_label` is the good model
+    for code, `chat_label` for small talk."""
     from training.dataset import Record, from_records
     from training.train import train
 
@@ -55,8 +56,8 @@ def train_artifact(out: Path, code_label: str = GPT4, chat_label: str = MIXTRAL,
         recs.append(Record(id=f"extra{i}", prompt=p, scores=scores, costs=costs))
     if out.exists():
         shutil.rmtree(out)
-    return train(from_records(recs), "knn", out, params={"n_neighbors": 3}, holdout=0, signing_key=key,
-                 progress=False)
+    params = {"n_neighbors": 3} if family == "knn" else {}
+    return train(from_records(recs), family, out, params=params, holdout=0, signing_key=key, progress=False)
 
 
 def publish(registry: Path, artifact: Path, key: str = KEY) -> str:

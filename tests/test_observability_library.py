@@ -27,7 +27,8 @@ def test_spans_reach_otlp_receiver_with_routing_and_fallbacks(receiver, monkeypa
     cfg = ObservabilityConfig(otlp_endpoint=receiver.url, service_name="doka-test")
     assert resolve_endpoint(cfg) == receiver.url + "/v1/traces"
     tracing = Tracing(cfg)
-    decision = {"model": "local-tiny", "strategy": "learned", "score": 0.71, "artifact_version": "v3", "reason": "quality"}
+    decision = {"model": "local-tiny", "strategy": "learned", "score": 0.71, "artifact_version": "v3", "reason": "quality",
+                "familiar": False}  # a gated artifact's novelty gate: this prompt took difficulty's path
     with tracing.request("req-1", "auto", stream=True, key_id="key-a") as req:
         with req.routing(["local-tiny", "mock-gpt-4"]) as routing:
             routing.decided(decision)
@@ -52,6 +53,7 @@ def test_spans_reach_otlp_receiver_with_routing_and_fallbacks(receiver, monkeypa
     assert root["attributes"]["llm.routing.selected_model"] == "local-tiny"
     assert root["attributes"]["router.strategy"] == "learned"
     assert root["attributes"]["router.score"] == pytest.approx(0.71)
+    assert root["attributes"]["router.familiar"] is False and by_name["doka.route"]["attributes"]["router.familiar"] is False
     assert root["attributes"]["gen_ai.request.model"] == "auto"
     assert root["attributes"]["gen_ai.response.model"] == "gpt-4-turbo"
     assert root["attributes"]["gen_ai.usage.input_tokens"] == 12
@@ -140,6 +142,8 @@ def test_langfuse_disabled_without_env(monkeypatch):
 def test_metrics_exposition_has_the_counters():
     m = GatewayMetrics(model_names=["local-tiny", "mock-gpt-4"], max_keys=2, mirror_to_ray=False)
     m.routed({"model": "local-tiny", "strategy": "learned", "artifact_version": "v1", "degraded": False}, 0.002)
+    for familiar in (True, False, False):  # a gated artifact's decisions
+        m.routed({"model": "local-tiny", "strategy": "learned", "artifact_version": "v1", "familiar": familiar}, 0.001)
     m.attempt("local-tiny", ok=False)
     m.fallback("local-tiny", "mock-gpt-4")
     m.attempt("mock-gpt-4", ok=True)
@@ -155,7 +159,8 @@ def test_metrics_exposition_has_the_counters():
     assert 'doka_request_errors_total{error="upstream_error",model="mock-gpt-4"} 1.0' in text
     assert 'doka_tokens_total{direction="input",key="key-a",model="mock-gpt-4"} 10.0' in text
     assert 'doka_cost_usd_total{key="key-a",model="mock-gpt-4"} 0.001' in text
-    assert 'doka_routing_decisions_total{model="local-tiny",strategy="learned"} 1.0' in text
+    assert 'doka_routing_decisions_total{model="local-tiny",strategy="learned"} 4.0' in text
+    assert 'doka_routing_gate_total{path="familiar"} 1.0' in text and 'doka_routing_gate_total{path="novel"} 2.0' in text
     assert 'doka_fallbacks_total{from_model="local-tiny",to_model="mock-gpt-4"} 1.0' in text
     assert 'doka_upstream_attempts_total{model="local-tiny",outcome="error"} 1.0' in text
     assert "doka_request_latency_seconds_bucket" in text

@@ -43,7 +43,7 @@ def test_engine_maps_labels_and_decides_by_prompt(registry, tmp_path):
     engine = LearnedEngine(LearnedRouter.load(str(reg), "latest", KEY), cfg)
     assert engine.version == version
     assert sorted(engine.models) == sorted(CANDIDATES)  # parallel mock-claude-sandbox is never a candidate
-    P = engine.predict(["Write a python function that sorts strings", "Hi there! Lovely weather today."])
+    P = engine.predict(["Write a python function that sorts strings", "Hi there! Lovely weather today."]).quality
     assert engine.decide(P[0], 0.0, CANDIDATES).model == "mock-gpt-4"
     assert engine.decide(P[1], 0.0, CANDIDATES).model == "mock-mixtral"
     # restricted candidates and unknown ones
