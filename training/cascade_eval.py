@@ -29,14 +29,14 @@ def _chat(text: str) -> dict[str, Any]:
     return {"object": "chat.completion", "choices": [{"message": {"role": "assistant", "content": text}}]}
 
 
-def _responses(ds: Dataset, aliases: dict[str, str] | None) -> list[dict[str, str]]:
-    """Each record's `responses` ({model: answer text}), model names aliased like the labels."""
+def _responses(ds: Dataset) -> list[dict[str, str]]:
+    """Each record's `responses` ({model: answer text})."""
     out = []
     for extra in ds.extra or [{} for _ in range(len(ds))]:
         got = extra.get("responses") or {}
         if not isinstance(got, dict):
             raise DatasetError("`responses` must map a model name to its answer text")
-        out.append({(aliases or {}).get(m, m): str(t) for m, t in got.items() if t is not None})
+        out.append({m: str(t) for m, t in got.items() if t is not None})
     return out
 
 
@@ -55,10 +55,8 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
     ds = only_task(apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases), task)
     if len({weak, verifier, strong}) != 3:
         raise DatasetError("weak, verifier and strong must be three different models")
-    for name in (weak, strong):
-        ds.label_index(name)  # a clear error naming the dataset's models
-    answers = _responses(ds, aliases)
-    js, jw = ds.label_index(strong), ds.label_index(weak)
+    jw, js = ds.label_index(weak), ds.label_index(strong)  # a clear error naming the dataset's models
+    answers = _responses(ds)
     keep = np.array([not np.isnan(ds.scores[i, js]) and not np.isnan(ds.scores[i, jw])
                      and weak in a and verifier in a for i, a in enumerate(answers)])
     if keep.sum() < 2:
@@ -86,15 +84,13 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
         "gap_recovered_se": float(np.std(boots)) if boots else None,
         "lift_over_random": None if recovered is None else recovered - escalated,
     }
-    jv = ds.labels.index(verifier) if verifier in ds.labels else None
-    cost = {m: ds.costs[idx, j] for m, j in ((weak, jw), (strong, js)) + (((verifier, jv),) if jv is not None else ())}
-    if len(cost) == 3 and not any(np.isnan(c).any() for c in cost.values()):
-        paid = cost[weak] + cost[verifier] + np.where(agreed, 0.0, cost[strong])
-        report["usd_per_1k_prompts"] = {"weak": 1e3 * float(cost[weak].mean()),
-                                        "strong": 1e3 * float(cost[strong].mean()),
-                                        "cascade": 1e3 * float(paid.mean())}
-    else:
-        report["usd_per_1k_prompts"] = None  # the data lacks some of the three models' costs
+    report["usd_per_1k_prompts"] = None  # unless the data has all three models' costs
+    if verifier in ds.labels:
+        cw, cv, cs = (ds.costs[idx, ds.label_index(m)] for m in (weak, verifier, strong))
+        if not np.isnan(cw + cv + cs).any():
+            paid = cw + cv + np.where(agreed, 0.0, cs)
+            report["usd_per_1k_prompts"] = {"weak": 1e3 * float(cw.mean()), "strong": 1e3 * float(cs.mean()),
+                                            "cascade": 1e3 * float(paid.mean())}
     if router is not None:
         for name in (weak, strong):
             if name not in router.labels:

@@ -32,13 +32,16 @@ def parse_alias_flags(items: list[str] | None) -> dict[str, str]:
 
 
 def apply_aliases(ds: Dataset, aliases: dict[str, str] | None) -> Dataset:
-    """The dataset with its model names renamed (a dataset that spells a model differently)."""
+    """The dataset with its model names renamed (a dataset that spells a model differently), in
+    its scores and costs and in recorded `responses`."""
     if not aliases:
         return ds
     labels = [aliases.get(lab, lab) for lab in ds.labels]
     if len(set(labels)) != len(labels):
         raise DatasetError(f"--alias maps two dataset models onto one name: {labels}")
-    return Dataset(ds.ids, ds.prompts, labels, ds.scores, ds.costs, ds.source_hash, ds.extra)
+    extra = [{**e, "responses": {aliases.get(m, m): t for m, t in e["responses"].items()}}
+             if isinstance(e.get("responses"), dict) else e for e in ds.extra]
+    return Dataset(ds.ids, ds.prompts, labels, ds.scores, ds.costs, ds.source_hash, extra)
 
 
 def only_task(ds: Dataset, task: str | None) -> Dataset:
