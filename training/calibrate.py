@@ -24,6 +24,7 @@ from router.policy import choose_batch
 from router.runtime import LearnedRouter
 from training.dataset import DatasetError
 from training.embeddings import embed_texts
+from training.evaluate import router_columns
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -59,14 +60,12 @@ def calibrate(
     """The cost weight giving `target_share` strong calls on `prompts`, and the share it gives."""
     if not 0.0 <= target_share <= 1.0:
         raise DatasetError(f"--target-strong-share must be within [0, 1], got {target_share}")
-    for name in (strong, weak):
-        if name not in router.labels:
-            raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
+    ps, pw = router_columns(router, strong, weak)
     c_s, c_w = router.label_costs([strong, weak])
     if not (np.isfinite(c_s) and np.isfinite(c_w)) or c_s <= c_w:
         raise DatasetError(f"the artifact's costs must make {strong!r} dearer than {weak!r} (got {c_s} and {c_w} USD/call)")
     P = router.predict_embeddings(embed_texts(prompts, router.featurizer, progress=progress))
-    gap = P[:, router.labels.index(strong)] - P[:, router.labels.index(weak)]
+    gap = P[:, ps] - P[:, pw]
     norm = (c_s - c_w) / c_s
     ordered = np.sort(gap)[::-1]
     k = int(round(target_share * len(gap)))

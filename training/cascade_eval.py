@@ -50,7 +50,7 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
                      seed: int = 0, task: str | None = None) -> dict[str, Any]:
     """The cascade's report on `data` (see the module docstring); `router` a LearnedRouter or None;
     `task` keeps only that task's records."""
-    from training.evaluate import apply_aliases, only_task, predict_dataset
+    from training.evaluate import apply_aliases, only_task, predict_dataset, router_columns
 
     ds = only_task(apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases), task)
     if len({weak, verifier, strong}) != 3:
@@ -92,11 +92,9 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
             report["usd_per_1k_prompts"] = {"weak": 1e3 * float(cw.mean()), "strong": 1e3 * float(cs.mean()),
                                             "cascade": 1e3 * float(paid.mean())}
     if router is not None:
-        for name in (weak, strong):
-            if name not in router.labels:
-                raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
+        ps, pw = router_columns(router, strong, weak)
         P = predict_dataset(router, ds.subset(idx), progress=False)
-        gap = P[:, router.labels.index(strong)] - P[:, router.labels.index(weak)]
+        gap = P[:, ps] - P[:, pw]
         k = int(round(escalated * len(idx)))
         to_strong = np.zeros(len(idx), dtype=bool)
         to_strong[np.argsort(-gap, kind="stable")[:k]] = True

@@ -44,6 +44,14 @@ def apply_aliases(ds: Dataset, aliases: dict[str, str] | None) -> Dataset:
     return Dataset(ds.ids, ds.prompts, labels, ds.scores, ds.costs, ds.source_hash, extra)
 
 
+def router_columns(router: LearnedRouter, *names: str) -> list[int]:
+    """The artifact's output column of each model, or a clear error naming what it predicts."""
+    for name in names:
+        if name not in router.labels:
+            raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
+    return [router.labels.index(name) for name in names]
+
+
 def only_task(ds: Dataset, task: str | None) -> Dataset:
     """The records whose `task` is `task` (all of them for None): one benchmark of a mixed file."""
     if task is None:
@@ -82,9 +90,8 @@ def evaluate(
               file=sys.stderr)
 
     if strong is not None:
+        ps, pw = router_columns(router, strong, weak)
         for name in (strong, weak):
-            if name not in router.labels:
-                raise DatasetError(f"the artifact does not predict {name!r}; it predicts {router.labels}")
             if name not in ds.labels:
                 like = [lab for lab in ds.labels if name.lower() in lab.lower() or lab.lower() in name.lower()]
                 hint = f"; spelled differently? --alias {like[0]}={name}" if like else ""
@@ -95,7 +102,6 @@ def evaluate(
             raise DatasetError(f"fewer than 2 prompts have scores for both {strong!r} and {weak!r}")
         sub = ds.subset(keep)
         P = predict_dataset(router, sub, progress)
-        ps, pw = router.labels.index(strong), router.labels.index(weak)
         rep = two_model_report(P[:, ps] - P[:, pw], sub.scores[:, js], sub.scores[:, jw], num_thresholds, bootstrap)
         out.update(mode="two-model", strong=strong, weak=weak, dropped=int((~keep).sum()), **rep)
         return out
