@@ -115,4 +115,3 @@ def test_other_families_decisions_carry_no_gate(tmp_path):
 
     decision = asyncio.run(scenario())
     assert decision["strategy"] == "learned" and "familiar" not in decision
-

@@ -72,7 +72,6 @@ def test_eval_cascade_scores_the_gateways_agreement_rule_on_recorded_answers(tmp
     assert main(base) == 0 and "escalated 50.0%" in capsys.readouterr().err  # the summary line for a terminal
 
 
-
 def test_eval_and_eval_cascade_keep_one_task_of_a_mixed_file(tmp_path, capsys):
     rows = [json.loads(line) for line in _cascade_data(tmp_path).read_text().splitlines()]
     for r in rows:  # prompts 1-5 (all agreed) are one benchmark, 6-10 another
