@@ -160,6 +160,12 @@ class RouterConfig(_Strict):
         "less per `auto` request, docs/benchmarks.md; right for the static featurizer). `deployment`: "
         "in the Router deployment (`deployments.router`: its own replicas and autoscaling, for a "
         "transformer featurizer or GPU replicas). Changing it is a redeploy, not a reload")
+    novel_cascade: str | None = Field(
+        None, description="a cascade name: an `auto` request whose prompt the artifact's novelty gate "
+        "calls novel (`gated` family: nothing like its training prompts) is answered by this cascade "
+        "instead of the routed model. Why: on kinds of prompts a router never saw its choice is "
+        "near random, while agreement of two cheap answers still carries (docs/routing.md). "
+        "Other families report no gate, so nothing changes with them")
 
 
 class EgressConfig(_Strict):
@@ -299,6 +305,10 @@ class DokaConfig(_Strict):
                     raise ValueError(f"cascade {name!r}: {role} {getattr(c, role)!r} is not a chat model of model_list")
             if len({c.weak, c.verifier, c.strong}) < 3:
                 raise ValueError(f"cascade {name!r}: weak, verifier and strong must be three different models")
+        novel = self.router.novel_cascade
+        if novel is not None and novel not in self.cascades:
+            raise ValueError(f"router.novel_cascade {novel!r} is not a cascade; cascades: "
+                             f"{', '.join(self.cascades) or 'none'}")
         return self
 
     @cached_property

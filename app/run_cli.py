@@ -187,7 +187,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
                          + ("" if c.compare == "text" else f" ({c.compare})")
                          for k, c in cfg.cascades.items()) or "none"
     print(f"{args.file}: OK — {len(cfg.model_list)} models, chains: {chains}, cascades: {cascades}, "
-          f"auto strategy: {cfg.router.strategy}")
+          f"auto strategy: {cfg.router.strategy}"
+          + (f", novel prompts: {cfg.router.novel_cascade}" if cfg.router.novel_cascade else ""))
     return 0
 
 

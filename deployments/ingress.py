@@ -353,6 +353,8 @@ class Ingress:
         self._candidates = [m for m in cfg.auto_candidates() if m in self._backends]
         self._cascades = {n: c for n, c in cfg.cascades.items()
                           if {c.weak, c.verifier, c.strong} <= set(self._backends)}
+        # `router.novel_cascade`: auto prompts a gated artifact calls novel go through this cascade
+        self._novel = cfg.router.novel_cascade if cfg.router.novel_cascade in self._cascades else None
         self._public = [n for n in cfg.public_names()
                         if n == self._auto or n in cfg.fallbacks or n in self._backends or n in self._cascades]
         self._public_set = set(self._public)
@@ -531,9 +533,9 @@ class Ingress:
         stream = bool(getattr(req, "stream", False))
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
         early = self._route_early(requested, request, routing_ext, prompt)
+        cascading = requested in self._cascades or (requested == self._auto and self._novel is not None)
         try:  # a cascade may call three models: hold enough for all of them
-            grant = await self._accounts.authorize(request, requested, body, request_id,
-                                                   calls=3 if requested in self._cascades else 1)
+            grant = await self._accounts.authorize(request, requested, body, request_id, calls=3 if cascading else 1)
         except BaseException:
             if early is not None:
                 early.cancel()
@@ -547,6 +549,8 @@ class Ingress:
                                                             getattr(grant, "models", None), early)
             if requested in self._cascades:
                 att = await self._run_cascade(kind, body, requested, chain, stream, side)
+            elif decision is not None and "cascade" in decision:  # a novel prompt (`router.novel_cascade`)
+                att = await self._run_cascade(kind, body, decision["cascade"], chain, stream, side, "auto:novel:")
             else:
                 att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
         except OpenAIError as e:
@@ -667,9 +671,25 @@ class Ingress:
                 logger.warning("ingress: router failed (%s); using the first candidate", e)
                 decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
                             "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
+            novel = self._novel_chain(permitted) if decision.get("familiar") is False and self._novel else []
+            if novel:  # the key may call the cascade's weak and verifier and some tier it escalates to
+                decision = {**decision, "cascade": self._novel}
             routing.decided(decision)
+        if novel:
+            return novel, f"auto:{decision['strategy']}", decision
         chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
         return chain, f"auto:{decision['strategy']}", decision
+
+    def _novel_chain(self, permitted: set[str] | None) -> list[str]:
+        """The escalation chain of `router.novel_cascade` that this key may use; empty when the
+        key may not call its weak or verifier model or any tier of that chain (the routed model
+        answers then: the cascade is an improvement on auto, never a refusal)."""
+        spec, chain = self._cascades[self._novel], self.cfg.chain_for(self._novel)  # type: ignore[index]
+        if permitted is None:
+            return chain
+        if not {spec.weak, spec.verifier} <= permitted:
+            return []
+        return [m for m in chain if m in permitted]
 
     def _allowed_chain(self, chain: list[str], permitted: set[str] | None, requested: str) -> list[str]:
         """The chain without the tiers the key may not use (403 when none is left)."""
@@ -725,8 +745,9 @@ class Ingress:
         raise upstream_exhausted(tried, last_error, timed_out, last_status)
 
     async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
-                           side: list[tuple[str, dict]]) -> _Attempt:
+                           side: list[tuple[str, dict]], reason_prefix: str = "") -> _Attempt:
         """`cascades.<name>`: ask weak and verifier at once; their agreed answer, else the strong chain's.
+        `reason_prefix` goes before the route reason (`auto:novel:` when auto sent a novel prompt here).
 
         Both are asked for a whole answer (a stream is replayed from the weak one once they
         agree). Every call that answered is added to `side`, also when the client leaves, so
@@ -759,11 +780,11 @@ class Ingress:
                 it = replay(result, include_usage).__aiter__()
                 result = (await it.__anext__(), it)
             self._obs.metrics.cascade(name, "agreed")
-            return _Attempt(result, spec.weak, "cascade:agreed", [spec.weak, spec.verifier], side,
+            return _Attempt(result, spec.weak, f"{reason_prefix}cascade:agreed", [spec.weak, spec.verifier], side,
                             answers[spec.weak].get("usage"))
         outcome = "escalated" if len(answers) == 2 else "failed_check"
         self._obs.metrics.cascade(name, outcome)
-        reason = f"cascade:{outcome}"
+        reason = f"{reason_prefix}cascade:{outcome}"
         att = await self._run_chain(kind, body, chain, reason, stream=stream)
         att.tried = [spec.weak, spec.verifier, *att.tried]
         att.side = side
@@ -924,7 +945,8 @@ class Ingress:
             entry = self.cfg.model(name)
             info: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "doka"}
             if name == self._auto:
-                info["doka"] = {"kind": "router", "strategy": self.cfg.router.strategy, "candidates": self._candidates}
+                info["doka"] = {"kind": "router", "strategy": self.cfg.router.strategy, "candidates": self._candidates,
+                                "novel_cascade": self._novel}
             elif name in self._cascades:
                 c = self._cascades[name]
                 info["doka"] = {"kind": "cascade", "weak": c.weak, "verifier": c.verifier, "strong": c.strong,

@@ -48,6 +48,7 @@ ROUTING_REASON = "llm.routing.reason"
 ROUTER_STRATEGY = "router.strategy"
 ROUTER_SCORE = "router.score"
 ROUTER_FAMILIAR = "router.familiar"  # gated artifacts: the prompt passed the novelty gate
+ROUTER_CASCADE = "router.cascade"  # `router.novel_cascade`: the cascade that answered a novel auto prompt
 ROUTER_ARTIFACT = "router.artifact_version"
 
 
@@ -142,6 +143,7 @@ class RoutingSpan:
             _set(target, ROUTING_REASON, decision.get("reason"))
             if decision.get("familiar") is not None:
                 target.set_attribute(ROUTER_FAMILIAR, bool(decision["familiar"]))
+            _set(target, ROUTER_CASCADE, decision.get("cascade"))
             target.set_attribute(ROUTING_LATENCY_MS, latency_ms)
 
 

@@ -4,6 +4,8 @@ ledger row, and every way out (answer, failure, client gone) releasing the reser
 
 config/default.yaml's `verified`: weak mock-mixtral, verifier mock-gpt-3.5, strong mock-gpt-4;
 the mock upstream answers each with a fixed text (`answers`) so agreement is chosen per test.
+`auto` routes with a tiny gated artifact (code -> mock-gpt-4, small talk -> mock-mixtral) and
+`router.novel_cascade: verified`: a prompt unlike both goes through the cascade.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import pytest
 from accounts import estimate
 from deployments.cascade import agree, answer_key, replay
 from tests.keyed_gateway import admin, keyed_gateway, new_key
+from tests.router_deployment_support import CHAT, KEY, publish, train_artifact
 
 MASTER = "sk-master-cascade"
 APP = "doka-cascade-test"
 PREFIX = "/cascade"
 WEAK, VERIFIER, STRONG = "mixtral-8x7b", "gpt-3.5-turbo", "gpt-4-turbo"  # as the upstream sees them
 MSG = [{"role": "user", "content": "Which option is right, A or B?"}]
+# nothing like the gated artifact's training prompts (its gate calls it novel), and one of them
+NOVEL = [{"role": "user", "content": "Zur Mitteilung: der Vorstand tagt am Donnerstag im Saal 4, Tagesordnung folgt."}]
+FAMILIAR = [{"role": "user", "content": CHAT[0]}]
 
 
 # ------------------------------------------------------------------ no cluster
@@ -78,15 +84,18 @@ def test_replay_is_the_stream_an_openai_client_reads():
 
 
 # ------------------------------------------------------------------ through the gateway
-def _worked(raw: dict) -> None:
-    """`worked`: config/default.yaml's `verified` comparing stated results (`compare: final_answer`)."""
-    raw["cascades"]["worked"] = {**raw["cascades"]["verified"], "compare": "final_answer"}
-
-
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
-    yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("cascade"), app=APP, prefix=PREFIX, master=MASTER,
-                             edit=_worked)
+    data = tmp_path_factory.mktemp("cascade")
+    publish(data / "registry", train_artifact(data / "gated", family="gated"))
+
+    def edit(raw: dict) -> None:
+        # `worked`: config/default.yaml's `verified` comparing stated results (`compare: final_answer`)
+        raw["cascades"]["worked"] = {**raw["cascades"]["verified"], "compare": "final_answer"}
+        raw["router"].update(strategy="learned", registry=str(data / "registry"), artifact="latest",
+                             signing_key=KEY, novel_cascade="verified")
+
+    yield from keyed_gateway(mock_upstream, data, app=APP, prefix=PREFIX, master=MASTER, edit=edit)
 
 
 @pytest.fixture()
@@ -285,6 +294,11 @@ def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(g
     admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 2 * est})
     reserved, second = held_while("verified")
     assert reserved == 3 * est and second == 429
+    # `auto` with `router.novel_cascade` is held alike: the hold is taken before the router decides
+    settled(gw, key, 4)
+    used = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]["tokens_today"]
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 2 * est})
+    assert held_while("auto") == (3 * est, 429)
     mock.reset()
 
     no_verifier = new_key(gw, models=["verified", "mock-mixtral", "mock-gpt-4"])
@@ -297,10 +311,13 @@ def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(g
                                                       "fallbacks": []}
 
 
-def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
+@pytest.mark.parametrize("model,messages,reason", [("verified", MSG, "cascade:escalated"),
+                                                    ("auto", NOVEL, "auto:novel:cascade:escalated")])
+def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock, model, messages, reason):
     """Clients that hang up while the weak and verifier calls run (plain and streamed), 5 rounds
     of 10: each request has exactly one row, nothing stays reserved, and a request whose hang-up
-    reached the replica (499) was charged for no call.
+    reached the replica (499) was charged for no call. The same for `auto` sending a novel prompt
+    through `router.novel_cascade`.
 
     Serve's own proxy reports every hang-up. HAProxy (`make test`'s default, as `make run`'s)
     keeps a request it has forwarded open after its client leaves (`abortonclose` drops only
@@ -309,7 +326,7 @@ def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
     """
     key = new_key(gw, tokens_per_day=10_000_000)
     headers = {"Authorization": f"Bearer {key['key']}"}
-    body = {"model": "verified", "messages": MSG, "max_tokens": 8}
+    body = {"model": model, "messages": messages, "max_tokens": 8}
     mock.state(latency_ms=1500, reset_counts=True)  # far slower than the clients wait
 
     async def leave(http: httpx.AsyncClient, stream: bool) -> str:
@@ -331,13 +348,13 @@ def test_clients_leaving_a_cascade_leave_no_reservation(gw, mock):
     for n in range(1, 6):
         assert asyncio.run(round_()) == ["left"] * 10
         got = settled(gw, key, 10 * n)  # this round's holds released before the next round
-    assert len(got) == 50 and all(r["model_requested"] == "verified" for r in got), got
+    assert len(got) == 50 and all(r["model_requested"] == model for r in got), got
     left = [r for r in got if r["status"] == 499]
     assert left, got  # the cancel path (the one under test) ran
     # no call had answered: nothing but a cut stream's prompt (the rule for every stream) is charged
     assert all(r["completion_tokens"] == 0 and (r["stream"] or r["prompt_tokens"] == 0) for r in left), left
     answered = [r for r in got if r["status"] != 499]
-    assert all(r["status"] == 200 and r["route_reason"] == "cascade:escalated" and r["completion_tokens"] > 0
+    assert all(r["status"] == 200 and r["route_reason"] == reason and r["completion_tokens"] > 0
                for r in answered), answered
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") in ("0", ""):
         assert not answered, answered
@@ -363,3 +380,47 @@ def test_anthropic_messages_through_a_cascade(gw, mock, stream):
     [row] = settled(gw, key, 1)
     assert row["route_reason"] == "cascade:agreed" and row["model"] == "mock-mixtral"
     assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1}
+
+
+def test_auto_sends_novel_prompts_through_the_cascade_and_familiar_ones_to_the_routed_model(gw, mock):
+    mock.state(answers={WEAK: "B", VERIFIER: "b."}, reset_counts=True)
+    key = new_key(gw)
+    novel_before = metric(gw, "doka_routing_gate_total", path="novel")
+    familiar_before = metric(gw, "doka_routing_gate_total", path="familiar")
+    auto = client(gw, key).chat.completions.with_raw_response
+
+    familiar = auto.create(model="auto", messages=FAMILIAR, max_tokens=8)
+    assert familiar.headers["x-doka-route-reason"] == "auto:learned" and familiar.headers["x-doka-model"] == "mock-mixtral"
+    assert familiar.headers["x-doka-tiers-tried"] == "mock-mixtral" and mock.state()["by_model"] == {WEAK: 1}
+
+    agreed = auto.create(model="auto", messages=NOVEL, max_tokens=8)
+    assert agreed.headers["x-doka-route-reason"] == "auto:novel:cascade:agreed"
+    assert agreed.headers["x-doka-model"] == "mock-mixtral" and agreed.parse().choices[0].message.content == "B"
+    assert agreed.headers["x-doka-tiers-tried"] == "mock-mixtral,mock-gpt-3.5"
+    assert agreed.headers["x-doka-strategy"] == "learned"
+    assert mock.state()["by_model"] == {WEAK: 2, VERIFIER: 1}
+
+    mock.state(answers={WEAK: "A", VERIFIER: "B"})
+    escalated = auto.create(model="auto", messages=NOVEL, max_tokens=8)
+    assert escalated.headers["x-doka-route-reason"] == "auto:novel:cascade:escalated"
+    assert escalated.headers["x-doka-model"] == "mock-gpt-4"
+    assert mock.state()["by_model"] == {WEAK: 3, VERIFIER: 2, STRONG: 1}
+    assert metric(gw, "doka_routing_gate_total", path="novel") == novel_before + 2
+    assert metric(gw, "doka_routing_gate_total", path="familiar") == familiar_before + 1
+
+    got = {r["request_id"]: r for r in settled(gw, key, 3)}
+    row = got[agreed.headers["x-doka-request-id"]]
+    usage = agreed.parse().usage
+    assert (row["model_requested"], row["model"], row["route_reason"]) == ("auto", "mock-mixtral",
+                                                                           "auto:novel:cascade:agreed")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2 * usage.prompt_tokens, 2 * usage.completion_tokens)
+    assert got[escalated.headers["x-doka-request-id"]]["model"] == "mock-gpt-4"
+
+    # a key that may not call the verifier gets the routed model: the cascade never refuses auto
+    mock.state(reset_counts=True)
+    narrow = new_key(gw, models=["auto", "mock-mixtral", "mock-gpt-4"])
+    routed = client(gw, narrow).chat.completions.with_raw_response.create(model="auto", messages=NOVEL, max_tokens=8)
+    assert routed.headers["x-doka-route-reason"] == "auto:learned"
+    assert routed.headers["x-doka-model"] in ("mock-mixtral", "mock-gpt-4") and VERIFIER not in mock.state()["by_model"]
+    models = {m.id: m for m in client(gw, key).models.list().data}
+    assert models["auto"].model_extra["doka"]["novel_cascade"] == "verified"

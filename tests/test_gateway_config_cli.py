@@ -47,6 +47,24 @@ def test_a_cascade_names_three_different_chat_models_and_no_taken_name():
             parse_config({**raw, "cascades": cascades})
 
 
+def test_router_novel_cascade_names_a_cascade(tmp_path):
+    import pytest
+
+    from app.config import ConfigError, parse_config
+
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    assert parse_config(raw).router.novel_cascade is None  # off unless asked for
+    raw["router"]["novel_cascade"] = "verified"
+    assert parse_config(raw).router.novel_cascade == "verified"
+    path = tmp_path / "novel.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = _doka("config", "check", str(path))
+    assert r.returncode == 0 and "novel prompts: verified" in r.stdout, r.stderr
+    for name in ("mock-mixtral", "nope"):  # a model is not a cascade
+        with pytest.raises(ConfigError, match=f"router.novel_cascade '{name}' is not a cascade; cascades: verified"):
+            parse_config({**raw, "router": {**raw["router"], "novel_cascade": name}})
+
+
 def test_config_check_names_the_bad_field(tmp_path):
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     raw["model_list"][1]["model_info"]["timeout"] = -1

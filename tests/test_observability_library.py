@@ -28,7 +28,8 @@ def test_spans_reach_otlp_receiver_with_routing_and_fallbacks(receiver, monkeypa
     assert resolve_endpoint(cfg) == receiver.url + "/v1/traces"
     tracing = Tracing(cfg)
     decision = {"model": "local-tiny", "strategy": "learned", "score": 0.71, "artifact_version": "v3", "reason": "quality",
-                "familiar": False}  # a gated artifact's novelty gate: this prompt took difficulty's path
+                "familiar": False,  # a gated artifact's novelty gate: this prompt took difficulty's path
+                "cascade": "verified"}  # and `router.novel_cascade` sent it through that cascade
     with tracing.request("req-1", "auto", stream=True, key_id="key-a") as req:
         with req.routing(["local-tiny", "mock-gpt-4"]) as routing:
             routing.decided(decision)
@@ -54,6 +55,7 @@ def test_spans_reach_otlp_receiver_with_routing_and_fallbacks(receiver, monkeypa
     assert root["attributes"]["router.strategy"] == "learned"
     assert root["attributes"]["router.score"] == pytest.approx(0.71)
     assert root["attributes"]["router.familiar"] is False and by_name["doka.route"]["attributes"]["router.familiar"] is False
+    assert root["attributes"]["router.cascade"] == by_name["doka.route"]["attributes"]["router.cascade"] == "verified"
     assert root["attributes"]["gen_ai.request.model"] == "auto"
     assert root["attributes"]["gen_ai.response.model"] == "gpt-4-turbo"
     assert root["attributes"]["gen_ai.usage.input_tokens"] == 12
