@@ -112,6 +112,38 @@ def test_eval_cascade_compares_a_router_and_names_what_is_missing(tmp_path, caps
     assert _json(capsys)["escalated_share"] == 0.5
 
 
+def test_eval_cascade_with_a_gated_artifact_scores_the_cascade_on_the_prompts_it_calls_novel(tmp_path, capsys):
+    """What `router.novel_cascade` would do: a gated artifact trained on code and small-talk
+    prompts calls those familiar and unrelated ones novel; the cascade's numbers on the novel ones."""
+    from tests.router_deployment_support import CHAT, CODE, GPT4, MIXTRAL, train_artifact
+
+    art = train_artifact(tmp_path / "gated", family="gated", key=KEY)
+    novel = ["Zur Mitteilung: der Vorstand tagt am Donnerstag im Saal 4, Tagesordnung folgt per Post.",
+             "Quel temps fera-t-il demain matin sur la côte bretonne, selon Météo-France?",
+             "Invoice 4471: 3 pallets of galvanised M8 bolts, net 30 days, VAT 19% included.",
+             "Der Antrag auf Verlängerung der Frist wurde vom Ausschuss einstimmig abgelehnt.",
+             "Pursuant to clause 12(b), the lessee shall indemnify the lessor against all claims."]
+    rows = []
+    for i, prompt in enumerate(CODE + CHAT):  # familiar: the two agree and mixtral is right
+        rows.append({"id": f"seen{i}", "prompt": prompt, "scores": {MIXTRAL: 1.0, GPT4: 1.0, "yi": 1.0},
+                     "responses": {MIXTRAL: "B", "yi": "B"}})
+    for i, prompt in enumerate(novel):  # 1-3 agree with mixtral right; 4-5 differ, mixtral wrong, gpt-4 right
+        agree = i < 3
+        rows.append({"id": f"novel{i}", "prompt": prompt, "scores": {MIXTRAL: float(agree), GPT4: 1.0, "yi": 1.0},
+                     "responses": {MIXTRAL: "B", "yi": "B" if agree else "C"}})
+    data = write_jsonl(rows, tmp_path / "with_novel.jsonl")
+    base = ["router", "eval-cascade", "--data", str(data), "--weak", MIXTRAL, "--verifier", "yi", "--strong", GPT4]
+    assert main(base + ["--artifact", str(art)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["novel_cascade"] == {
+        "familiar_share": pytest.approx(20 / 25), "novel_prompts": 5, "escalated_share": pytest.approx(0.4),
+        "gap_recovered": pytest.approx(1.0), "quality": {"weak": 0.6, "strong": 1.0, "cascade": 1.0}}
+    assert "the artifact calls 20.0% novel (cascade there: escalated 40.0%, gap recovered 100%)" in out.err
+    knn = train_artifact(tmp_path / "knn", key=KEY)  # a family without a gate: no such section
+    assert main(base + ["--artifact", str(knn), "--quiet"]) == 0
+    assert "novel_cascade" not in _json(capsys)
+
+
 def test_train_eval_publish(tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["router", "train", "--family", "knn", "--data", str(SEED), "--out", str(art),

@@ -11,7 +11,9 @@ Reported: the share escalated, the quality of weak alone, strong alone and the c
 of the weak-to-strong gap the cascade recovers (a random router with the same share of strong
 calls recovers that share on average, so `lift_over_random` is what agreement buys) and its
 bootstrap standard error, USD per 1,000 prompts, and with `--artifact`, a learned router sending
-the same share to the strong model, for comparison.
+the same share to the strong model, for comparison; when that artifact has a novelty gate
+(`gated`), `novel_cascade`: the share of prompts it calls familiar and the cascade on the novel
+rest, which is what `router.novel_cascade` would send through the cascade.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
                      seed: int = 0, task: str | None = None) -> dict[str, Any]:
     """The cascade's report on `data` (see the module docstring); `router` a LearnedRouter or None;
     `task` keeps only that task's records."""
-    from training.evaluate import apply_aliases, only_task, predict_dataset, router_columns
+    from training.embeddings import embed_texts
+    from training.evaluate import apply_aliases, only_task, router_columns
 
     ds = only_task(apply_aliases(load_jsonl(data) if not isinstance(data, Dataset) else data, aliases), task)
     if len({weak, verifier, strong}) != 3:
@@ -93,7 +96,8 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
                                             "cascade": 1e3 * float(paid.mean())}
     if router is not None:
         ps, pw = router_columns(router, strong, weak)
-        P = predict_dataset(router, ds.subset(idx), progress=False)
+        X = embed_texts(ds.subset(idx).prompts, router.featurizer, progress=False)
+        P = router.predict_embeddings(X)
         gap = P[:, ps] - P[:, pw]
         k = int(round(escalated * len(idx)))
         to_strong = np.zeros(len(idx), dtype=bool)
@@ -101,6 +105,15 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
         qr = np.where(to_strong, s, w)
         report["router_at_same_strong_share"] = {"artifact": router.version, "family": router.metadata["family"],
                                                  "quality": float(qr.mean()), "gap_recovered": _gap_recovered(qr, w, s)}
+        familiar = router.familiar_embeddings(X)
+        if familiar is not None:
+            novel = ~familiar
+            report["novel_cascade"] = {
+                "familiar_share": float(familiar.mean()), "novel_prompts": int(novel.sum()),
+                "escalated_share": float(1.0 - agreed[novel].mean()) if novel.any() else None,
+                "quality": {"weak": float(w[novel].mean()), "strong": float(s[novel].mean()),
+                            "cascade": float(q[novel].mean())} if novel.any() else None,
+                "gap_recovered": _gap_recovered(q[novel], w[novel], s[novel]) if novel.any() else None}
     return report
 
 
@@ -118,4 +131,10 @@ def cascade_summary(report: dict[str, Any]) -> str:
         line += f", ${c['cascade']:.2f} per 1k prompts (strong alone ${c['strong']:.2f})"
     if report.get("router_at_same_strong_share") and report["router_at_same_strong_share"]["gap_recovered"] is not None:
         line += f"; router at the same share recovers {100 * report['router_at_same_strong_share']['gap_recovered']:.0f}%"
+    if report.get("novel_cascade"):
+        n = report["novel_cascade"]
+        line += f"; the artifact calls {100 * (1 - n['familiar_share']):.1f}% novel"
+        if n["escalated_share"] is not None:
+            line += f" (cascade there: escalated {100 * n['escalated_share']:.1f}%"
+            line += f", gap recovered {100 * n['gap_recovered']:.0f}%)" if n["gap_recovered"] is not None else ")"
     return line
