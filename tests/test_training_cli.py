@@ -144,6 +144,17 @@ def test_eval_cascade_with_a_gated_artifact_scores_the_cascade_on_the_prompts_it
     assert "novel_cascade" not in _json(capsys)
 
 
+def test_eval_cascade_runs_on_the_in_repo_seed_set(capsys):
+    """The seed set keeps RouterBench's recorded answers, so a clone without ../shared can score a
+    cascade: on its 199 prompts the verifier agrees often and its agreement tells right from wrong."""
+    assert main(["router", "eval-cascade", "--data", str(SEED), "--weak", "mixtral-8x7b-chat", "--verifier",
+                 "Yi-34B-Chat", "--strong", "gpt-4-1106-preview", "--quiet"]) == 0
+    rep = _json(capsys)
+    assert rep["prompts"] == 199 and rep["dropped"] == 0 and 0.1 < rep["escalated_share"] < 0.6
+    assert rep["weak_right_when"]["agreed"] > rep["weak_right_when"]["escalated"]
+    assert rep["lift_over_random"] > 0
+
+
 def test_train_eval_publish(tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["router", "train", "--family", "knn", "--data", str(SEED), "--out", str(art),
