@@ -286,6 +286,8 @@ def _fit_gated(X, Y, p, progress):
     bank = _unit_rows((X[keep] - mu) / sd)
     k = min(int(p["gate_neighbors"]), len(keep) - 1)
     tau = float(np.quantile(_familiarity(bank, bank, k, exclude_self=True), p["outlier_share"]))
+    if tau <= 0.0:  # its own prompts are no nearer each other than unrelated directions are (a
+        tau = np.inf  # handful of templated prompts: about -1/(n-1) each): it cannot tell, so all novel
     state.update(gate_mu=mu, gate_sd=sd, gate_bank=bank.astype(np.float32), gate_k=np.array([k]), gate_tau=np.array([tau]))
     return state
 

@@ -92,3 +92,19 @@ def test_gated_is_the_ensemble_on_familiar_prompts_and_difficulty_on_the_rest(sl
     difficulty = get_family("difficulty").predict(ensemble["members"]["difficulty"], far)
     assert np.abs(get_family("gated").predict(gated, far) - difficulty).max() < 1e-9
     assert all(isinstance(v, np.ndarray) for k, v in gated.items() if k != "family")  # npz: no sklearn to route
+
+
+def test_a_gate_that_cannot_tell_its_own_prompts_apart_calls_every_prompt_novel():
+    """Ten templated prompts: standardised, each is about as far from the others as from anything,
+    so a similarity bar set on them would let any prompt through. The gate calls all novel then
+    (difficulty's path; `router.novel_cascade` sends them to the cascade)."""
+    feat = get_featurizer("minilm-l6-v2-static+stats")
+    X = feat.embed([f"question {i}: A, B or C?" for i in range(1, 11)])
+    Y = np.random.default_rng(0).random((10, 3))
+    gated = fit_state("gated", X, Y, resolve_params(get_family("gated"), None), progress=False)
+    assert gated["gate_tau"][0] == np.inf
+    assert not familiar(gated, X).any()
+    assert not familiar(gated, feat.embed(["Zur Mitteilung: der Vorstand tagt am Donnerstag im Saal 4."])).any()
+    difficulty = fit_state("difficulty", X, Y, resolve_params(get_family("difficulty"), None), progress=False)
+    assert np.abs(get_family("gated").predict(gated, X) - get_family("difficulty").predict(difficulty, X)).max() < 1e-9
+
