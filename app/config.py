@@ -245,9 +245,11 @@ class CascadeConfig(_Strict):
     weak: str = Field(description="the model whose answer is returned when the verifier agrees")
     verifier: str = Field(description="a second (cheap) model, called alongside `weak`")
     strong: str = Field(description="called when the two disagree or either fails; falls back along its chain")
-    compare: Literal["text", "final_answer"] = Field(
-        "text", description="what must match: the whole normalised answer, or the result a worked answer "
-        "states (\\boxed{}, '#### x', 'the answer is x'; the whole text when none is stated)")
+    compare: Literal["text", "final_answer", "program"] = Field(
+        "text", description="what must match: the whole normalised answer, the result a worked answer "
+        "states (\\boxed{}, '#### x', 'the answer is x'; the whole text when none is stated), or the "
+        "Python functions an answer defines, names of locals and comments aside (parsed, never run; the "
+        "whole text when it defines none)")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ disagreement holds on tasks nothing was trained on, where routing on the prompt 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from typing import Any, AsyncIterator, Literal
 
-Compare = Literal["text", "final_answer"]
+Compare = Literal["text", "final_answer", "program"]
 
 _SPACE = re.compile(r"\s+")
 _EDGES = " \t\n\"'`.,;:!?()[]{}*"
@@ -50,6 +51,65 @@ def final_answer(text: str) -> str | None:
     return stated[-1] if stated else None
 
 
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.IGNORECASE | re.DOTALL)
+_MAX_PROGRAM_CHARS = 20_000  # parsing is linear, but a cascade's check should stay well under a millisecond
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+class _Canonical(ast.NodeTransformer):
+    """Rename what the program binds (arguments, locals, inner functions) by first appearance and
+    drop docstrings and annotations; top-level definition names (the interface a caller uses),
+    builtins and imported names stay."""
+
+    def __init__(self, bound: set[str]) -> None:
+        self.bound, self.names = bound, {}  # type: dict[str, str]
+
+    def _new(self, name: str) -> str:
+        return self.names.setdefault(name, f"_{len(self.names)}") if name in self.bound else name
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        node.returns = None  # type: ignore[attr-defined]
+        body = node.body  # type: ignore[attr-defined]
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+        node.name = self._new(node.name)  # type: ignore[attr-defined]
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.arg, node.annotation = self._new(node.arg), None
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self._new(node.id)
+        return node
+
+
+def program_key(text: str) -> str | None:
+    """The Python definitions an answer gives (its first fenced code block that parses, else the
+    whole text), with bound names renamed by first appearance, docstrings, annotations, comments
+    and example usage (top-level statements other than definitions and imports) taken out; None
+    when there is no Python function or class in it. Parsed, never run."""
+    for code in [*_CODE_BLOCK.findall(text), text]:
+        if len(code) > _MAX_PROGRAM_CHARS:
+            continue
+        try:
+            tree = ast.parse(code.replace("\r\n", "\n"))
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        tree.body = [n for n in tree.body if isinstance(n, (*_DEFINITIONS, ast.Import, ast.ImportFrom))]
+        if not any(isinstance(n, _DEFINITIONS) for n in tree.body):
+            continue
+        top = {n.name for n in tree.body if isinstance(n, _DEFINITIONS)}
+        bound = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+        bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        bound |= {n.name for n in ast.walk(tree) if isinstance(n, _DEFINITIONS)}
+        return ast.dump(_Canonical(bound - top).visit(tree), annotate_fields=False)
+    return None
+
+
 def _normalise(text: str) -> str:
     norm = _SPACE.sub(" ", text).strip(_EDGES).casefold()
     number = norm.lstrip("$").strip()
@@ -66,16 +126,20 @@ def answer_key(result: dict[str, Any], compare: Compare = "text") -> str:
     """What two answers must share to agree: the first choice's text (chat or completion),
     case-folded, whitespace collapsed, quotes and punctuation at the ends dropped, plus its tool
     calls (name and arguments). With `final_answer`, only the result the text states, when it
-    states one: two worked solutions that reach 42 by different words agree."""
+    states one: two worked solutions that reach 42 by different words agree. With `program`, the
+    Python it defines (`program_key`), when it defines any: two answers that write the same
+    function in other words, variable names or comments agree."""
     choices = result.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     text = str((message.get("content") if "message" in choice else choice.get("text")) or "")
     calls = [(c.get("function") or {}).get("name", "") + (c.get("function") or {}).get("arguments", "")
              for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    suffix = "\x00" + json.dumps(calls) if calls else ""
+    if compare == "program" and (program := program_key(text)) is not None:
+        return "\x01" + program + suffix  # never equal to a normalised text
     stated = final_answer(text) if compare == "final_answer" else None
-    norm = _normalise(text if stated is None else stated)
-    return norm + ("\x00" + json.dumps(calls) if calls else "")
+    return _normalise(text if stated is None else stated) + suffix
 
 
 def agree(a: dict[str, Any], b: dict[str, Any], compare: Compare = "text") -> bool:

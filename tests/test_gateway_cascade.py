@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from accounts import estimate
-from deployments.cascade import agree, answer_key, replay
+from deployments.cascade import agree, answer_key, program_key, replay
 from tests.keyed_gateway import admin, keyed_gateway, new_key
 from tests.router_deployment_support import CHAT, KEY, publish, train_artifact
 
@@ -66,6 +66,30 @@ def test_final_answer_compares_the_result_a_worked_answer_states():
     assert not agree(chat("#### 72"), chat("The answer is 72."))  # `text`, the default, compares it all
 
 
+def test_program_compares_the_python_an_answer_defines_not_its_wording():
+    def chat(text):
+        return {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
+
+    def same(a, b):
+        return agree(chat(a), chat(b), "program")
+
+    summed = ('Here you go:\n```python\ndef total(xs):\n    """Add them."""\n    s = 0  # running sum\n'
+              "    for x in xs:\n        s += x\n    return s\n\nprint(total([1, 2]))\n```\nIt loops once.")
+    renamed = ("```py\r\ndef total(numbers: list) -> int:\r\n    acc = 0\r\n    for n in numbers:\r\n"
+               "        acc += n\r\n    return acc\r\n```\nUsage:\n```python\ntotal([3])\n```")
+    assert same(summed, renamed)  # other locals, docstring, comments, annotations, CRLF, example usage
+    assert not same(summed, "```python\ndef total(xs):\n    return sum(xs)\n```")  # another program
+    assert not same(summed, renamed.replace("def total", "def add_all"))  # a function's name is its interface
+    assert not same(summed, summed.replace("s += x", "s -= x"))
+    root = "```python\nimport math\ndef r(a):\n    return math.sqrt(a)\n```"
+    assert same(root, "```\nimport math\n\ndef r(value):\n    return math.sqrt(value)\n```")  # an unlabelled fence
+    assert not same(root, root.replace("sqrt", "floor"))  # imported and builtin names are kept
+    assert same("B", "b.") and not same("B", "C")  # no Python in it: the whole text, as `text`
+    assert not same("```cpp\nint f(int x) { return x; }\n```", "```cpp\nint f(int y) { return y; }\n```")
+    assert program_key("def broken(:\n") is None and program_key("x = 1") is None  # no definition; never run
+    assert not agree(chat(summed), chat(renamed))  # `text`, the default, compares it all
+
+
 def test_replay_is_the_stream_an_openai_client_reads():
     from openai.types.chat import ChatCompletionChunk
 
@@ -92,6 +116,7 @@ def gw(ray_cluster, mock_upstream, tmp_path_factory):
     def edit(raw: dict) -> None:
         # `worked`: config/default.yaml's `verified` comparing stated results (`compare: final_answer`)
         raw["cascades"]["worked"] = {**raw["cascades"]["verified"], "compare": "final_answer"}
+        raw["cascades"]["coded"] = {**raw["cascades"]["verified"], "compare": "program"}
         raw["router"].update(strategy="learned", registry=str(data / "registry"), artifact="latest",
                              signing_key=KEY, novel_cascade="verified")
 
@@ -195,6 +220,19 @@ def test_a_final_answer_cascade_agrees_on_the_stated_result_where_text_escalates
     assert wrong.headers["x-doka-route-reason"] == "cascade:escalated" and wrong.headers["x-doka-model"] == "mock-gpt-4"
     assert mock.state()["by_model"] == {WEAK: 1, VERIFIER: 1, STRONG: 1}
     assert [r["route_reason"] for r in settled(gw, key, 3)].count("cascade:agreed") == 1
+
+
+def test_a_program_cascade_agrees_on_the_same_function_in_other_words(gw, mock):
+    mock.state(answers={WEAK: "```python\ndef area(r):\n    return 3.14159 * r * r\n```",
+                        VERIFIER: "Sure:\n```python\ndef area(radius: float) -> float:\n    # pi r^2\n"
+                                  "    return 3.14159 * radius * radius\n\nprint(area(2))\n```"}, reset_counts=True)
+    key = new_key(gw)
+    coded = client(gw, key).chat.completions.with_raw_response.create(model="coded", messages=MSG, max_tokens=64)
+    assert coded.headers["x-doka-route-reason"] == "cascade:agreed" and coded.headers["x-doka-model"] == "mock-mixtral"
+    text = client(gw, key).chat.completions.with_raw_response.create(model="verified", messages=MSG, max_tokens=64)
+    assert text.headers["x-doka-route-reason"] == "cascade:escalated"  # the same answers, compared whole
+    assert mock.state()["by_model"] == {WEAK: 2, VERIFIER: 2, STRONG: 1}
+    assert [r["route_reason"] for r in settled(gw, key, 2)].count("cascade:agreed") == 1
 
 
 @pytest.mark.parametrize("agreeing", [True, False])
