@@ -257,8 +257,12 @@ class AccountsCore:
         (day, _, _), (month, _, _), (_, cost, _) = await self._db(db.key_spend_since, row["id"], starts)
         events = await self._db(db.recent_events, row["id"], to_naive_utc(now - 60))
         meter = KeyMeter.rebuild(row["budget_period"], now, day, month, cost, events)
-        if keep is not None:  # in-flight reservations stay counted
-            meter.reserved_tokens, meter.reserved_cost, meter.inflight = keep.reserved_tokens, keep.reserved_cost, keep.inflight
+        current = self._meters.get(row["id"])  # no await from here on: what is read is what is replaced
+        if keep is None and current is not None:
+            return current  # built meanwhile (a request's lookup and /key/info at once): its holds are live
+        held = current if current is not None else keep
+        if held is not None:  # in-flight reservations stay counted (and are released on this meter)
+            meter.reserved_tokens, meter.reserved_cost, meter.inflight = held.reserved_tokens, held.reserved_cost, held.inflight
         self._meters[row["id"]] = meter
         return meter
 

@@ -305,3 +305,29 @@ async def test_a_stalled_core_gets_a_deadline_and_late_holds_are_released(tmp_pa
     assert (rows["timed-out"]["status"], rows["client-left"]["status"]) == (503, 499)
     assert rows["timed-out"]["prompt_tokens"] == rows["client-left"]["cost_usd"] == 0
     await a.close()
+
+
+async def test_key_info_while_a_new_keys_first_request_is_held_keeps_the_hold(db_url):
+    """`/key/info` and a new key's first request both load the key's counters at once (an admin
+    polling a key, as the cascade tests do): the request's hold must stay on the meter that is
+    kept, so it counts against the quota while held and is released exactly once. Before the fix
+    the later load replaced the meter: the hold vanished, its release drove the counters negative."""
+    a = make(db_url)
+    body = {"messages": [{"role": "user", "content": "x" * 20}], "max_tokens": 10}
+    keys = [await a.call("generate_key", {"tokens_per_day": 1_000_000}) for _ in range(12)]
+
+    async def first_request_and_info(key: dict, info_first: bool) -> tuple[dict, dict]:
+        info = asyncio.ensure_future(a.call("key_info", None, key["key_id"]))
+        if info_first:
+            await asyncio.sleep(0)
+        held = await a.authorize(key["key"], "cheap", body)
+        await info
+        during = (await a.call("key_info", None, key["key_id"]))["usage"]
+        await a.settle(held, model="cheap", usage={"prompt_tokens": 5, "completion_tokens": 5})
+        return during, (await a.call("key_info", None, key["key_id"]))["usage"]
+
+    results = await asyncio.gather(*[first_request_and_info(k, i % 2 == 0) for i, k in enumerate(keys)])
+    for during, after in results:
+        assert during["inflight"] == 1 and during["reserved_tokens"] > 0, during
+        assert after["inflight"] == 0 and after["reserved_tokens"] == 0 and after["tokens_today"] == 10, after
+    await a.close()
