@@ -52,46 +52,48 @@ def final_answer(text: str) -> str | None:
 
 
 _CODE_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)```", re.IGNORECASE | re.DOTALL)
-_MAX_PROGRAM_CHARS = 20_000  # parsing is linear, but a cascade's check should stay well under a millisecond
+_MAX_PROGRAM_CHARS = 8_000  # ~1.4 ms per 1k characters here (parse, walk, dump); longer ones compare as text
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-class _Canonical(ast.NodeTransformer):
-    """Rename what the program binds (arguments, locals, inner functions) by first appearance and
-    drop docstrings and annotations; top-level definition names (the interface a caller uses),
-    builtins and imported names stay."""
-
-    def __init__(self, bound: set[str]) -> None:
-        self.bound, self.names = bound, {}  # type: dict[str, str]
-
-    def _new(self, name: str) -> str:
-        return self.names.setdefault(name, f"_{len(self.names)}") if name in self.bound else name
-
-    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
-        node.returns = None  # type: ignore[attr-defined]
-        body = node.body  # type: ignore[attr-defined]
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
-        node.name = self._new(node.name)  # type: ignore[attr-defined]
-        return self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_arg(self, node: ast.arg) -> ast.arg:
-        node.arg, node.annotation = self._new(node.arg), None
-        return node
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        node.id = self._new(node.id)
-        return node
+def _canonical(tree: ast.Module) -> str:
+    """`ast.dump` of the module with what it binds (arguments, locals, inner functions) renamed by
+    first appearance, docstrings and annotations dropped; top-level definition names (the interface
+    a caller uses), builtins and imported names kept. One walk of the tree."""
+    top = {n.name for n in tree.body if isinstance(n, _DEFINITIONS)}
+    bound: set[str] = set()
+    seen: list[tuple[ast.AST, str, str]] = []  # (node, attribute, name) in walk order
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            seen.append((n, "id", n.id))
+            if isinstance(n.ctx, ast.Store):
+                bound.add(n.id)
+        elif isinstance(n, ast.arg):
+            n.annotation = None
+            seen.append((n, "arg", n.arg))
+            bound.add(n.arg)
+        elif isinstance(n, _DEFINITIONS):
+            seen.append((n, "name", n.name))
+            bound.add(n.name)
+            if not isinstance(n, ast.ClassDef):
+                n.returns = None
+            body = n.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                n.body = body[1:] or [ast.Pass()]
+    bound -= top
+    names: dict[str, str] = {}
+    for node, attr, name in seen:
+        if name in bound:
+            setattr(node, attr, names.setdefault(name, f"_{len(names)}"))
+    return ast.dump(tree, annotate_fields=False)
 
 
 def program_key(text: str) -> str | None:
-    """The Python definitions an answer gives (its first fenced code block that parses, else the
-    whole text), with bound names renamed by first appearance, docstrings, annotations, comments
-    and example usage (top-level statements other than definitions and imports) taken out; None
-    when there is no Python function or class in it. Parsed, never run."""
+    """The Python definitions an answer gives (its first fenced code block that parses and defines
+    something, else the whole text), with bound names renamed by first appearance, docstrings,
+    annotations, comments and example usage (top-level statements other than definitions and
+    imports) taken out; None when there is no Python function or class in it. Parsed, never run."""
     for code in [*_CODE_BLOCK.findall(text), text]:
         if len(code) > _MAX_PROGRAM_CHARS:
             continue
@@ -100,13 +102,8 @@ def program_key(text: str) -> str | None:
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
         tree.body = [n for n in tree.body if isinstance(n, (*_DEFINITIONS, ast.Import, ast.ImportFrom))]
-        if not any(isinstance(n, _DEFINITIONS) for n in tree.body):
-            continue
-        top = {n.name for n in tree.body if isinstance(n, _DEFINITIONS)}
-        bound = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
-        bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-        bound |= {n.name for n in ast.walk(tree) if isinstance(n, _DEFINITIONS)}
-        return ast.dump(_Canonical(bound - top).visit(tree), annotate_fields=False)
+        if any(isinstance(n, _DEFINITIONS) for n in tree.body):
+            return _canonical(tree)
     return None
 
 
