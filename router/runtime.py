@@ -65,13 +65,17 @@ class LearnedRouter:
         """[n, len(labels)] predicted quality in [0, 1]."""
         return self.predict_embeddings(self.featurizer.embed(list(prompts)))
 
-    def predict_with_gate(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        """`predict`, and for a `gated` artifact which prompts passed its novelty gate (None for
-        families without one), from one embedding and one gate computation."""
-        X = self._checked(self.featurizer.embed(list(prompts)))
+    def predict_embeddings_with_gate(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict_embeddings`, and for a `gated` artifact which prompts passed its novelty gate
+        (None for families without one), from one gate computation."""
+        X = self._checked(X)
         if self.metadata["family"] != "gated":
             return self._family.predict(self._state, X), None
         return predict_gated(self._state, X)
+
+    def predict_with_gate(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict_embeddings_with_gate` on the prompts' embedding."""
+        return self.predict_embeddings_with_gate(self.featurizer.embed(list(prompts)))
 
     def label_costs(self, labels: list[str] | None = None) -> np.ndarray:
         """Mean USD per call seen in training, per label (NaN where unknown)."""

@@ -96,8 +96,8 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
                                             "cascade": 1e3 * float(paid.mean())}
     if router is not None:
         ps, pw = router_columns(router, strong, weak)
-        X = embed_texts(ds.subset(idx).prompts, router.featurizer, progress=False)
-        P = router.predict_embeddings(X)
+        P, familiar = router.predict_embeddings_with_gate(
+            embed_texts(ds.subset(idx).prompts, router.featurizer, progress=False))
         gap = P[:, ps] - P[:, pw]
         k = int(round(escalated * len(idx)))
         to_strong = np.zeros(len(idx), dtype=bool)
@@ -105,15 +105,16 @@ def evaluate_cascade(data: str | Path | Dataset, *, weak: str, verifier: str, st
         qr = np.where(to_strong, s, w)
         report["router_at_same_strong_share"] = {"artifact": router.version, "family": router.metadata["family"],
                                                  "quality": float(qr.mean()), "gap_recovered": _gap_recovered(qr, w, s)}
-        familiar = router.familiar_embeddings(X)
-        if familiar is not None:
+        if familiar is not None:  # a gated artifact: what `router.novel_cascade` would send to the cascade
             novel = ~familiar
-            report["novel_cascade"] = {
-                "familiar_share": float(familiar.mean()), "novel_prompts": int(novel.sum()),
-                "escalated_share": float(1.0 - agreed[novel].mean()) if novel.any() else None,
-                "quality": {"weak": float(w[novel].mean()), "strong": float(s[novel].mean()),
-                            "cascade": float(q[novel].mean())} if novel.any() else None,
-                "gap_recovered": _gap_recovered(q[novel], w[novel], s[novel]) if novel.any() else None}
+            part: dict[str, Any] = {"familiar_share": float(familiar.mean()), "novel_prompts": int(novel.sum()),
+                                    "escalated_share": None, "quality": None, "gap_recovered": None}
+            if novel.any():
+                part.update(escalated_share=float(1.0 - agreed[novel].mean()),
+                            quality={"weak": float(w[novel].mean()), "strong": float(s[novel].mean()),
+                                     "cascade": float(q[novel].mean())},
+                            gap_recovered=_gap_recovered(q[novel], w[novel], s[novel]))
+            report["novel_cascade"] = part
     return report
 
 
