@@ -43,7 +43,18 @@ def core_kwargs(cfg: Any) -> dict[str, Any]:
         "require_keys": cfg.accounts.require_keys,
         "settle_interval_s": cfg.accounts.settle_interval_s,
         "owner_lease_s": cfg.accounts.reservation_lease_s,
+        "spool_dir": spool_dir(cfg),
     }
+
+
+def spool_dir(cfg: Any) -> str | None:
+    """Where the ledger's write-ahead spool lives (accounts.spool), one per database; None: off."""
+    if not cfg.accounts.ledger_spool:
+        return None
+    if cfg.accounts.spool_dir:
+        return cfg.accounts.spool_dir
+    digest = hashlib.sha256(database_url(cfg).encode()).hexdigest()[:12]
+    return str(cfg.data_path() / "ledger-spool" / digest)
 
 
 def actor_name(url: str) -> str:

@@ -194,6 +194,7 @@ class Accounts:
     async def authorize(
         self, api_key: str | None, model: str | None, body: dict[str, Any] | None = None,
         request_id: str | None = None, owner: str | None = None, *, calls: int = 1,
+        limits: tuple[int, int] | None = None,
         as_type: type[P] = Principal,  # type: ignore[assignment]
         **extra: Any,
     ) -> P:
@@ -202,10 +203,16 @@ class Accounts:
         `owner`: the caller's id when it heartbeats (`heartbeat`); if it stops, the core closes
         its open reservations with a ledger row instead of holding them for `reservation_ttl_s`.
         `calls`: upstream calls the request may make (a cascade: three), each reserved for.
+        `limits`: the model's (context_window, max_output_tokens) (`accounts.limits`): the hold is
+        the request's worst case within them.
         `as_type`/`extra`: a Principal subclass to build, with its own fields (the core's answer
         is trusted, so it is not validated again: this runs on every request).
         """
-        est = estimate.reservation(body) * max(1, calls)
+        if limits is not None:
+            est = estimate.reservation(body, max_output_tokens=limits[1], context_window=limits[0])
+        else:
+            est = estimate.reservation(body)
+        est *= max(1, calls)
         p = await self._hot("authorize", api_key, model, est, request_id, owner,
                             on_abandon=self._release_late(model, request_id))
         return as_type.model_construct(**p, model_requested=model, request_id=request_id, **extra)
@@ -224,6 +231,7 @@ class Accounts:
         stream: bool = False,
         cost_usd: float | None = None,
         request_id: str | None = None,
+        client_request_id: str | None = None,
     ) -> float:
         """Charge the actual usage (an OpenAI `usage` dict or explicit counts); returns USD cost."""
         if usage:
@@ -234,7 +242,7 @@ class Accounts:
             model_requested=principal.model_requested, model=model, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, status=status, latency_ms=latency_ms,
             route_reason=route_reason, request_id=request_id or principal.request_id, stream=stream,
-            cost_usd=cost_usd,
+            cost_usd=cost_usd, client_request_id=client_request_id,
         )
 
     async def feedback_principal(self, api_key: str | None, request_id: str) -> Principal:

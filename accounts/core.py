@@ -23,6 +23,7 @@ from accounts import db
 from accounts.errors import AccountsError, bad_request, forbidden, not_found, unauthorized, unavailable
 from accounts.keys import KEY_PREFIX, KeyLimits, hash_key, key_hint, new_key, new_key_id, public_key_info
 from accounts.meter import KeyMeter, Reservation, period_start, to_naive_utc
+from accounts.spool import LedgerSpool
 
 log = logging.getLogger("doka.accounts")
 T = TypeVar("T")
@@ -54,6 +55,21 @@ def _refuse_unusable(key: dict[str, Any]) -> None:
         raise unauthorized("API key has expired", "key_expired")
 
 
+_COUNTERS: dict[str, Any] = {}
+
+
+def _count(name: str, n: int) -> None:
+    """Add to a Ray Serve metric (exported as ray_<name>_total) when running in a replica."""
+    try:
+        from ray.serve import metrics
+
+        if name not in _COUNTERS:
+            _COUNTERS[name] = metrics.Counter(name, description=f"accounts: {name.replace('_', ' ')}")
+        _COUNTERS[name].inc(n)
+    except Exception:  # outside Ray (library use, unit tests): the core's stats() counts it
+        pass
+
+
 def _ok(value: Any) -> dict[str, Any]:
     return {"ok": value}
 
@@ -76,6 +92,7 @@ class AccountsCore:
         key_ttl_s: float = 5.0,
         reservation_ttl_s: float = 600.0,
         owner_lease_s: float = 30.0,
+        spool_dir: str | None = None,
     ) -> None:
         self.url = db.normalize_url(database_url)
         self.engine = db.make_engine(self.url)
@@ -97,6 +114,14 @@ class AccountsCore:
         self._flusher: asyncio.Task | None = None
         self._flush_lock: asyncio.Lock | None = None
         self.flush_failures = 0
+        self.rows_quarantined = 0  # refused by the database (kept in the spool's quarantine file)
+        self.rows_dropped = 0  # past MAX_BUFFER while the database was down
+        self._spool: LedgerSpool | None = None
+        if spool_dir is not None:  # rows a killed process acknowledged come back first
+            self._spool = LedgerSpool(spool_dir)
+            self._buffer = self._spool.recover()
+            if self._buffer:
+                log.warning("accounts: %d ledger rows recovered from the spool", len(self._buffer))
         self._closed = False
         self._wire: Any = None  # accounts.wire.WireServer, started by serve_wire
         self._last_batch: dict[str, tuple[int | None, asyncio.Future]] = {}  # client -> (seq, its answers)
@@ -184,22 +209,49 @@ class AccountsCore:
             return _err(e)
 
     async def flush(self) -> dict[str, Any]:
-        """Write buffered ledger rows in one batch; on failure keep them for the next try."""
+        """Write buffered ledger rows in one batch; on an outage keep them for the next try.
+
+        A row the database refuses (a value it cannot store) is quarantined and counted; the
+        rest of the batch is written. The spool segments the batch covered go only after that.
+        """
         if self._flush_lock is None:
             self._flush_lock = asyncio.Lock()
         assert self._flush_lock is not None
         async with self._flush_lock:
             rows, self._buffer = self._buffer, []
+            covered = self._spool.rotate() if self._spool is not None else []
             if not rows:
+                if self._spool is not None:
+                    self._spool.discard(covered)
                 return _ok(0)
             try:
-                await self._db(db.insert_ledger, rows)
-            except AccountsError as e:
+                refused = await self._db(db.insert_ledger_safe, rows, outage=DB_DOWN)
+            except Exception as e:  # outage (503) or anything unforeseen: lose nothing
                 self.flush_failures += 1
-                self._buffer = (rows + self._buffer)[-MAX_BUFFER:]
-                log.warning("ledger flush failed (%d rows kept): %s", len(rows), e.message)
-                return _err(e)
-            return _ok(len(rows))
+                self._keep(rows)
+                msg = e.message if isinstance(e, AccountsError) else repr(e)
+                log.warning("ledger flush failed (%d rows kept): %s", len(rows), msg)
+                return _err(e if isinstance(e, AccountsError) else unavailable(f"ledger flush failed: {msg}"))
+            if refused:
+                self.rows_quarantined += len(refused)
+                _count("doka_ledger_rows_quarantined", len(refused))
+                log.error("ledger: %d rows refused by the database, quarantined (first: %s)", len(refused),
+                          refused[0][1])
+                if self._spool is not None:
+                    self._spool.quarantine(refused)
+            if self._spool is not None:
+                self._spool.discard(covered)
+            return _ok(len(rows) - len(refused))
+
+    def _keep(self, rows: list[dict[str, Any]]) -> None:
+        """Put unwritten rows back in front of the buffer, dropping (and counting) past MAX_BUFFER."""
+        self._buffer = rows + self._buffer
+        over = len(self._buffer) - MAX_BUFFER
+        if over > 0:
+            del self._buffer[:over]
+            self.rows_dropped += over
+            _count("doka_ledger_rows_dropped", over)
+            log.error("ledger: %d rows dropped (buffer full while the database is down)", over)
 
     async def close(self) -> dict[str, Any]:
         """Stop the flush loop and write what is buffered (gateway shutdown)."""
@@ -207,13 +259,18 @@ class AccountsCore:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        return await self.flush()
+        result = await self.flush()
+        if self._spool is not None and result.get("ok") is not None:
+            self._spool.close()
+        return result
 
     def __ray_shutdown__(self) -> None:
         """Graceful actor exit: write what is still buffered."""
         if self._buffer:
             try:
-                db.insert_ledger(self.engine, self._buffer)
+                if self._spool is not None:
+                    self._spool.sync()  # whatever happens next, the spool has every row
+                db.insert_ledger_safe(self.engine, self._buffer, outage=DB_DOWN)
                 self._buffer = []
             except Exception:
                 log.exception("final ledger flush failed")
@@ -392,6 +449,7 @@ class AccountsCore:
         """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
         await self._start()
         result = self._settle_now(reservation_id, key_id, **outcome)
+        self._sync()
         if self._closed:  # no flush loop any more (shutting down): write this row now, not never
             await self.flush()
         return result
@@ -411,6 +469,7 @@ class AccountsCore:
         request_id: str | None = None,
         stream: bool = False,
         cost_usd: float | None = None,
+        client_request_id: str | None = None,
     ) -> dict[str, Any]:
         if cost_usd is None:
             p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
@@ -424,7 +483,7 @@ class AccountsCore:
                 meter.release(res)
             meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
         self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
-                     status, route_reason, request_id, stream)
+                     status, route_reason, request_id, stream, client_request_id)
         return _ok(cost_usd)
 
     async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]], client: str | None = None,
@@ -468,20 +527,31 @@ class AccountsCore:
         if waiting:
             for (i, _), result in zip(waiting, await asyncio.gather(*(c for _, c in waiting))):
                 results[i] = result
+        self._sync()  # the batch's settlements are on disk before they are answered
         if self._closed:  # no flush loop any more (shutting down): write these rows now, not never
             await self.flush()
         return results  # type: ignore[return-value]
 
-    def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream) -> None:
+    def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream,
+                client_request_id: str | None = None) -> None:
         now = to_naive_utc(time.time())
-        self._buffer.append({
+        row = {
             "request_id": request_id, "key_id": key_id, "model_requested": model_requested, "model": model,
             "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost),
             "latency_ms": latency_ms, "status": int(status), "route_reason": reason, "stream": bool(stream),
-            "created_at": now, "day": now.strftime("%Y-%m-%d"),
-        })
+            "created_at": now, "day": now.strftime("%Y-%m-%d"), "client_request_id": client_request_id,
+            "row_uid": uuid.uuid4().hex,
+        }
+        self._buffer.append(row)
+        if self._spool is not None:
+            self._spool.append(row)
         if len(self._buffer) > MAX_BUFFER:
-            del self._buffer[: len(self._buffer) - MAX_BUFFER]
+            self._keep([])
+
+    def _sync(self) -> None:
+        """Recorded rows reach the disk before any settlement is acknowledged (see accounts.spool)."""
+        if self._spool is not None:
+            self._spool.sync()
 
     # ---------------------------------------------------------------- admin
     async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:
@@ -583,4 +653,6 @@ class AccountsCore:
     async def stats(self) -> dict[str, Any]:
         return _ok({"buffered": len(self._buffer), "reservations": len(self._reservations),
                     "cached_keys": len(self._keys), "flush_failures": self.flush_failures,
-                    "wire_batches": self._wire.batches if self._wire is not None else 0})
+                    "wire_batches": self._wire.batches if self._wire is not None else 0,
+                    "rows_quarantined": self.rows_quarantined, "rows_dropped": self.rows_dropped,
+                    "spool": str(self._spool.dir) if self._spool is not None else None})

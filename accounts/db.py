@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 
 from accounts.models import Key, LedgerEntry, utcnow
@@ -118,8 +118,50 @@ def insert_ledger(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(insert(LedgerEntry), list(rows))
 
 
+def insert_ledger_safe(engine: Engine, rows: Sequence[dict[str, Any]],
+                       outage: tuple[type[BaseException], ...] = ()) -> list[tuple[dict[str, Any], str]]:
+    """Insert the rows; the ones the database refuses come back (row, why), the rest are written.
+
+    One batch first (the normal case). If the database refuses it (a value it cannot store, a
+    row already written by an earlier try or a spool replay), each row goes on its own: rows
+    whose `row_uid` is already there are skipped, the others inserted one by one, and only those
+    the database still refuses are returned. An `outage` error is raised as is (the caller keeps
+    every row for the next try; the unique `row_uid` makes that retry safe).
+    """
+    if not rows:
+        return []
+    try:
+        insert_ledger(engine, rows)
+        return []
+    except outage:
+        raise
+    except Exception:  # one bad row (or a replayed one) must not cost the batch: row by row
+        pass
+    uids = [r["row_uid"] for r in rows if r.get("row_uid")]
+    present: set[str] = set()
+    with engine.connect() as conn:
+        for i in range(0, len(uids), 500):
+            chunk = uids[i:i + 500]
+            present.update(conn.execute(select(LedgerEntry.row_uid).where(LedgerEntry.row_uid.in_(chunk))).scalars())
+    refused: list[tuple[dict[str, Any], str]] = []
+    for row in rows:
+        if row.get("row_uid") in present:
+            continue
+        try:
+            insert_ledger(engine, [row])
+        except outage:
+            raise
+        except Exception as e:
+            refused.append((row, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+    return refused
+
+
 def key_spend_since(engine: Engine, key_id: str, since: Iterable[datetime]) -> list[tuple[int, float, int]]:
-    """(tokens, cost, requests) for the key since each given instant: rebuilds counters at start."""
+    """(tokens, cost, requests) for the key since each given instant: rebuilds counters at start.
+
+    Every row counts whatever its status: a 499 stream or a failed cascade was charged too
+    (refusals have no tokens, so they add nothing).
+    """
     out = []
     with engine.connect() as conn:
         for t in since:
@@ -128,18 +170,19 @@ def key_spend_since(engine: Engine, key_id: str, since: Iterable[datetime]) -> l
                     func.coalesce(func.sum(LedgerEntry.prompt_tokens + LedgerEntry.completion_tokens), 0),
                     func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0),
                     func.count(LedgerEntry.id),
-                ).where(LedgerEntry.key_id == key_id, LedgerEntry.created_at >= t, LedgerEntry.status < 400)
+                ).where(LedgerEntry.key_id == key_id, LedgerEntry.created_at >= t)
             ).one()
             out.append((int(row[0]), float(row[1]), int(row[2])))
     return out
 
 
 def recent_events(engine: Engine, key_id: str, since: datetime) -> list[tuple[datetime, int]]:
-    """(time, tokens) of the key's admitted requests since `since`, for the minute windows."""
+    """(time, tokens) of the key's admitted or charged requests since `since`, for the minute windows."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(LedgerEntry.created_at, LedgerEntry.prompt_tokens + LedgerEntry.completion_tokens)
-            .where(LedgerEntry.key_id == key_id, LedgerEntry.created_at >= since, LedgerEntry.status < 400)
+            .where(LedgerEntry.key_id == key_id, LedgerEntry.created_at >= since,
+                   or_(LedgerEntry.status < 400, LedgerEntry.prompt_tokens + LedgerEntry.completion_tokens > 0))
             .order_by(LedgerEntry.created_at)
         ).all()
     return [(r[0], int(r[1])) for r in rows]

@@ -15,8 +15,7 @@ CHARS_PER_TOKEN = 4  # for counting delivered stream text (charged, so not infla
 RESERVE_CHARS_PER_TOKEN = 3
 PER_MESSAGE = 8
 REPLY_PRIMING = 3
-DEFAULT_COMPLETION_RESERVE = 256  # reserved when the request sets no max_tokens
-MAX_RESERVE = 8192
+DEFAULT_MAX_OUTPUT_TOKENS = 4096  # a model's output limit when neither config nor LiteLLM knows it
 
 
 def _content_text(content: Any) -> str:
@@ -42,17 +41,25 @@ def prompt_tokens(body: dict[str, Any], chars_per_token: int = CHARS_PER_TOKEN, 
     return count_tokens(prompt if isinstance(prompt, str) else None, chars_per_token)
 
 
-def reservation(body: dict[str, Any] | None) -> int:
-    """Tokens to reserve before the call: prompt estimate + requested completion, capped."""
-    if not body:
-        return DEFAULT_COMPLETION_RESERVE
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+def reservation(body: dict[str, Any] | None, max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+                context_window: int | None = None) -> int:
+    """The request's worst case: prompt estimate + (max_tokens, else the model's output limit) x n.
+
+    Each choice's completion is bounded by what the context leaves after the prompt. No cap: a
+    hold below what the request can really cost is what let concurrent requests overspend.
+    """
+    body = body or {}
+    prompt = prompt_tokens(body, RESERVE_CHARS_PER_TOKEN, PER_MESSAGE)
     if "input" in body and "messages" not in body and "prompt" not in body:
-        max_tokens = 0  # embeddings: input tokens only
-    elif not isinstance(max_tokens, int) or max_tokens <= 0:
-        max_tokens = DEFAULT_COMPLETION_RESERVE
-    n = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
-    return min(MAX_RESERVE, prompt_tokens(body, RESERVE_CHARS_PER_TOKEN, PER_MESSAGE) + max_tokens * n)
+        return prompt  # embeddings: input tokens only
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        max_tokens = max_output_tokens
+    if context_window is not None:
+        max_tokens = min(max_tokens, max(context_window - prompt, 1))
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    return prompt + max_tokens * n
 
 
 class StreamMeter:

@@ -24,6 +24,8 @@ from accounts.client import Accounts, Principal, api_key_from_headers
 from accounts.core import AccountsCore
 from accounts.errors import AccountsError, unavailable
 from accounts.estimate import StreamMeter
+from accounts.request_ids import correlation_id_of
+from accounts.limits import limits_by_model, widest
 
 log = logging.getLogger("ray.serve")
 _CURRENT: "GatewayAccounts | None" = None  # this replica's seam, for the admin routes
@@ -103,6 +105,7 @@ class Grant(Principal):
 
     model_config = {"arbitrary_types_allowed": True}
     meter: StreamMeter | None = None
+    correlation_id: str | None = None  # the client's valid x-request-id (accounts.request_ids)
 
     def observe(self, chunk: dict[str, Any]) -> None:
         if self.meter is not None:
@@ -124,6 +127,8 @@ class GatewayAccounts:
                                  wire=cfg.accounts.transport == "socket",
                                  call_timeout_s=cfg.accounts.call_timeout_s)
         self.master_key = master_key(cfg)
+        self.limits = limits_by_model(cfg)  # what a request's worst case is held within
+        self.widest = widest(self.limits)  # for `auto` and cascades: any model may answer
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
         self._heartbeat: asyncio.Task | None = None
@@ -147,8 +152,10 @@ class GatewayAccounts:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         try:
             return await self.accounts.authorize(
-                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, calls=calls, as_type=Grant,
-                meter=StreamMeter(body) if body.get("stream") else None)
+                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, calls=calls,
+                limits=tuple(self.limits.get(model, self.widest)), as_type=Grant,
+                meter=StreamMeter(body) if body.get("stream") else None,
+                correlation_id=correlation_id_of(request))
         except AccountsError as e:
             raise _openai_error(e) from None
 
@@ -167,6 +174,7 @@ class GatewayAccounts:
         ):  # no usage from upstream, or cut off: charge what was delivered, at the model's price
             outcome.update(grant.meter.usage(), cost_usd=None)
         outcome.setdefault("request_id", grant.request_id)
+        outcome.setdefault("client_request_id", grant.correlation_id)
         outcome.pop("model_requested", None)
         await self.accounts.settle(grant, **outcome)
 

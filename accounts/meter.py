@@ -2,7 +2,7 @@
 
 Pure and synchronous on purpose: the accounts actor calls `check_and_reserve` with no await in
 between, so concurrent requests from any number of ingress replicas see one consistent count
-and a quota is overspent by at most the one request admitted while budget remained.
+and a request is admitted only when its worst case fits in what is left of every quota.
 """
 
 from __future__ import annotations
@@ -132,7 +132,12 @@ class KeyMeter:
         return m
 
     def check(self, limits: dict[str, Any], est_tokens: int, est_cost: float, now: float) -> AccountsError | None:
-        """The first limit this request would break, or None. Admit while something is left."""
+        """The first limit this request would break, or None.
+
+        `est_tokens`/`est_cost` are the request's worst case (accounts.estimate.reservation): it is
+        admitted only when that fits in what is left after what is spent and what other requests
+        hold, so concurrent requests can never spend past a quota together.
+        """
         dt = to_naive_utc(now)
         for c in (self.day, self.month, self.budget):
             c.roll(dt)
@@ -140,23 +145,30 @@ class KeyMeter:
         if rpm is not None and self.requests.sum(now) >= rpm:
             return too_many(f"rate limit: {rpm} requests per minute", "rate_limit_exceeded",
                             self.requests.retry_after(now))
-        if tpm is not None and self.tokens.sum(now) + self.reserved_tokens >= tpm:
+        hint = " (lower max_tokens or n to ask for less)"
+        if tpm is not None and self.tokens.sum(now) + self.reserved_tokens + est_tokens > tpm:
+            used = int(self.tokens.sum(now))
             wait = self.tokens.retry_after(now) if self.tokens.events else 1.0
-            return too_many(f"rate limit: {tpm} tokens per minute", "rate_limit_exceeded", wait)
+            return too_many(f"rate limit: {tpm} tokens per minute; this request may use up to {est_tokens} "
+                            f"tokens, {used} used and {self.reserved_tokens} held in the last minute{hint}",
+                            "rate_limit_exceeded", wait)
         for name, counter in (("day", self.day), ("month", self.month)):
             quota = limits.get(f"tokens_per_{name}")
-            if quota is not None and counter.value + self.reserved_tokens >= quota:
+            if quota is not None and counter.value + self.reserved_tokens + est_tokens > quota:
                 used = int(counter.value)
-                wait = counter.seconds_left(dt) if used >= quota else 1.0
-                return too_many(f"token quota exhausted: {used} of {quota} tokens used this {name}",
-                                "insufficient_quota", wait)
+                left = max(quota - used - self.reserved_tokens, 0)
+                wait = counter.seconds_left(dt) if used + est_tokens > quota else 1.0
+                return too_many(f"token quota exhausted: this request may use up to {est_tokens} tokens, {left} "
+                                f"of {quota} left this {name} ({used} used, {self.reserved_tokens} held by "
+                                f"requests in flight){hint}", "insufficient_quota", wait)
         budget = limits.get("max_budget")
-        if budget is not None and self.budget.value + self.reserved_cost >= budget:
+        if budget is not None and self.budget.value + self.reserved_cost + est_cost > budget:
             spent = self.budget.value
-            wait = self.budget.seconds_left(dt) if spent >= budget else 1.0
+            left = max(budget - spent - self.reserved_cost, 0.0)
+            wait = self.budget.seconds_left(dt) if spent + est_cost > budget else 1.0
             period = self.budget_period or "lifetime of the key"
-            return too_many(f"budget exceeded: ${spent:.6f} of ${budget:.6f} spent ({period})",
-                            "budget_exceeded", wait)
+            return too_many(f"budget exceeded: this request may cost up to ${est_cost:.6f}, ${left:.6f} of "
+                            f"${budget:.6f} left ({period}; ${spent:.6f} spent){hint}", "budget_exceeded", wait)
         return None
 
     def reserve(self, key_id: str, est_tokens: int, est_cost: float, now: float) -> Reservation:

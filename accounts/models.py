@@ -65,8 +65,11 @@ class LedgerEntry(Base):
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     day: Mapped[str] = mapped_column(String(10))
+    client_request_id: Mapped[str | None] = mapped_column(String(128))  # the client's x-request-id, if valid
+    row_uid: Mapped[str | None] = mapped_column(String(32))  # unique: a spool replay inserts a row once
 
     __table_args__ = (
         Index("ix_doka_ledger_key_created", "key_id", "created_at"),
         Index("ix_doka_ledger_day", "day"),
+        Index("ux_doka_ledger_row_uid", "row_uid", unique=True),
     )

@@ -56,6 +56,13 @@ class ModelInfo(_Strict):
     mode: Literal["chat", "embedding"] = Field(
         "chat", description="what the model serves: chat (chat/completions, messages, responses) or "
         "embedding (/v1/embeddings only; never an `auto` candidate)")
+    context_window: int | None = Field(
+        None, gt=0, description="tokens of prompt plus completion the model takes; unset: LiteLLM's "
+        "model info for litellm_params.model, else 32768 (admission holds a request's worst case "
+        "within it)")
+    max_output_tokens: int | None = Field(
+        None, gt=0, description="the most tokens one completion may have; unset: LiteLLM's model info, "
+        "else 4096 (what admission holds per choice when a request sets no max_tokens)")
 
 
 class VLLMParams(_Strict):
@@ -213,6 +220,13 @@ class AccountsConfig(_Strict):
     reservation_lease_s: float = Field(
         30.0, gt=0, description="an ingress replica silent this long is presumed lost: its open "
         "reservations are released and logged (status 502, nothing charged)")
+    ledger_spool: bool = Field(
+        True, description="fsync every ledger row to a local write-ahead spool before its settlement "
+        "is answered, and replay it on start, so a killed Accounts replica loses no row a client saw "
+        "answered (docs/reliability.md); off: rows wait in memory for the next flush")
+    spool_dir: str | None = Field(
+        None, description="the spool's directory; default: data_dir/ledger-spool/<database digest>. "
+        "Must outlive the Accounts replica (a persistent volume on Kubernetes)")
 
 
 class ObservabilityConfig(_Strict):

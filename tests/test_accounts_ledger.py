@@ -91,10 +91,11 @@ async def test_auth_matrix_library(db_url):
 async def test_token_quota_exhaustion_and_restart_keeps_it(db_url):
     a = make(db_url)
     key = await a.call("generate_key", {"tokens_per_day": 100})
-    for _ in range(5):
+    for _ in range(4):  # each may use up to 25 (prompt estimate + max_tokens): the 5th does not fit in 20
         await one_call(a, key["key"], p=10, c=10)
     e = await refused(a.authorize(key["key"], "cheap", BODY))
     assert (e.status, e.code) == (429, "insufficient_quota")
+    assert "up to 25 tokens, 20 of 100 left" in e.message
     assert 0 < e.retry_after <= 86400 and int(e.headers()["Retry-After"]) >= 1
     await a.close()
 
@@ -102,9 +103,9 @@ async def test_token_quota_exhaustion_and_restart_keeps_it(db_url):
     e = await refused(b.authorize(key["key"], "cheap", BODY))
     assert e.code == "insufficient_quota"
     info = await b.call("key_info", None, key["key_id"])
-    assert info["usage"]["tokens_today"] == 100 and info["usage"]["tokens_this_month"] == 100
+    assert info["usage"]["tokens_today"] == 80 and info["usage"]["tokens_this_month"] == 80
     spend = await b.call("usage", ["key"], key_id=key["key_id"])
-    assert spend[0]["total_tokens"] == 100 and spend[0]["requests"] == 7  # 5 served + 2 refused rows
+    assert spend[0]["total_tokens"] == 80 and spend[0]["requests"] == 6  # 4 served + 2 refused rows
     await b.call("update_key", key["key"], None, {"tokens_per_day": 1000})
     await one_call(b, key["key"])  # raising the quota takes effect at once
     await b.close()
