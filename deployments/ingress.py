@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts.estimate import prompt_tokens
+from accounts.request_ids import correlation_id_of
 from app import anthropic_api, responses_api
 from app.config import DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
@@ -103,15 +104,16 @@ app.openapi = _openapi  # type: ignore[method-assign]
 
 
 def request_id_of(request: Request) -> str:
-    """The request's id: the one `_serve` chose, else the client's `x-request-id`, else a new one.
+    """The request's id: always generated here (uuid4 hex), never the client's.
 
-    Every doka response carries it as `x-doka-request-id` (errors included), so a response
-    without it did not come from doka (a proxy's or Serve's own 500, say).
+    It keys the ledger row, the trace and `/v1/feedback`, so a client must not choose it (one
+    key could otherwise score or overwrite another key's trace). Every doka response carries it
+    as `x-doka-request-id` (errors included), so a response without it did not come from doka.
     """
     state = request.scope.setdefault("state", {})
     rid = state.get("doka_request_id")
     if rid is None:
-        rid = state["doka_request_id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = state["doka_request_id"] = uuid.uuid4().hex
     return rid
 
 
@@ -124,6 +126,8 @@ def _anthropic_path(request: Request) -> bool:
 def error_response(request: Request, e: OpenAIError) -> JSONResponse:
     """An error for this request's dialect, always with `x-doka-request-id`."""
     extra = {"x-doka-request-id": request_id_of(request)}
+    if (correlation := correlation_id_of(request)) is not None:
+        extra["x-request-id"] = correlation
     if _anthropic_path(request):
         return JSONResponse(anthropic_api.error_body(e.status, e.message), status_code=e.status,
                             headers={**e.headers, **extra})
@@ -195,6 +199,27 @@ def load_accounts(cfg: DokaConfig, handle: DeploymentHandle | None) -> Any:
     from accounts.gateway import GatewayAccounts  # type: ignore[import-not-found]
 
     return GatewayAccounts(cfg, handle)
+
+
+def _ask_usage(body: dict[str, Any]) -> bool:
+    """Make a chat/completions stream ask its provider for usage; True when the client had not.
+
+    Every token is then charged from the provider's own count (tool-call arguments and reasoning
+    included); counting delivered characters is left for a stream cut off before the usage came.
+    """
+    opts = body.get("stream_options")
+    opts = opts if isinstance(opts, dict) else {}
+    body["stream_options"] = {**opts, "include_usage": True}
+    return not opts.get("include_usage")
+
+
+def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The chunk as a client that did not ask for usage gets it: None for a usage-only chunk."""
+    if "usage" not in chunk:
+        return chunk
+    if not chunk.get("choices"):
+        return None
+    return {k: v for k, v in chunk.items() if k != "usage"}
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -531,6 +556,7 @@ class Ingress:
         if self._mode_of.get(requested, "chat") != ("embedding" if kind == "embedding" else "chat"):
             raise self._wrong_mode(requested, kind)
         stream = bool(getattr(req, "stream", False))
+        strip_usage = stream and kind != "embedding" and _ask_usage(body)
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
         early = self._route_early(requested, request, routing_ext, prompt)
         cascading = requested in self._cascades or (requested == self._auto and self._novel is not None)
@@ -571,7 +597,8 @@ class Ingress:
             if status != 200:
                 self._start_settle(grant, request_id, requested, None, None, status, started, None, stream, side)
         if stream:
-            return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect)
+            return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect,
+                                      strip_usage)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False, att.side)
         result = att.result if dialect is None else dialect.answer(att.result)
@@ -795,13 +822,15 @@ class Ingress:
         return att
 
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
-                      started: float, dialect: Any = OpenAIDialect) -> Response:
-        """The open stream as an SSE response; from here on the response settles the request."""
+                      started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False) -> Response:
+        """The open stream as an SSE response; from here on the response settles the request.
+
+        `strip_usage`: the client did not ask for the usage chunk (the gateway did, to charge it)."""
         first, it = att.result
         headers = self._headers(att, request_id, decision)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
-        body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect)
+        body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect, strip_usage)
         return _SettlingStream(body, partial(self._stream_abandoned, once, it, att, requested, request_id, grant,
                                              started, body), media_type="text/event-stream", headers=headers)
 
@@ -831,8 +860,11 @@ class Ingress:
 
     async def _sse(self, first: dict | None, it: AsyncIterator[dict] | None, att: _Attempt, requested: str,
                    request_id: str, grant: Any, started: float, once: "_Once",
-                   dialect: Any = OpenAIDialect) -> AsyncIterator[bytes]:
+                   dialect: Any = OpenAIDialect, strip_usage: bool = False) -> AsyncIterator[bytes]:
         """Chunks as they come; an error after the first chunk ends the stream with an error event.
+
+        The provider's usage is charged; with `strip_usage` the client does not see it (it did not
+        ask: OpenAI sends none then).
 
         `dialect` writes each chunk, the end and a mid-stream error (OpenAI's SSE by default).
         """
@@ -844,12 +876,15 @@ class Ingress:
             if first is not None:
                 usage = first.get("usage") or usage
                 observe(first)
-                yield encode(first)
+                if not strip_usage or (first := _without_usage(first)) is not None:
+                    yield encode(first)
             if it is not None:
                 async for chunk in it:
                     observe(chunk)
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                    if strip_usage and (chunk := _without_usage(chunk)) is None:
+                        continue
                     data = encode(chunk)
                     if data:  # a translating dialect may hold a chunk back (usage, finish reason)
                         yield data
