@@ -232,6 +232,7 @@ class Accounts:
         cost_usd: float | None = None,
         request_id: str | None = None,
         client_request_id: str | None = None,
+        row_uid: str | None = None,
     ) -> float:
         """Charge the actual usage (an OpenAI `usage` dict or explicit counts); returns USD cost."""
         if usage:
@@ -242,7 +243,7 @@ class Accounts:
             model_requested=principal.model_requested, model=model, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, status=status, latency_ms=latency_ms,
             route_reason=route_reason, request_id=request_id or principal.request_id, stream=stream,
-            cost_usd=cost_usd, client_request_id=client_request_id,
+            cost_usd=cost_usd, client_request_id=client_request_id, row_uid=row_uid,
         )
 
     async def feedback_principal(self, api_key: str | None, request_id: str) -> Principal:

@@ -470,6 +470,7 @@ class AccountsCore:
         stream: bool = False,
         cost_usd: float | None = None,
         client_request_id: str | None = None,
+        row_uid: str | None = None,
     ) -> dict[str, Any]:
         if cost_usd is None:
             p_in, p_out = self.prices.get(model or "", (0.0, 0.0))
@@ -483,7 +484,7 @@ class AccountsCore:
                 meter.release(res)
             meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
         self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
-                     status, route_reason, request_id, stream, client_request_id)
+                     status, route_reason, request_id, stream, client_request_id, row_uid)
         return _ok(cost_usd)
 
     async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]], client: str | None = None,
@@ -533,14 +534,14 @@ class AccountsCore:
         return results  # type: ignore[return-value]
 
     def _record(self, key_id, model_requested, model, p, c, cost, latency_ms, status, reason, request_id, stream,
-                client_request_id: str | None = None) -> None:
+                client_request_id: str | None = None, row_uid: str | None = None) -> None:
         now = to_naive_utc(time.time())
         row = {
             "request_id": request_id, "key_id": key_id, "model_requested": model_requested, "model": model,
             "prompt_tokens": int(p), "completion_tokens": int(c), "cost_usd": float(cost),
             "latency_ms": latency_ms, "status": int(status), "route_reason": reason, "stream": bool(stream),
             "created_at": now, "day": now.strftime("%Y-%m-%d"), "client_request_id": client_request_id,
-            "row_uid": uuid.uuid4().hex,
+            "row_uid": row_uid or uuid.uuid4().hex,  # the caller's, so a settle sent again is one row
         }
         self._buffer.append(row)
         if self._spool is not None:

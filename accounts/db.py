@@ -130,6 +130,15 @@ def insert_ledger_safe(engine: Engine, rows: Sequence[dict[str, Any]],
     """
     if not rows:
         return []
+    seen: set[str] = set()  # a settlement sent again (its answer was lost) is one row
+    unique = []
+    for r in rows:
+        uid = r.get("row_uid")
+        if uid is None or uid not in seen:
+            unique.append(r)
+            if uid is not None:
+                seen.add(uid)
+    rows = unique
     try:
         insert_ledger(engine, rows)
         return []

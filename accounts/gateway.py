@@ -130,6 +130,7 @@ class GatewayAccounts:
         self.limits = limits_by_model(cfg)  # what a request's worst case is held within
         self.widest = widest(self.limits)  # for `auto` and cascades: any model may answer
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
+        self.settle_retry_s = cfg.accounts.settle_retry_s
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
         self._heartbeat: asyncio.Task | None = None
         _CURRENT = self
@@ -167,6 +168,11 @@ class GatewayAccounts:
             raise _openai_error(e) from None
 
     async def settle(self, grant: Grant | None, **outcome: Any) -> None:
+        """Charge the request; retried while the accounts core is unreachable (a replaced replica).
+
+        The answer waits for it, so a 200 the client sees has its ledger row on the core's spool.
+        One `row_uid` for every try: a try whose answer was lost is written once.
+        """
         if grant is None:
             return
         if outcome.get("stream") and grant.meter is not None and not (
@@ -175,8 +181,20 @@ class GatewayAccounts:
             outcome.update(grant.meter.usage(), cost_usd=None)
         outcome.setdefault("request_id", grant.request_id)
         outcome.setdefault("client_request_id", grant.correlation_id)
+        outcome.setdefault("row_uid", uuid.uuid4().hex)
         outcome.pop("model_requested", None)
-        await self.accounts.settle(grant, **outcome)
+        deadline = time.monotonic() + self.settle_retry_s
+        wait = 0.1
+        while True:
+            try:
+                await self.accounts.settle(grant, **outcome)
+                return
+            except AccountsError as e:
+                if e.status != 503 or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("accounts: settle of %s not answered (%s); retrying", grant.request_id, e.message)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 1.0)
 
 
 def current() -> Accounts:

@@ -220,6 +220,10 @@ class AccountsConfig(_Strict):
     reservation_lease_s: float = Field(
         30.0, gt=0, description="an ingress replica silent this long is presumed lost: its open "
         "reservations are released and logged (status 502, nothing charged)")
+    settle_retry_s: float = Field(
+        60.0, ge=0, description="how long an ingress keeps retrying a settlement while the accounts "
+        "core is unreachable (its replica being replaced); the answer waits, so a client never sees "
+        "a 200 that has no ledger row")
     ledger_spool: bool = Field(
         True, description="fsync every ledger row to a local write-ahead spool before its settlement "
         "is answered, and replay it on start, so a killed Accounts replica loses no row a client saw "
