@@ -449,7 +449,7 @@ class AccountsCore:
         """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
         await self._start()
         result = self._settle_now(reservation_id, key_id, **outcome)
-        self._sync()
+        await self._sync()
         if self._closed:  # no flush loop any more (shutting down): write this row now, not never
             await self.flush()
         return result
@@ -528,7 +528,7 @@ class AccountsCore:
         if waiting:
             for (i, _), result in zip(waiting, await asyncio.gather(*(c for _, c in waiting))):
                 results[i] = result
-        self._sync()  # the batch's settlements are on disk before they are answered
+        await self._sync()  # the batch's settlements are on disk before they are answered
         if self._closed:  # no flush loop any more (shutting down): write these rows now, not never
             await self.flush()
         return results  # type: ignore[return-value]
@@ -549,10 +549,10 @@ class AccountsCore:
         if len(self._buffer) > MAX_BUFFER:
             self._keep([])
 
-    def _sync(self) -> None:
+    async def _sync(self) -> None:
         """Recorded rows reach the disk before any settlement is acknowledged (see accounts.spool)."""
         if self._spool is not None:
-            self._spool.sync()
+            await self._spool.sync_async()
 
     # ---------------------------------------------------------------- admin
     async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Rows the database refuses (not an outage: a value it cannot store) go to `quaran
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ class LedgerSpool:
         self._closed: list[Path] = sorted(self.dir.glob(f"{PREFIX}*{SUFFIX}"))  # left by an earlier process
         self._file = self._open()
         self._dirty = False
+        self._appended = 0  # rows appended so far
+        self._synced = 0  # of those, how many a finished fsync covers
 
     def _open(self):
         self._n += 1
@@ -66,6 +69,26 @@ class LedgerSpool:
     def append(self, row: dict[str, Any]) -> None:
         self._file.write(_encode(row) + "\n")
         self._dirty = True
+        self._appended += 1
+
+    async def sync_async(self) -> None:
+        """`sync` with the fsync in a worker thread: the core's loop keeps deciding meanwhile.
+
+        Returns once every row appended before the call is on disk (another caller's fsync
+        counts only once it has finished)."""
+        target = self._appended
+        if self._synced >= target:
+            return
+        f = self._file
+        f.flush()
+        self._dirty = False
+        try:
+            await asyncio.to_thread(os.fsync, f.fileno())
+        except (OSError, ValueError):
+            if f is self._file:
+                raise
+            # rotated meanwhile: `rotate` fsync'd that segment before closing it
+        self._synced = max(self._synced, target)
 
     def sync(self) -> None:
         """Make every appended row durable (before a settlement is acknowledged)."""
@@ -73,6 +96,7 @@ class LedgerSpool:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._dirty = False
+        self._synced = self._appended
 
     def rotate(self) -> list[Path]:
         """Close the current segment; every closed segment (what a flush now covers)."""

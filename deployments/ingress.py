@@ -598,12 +598,12 @@ class Ingress:
                 self._start_settle(grant, request_id, requested, None, None, status, started, None, stream, side)
         if stream:
             return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect,
-                                      strip_usage)
+                                      strip_usage, correlation_id_of(request))
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False, att.side)
         result = att.result if dialect is None else dialect.answer(att.result)
         return Response(dumps(result), media_type="application/json",
-                        headers=self._headers(att, request_id, decision))
+                        headers=self._headers(att, request_id, decision, correlation_id_of(request)))
 
     def _wrong_mode(self, requested: str, kind: str) -> OpenAIError:
         """A 400 for a chat request to an embedding model, or an embedding request to a chat model."""
@@ -822,12 +822,13 @@ class Ingress:
         return att
 
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
-                      started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False) -> Response:
+                      started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False,
+                      correlation: str | None = None) -> Response:
         """The open stream as an SSE response; from here on the response settles the request.
 
         `strip_usage`: the client did not ask for the usage chunk (the gateway did, to charge it)."""
         first, it = att.result
-        headers = self._headers(att, request_id, decision)
+        headers = self._headers(att, request_id, decision, correlation)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
         body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect, strip_usage)
@@ -911,13 +912,17 @@ class Ingress:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
     # ------------------------------------------------------------------ helpers
-    def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
+    def _headers(self, att: _Attempt, request_id: str, decision: dict | None,
+                 correlation: str | None = None) -> dict[str, str]:
+        """doka's answer headers; `correlation`: the client's valid x-request-id, echoed back."""
         headers = {
             "x-doka-model": att.model,
             "x-doka-route-reason": att.reason,
             "x-doka-request-id": request_id,
             "x-doka-tiers-tried": ",".join(att.tried),
         }
+        if correlation is not None:
+            headers["x-request-id"] = correlation
         if decision is not None:
             headers["x-doka-router"] = str(decision.get("reason", ""))[:200]
             headers["x-doka-strategy"] = str(decision.get("strategy", ""))

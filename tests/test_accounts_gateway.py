@@ -7,6 +7,7 @@ session's keys-off gateway, on the same Serve proxy under the route prefix /acct
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -26,8 +27,10 @@ def gw(ray_cluster, mock_upstream, tmp_path_factory):
                              ingress_replicas=2)
 
 
-def chat(gw, key: str | None, model: str = "mock-gpt-3.5", **extra) -> httpx.Response:
+def chat(gw, key: str | None, model: str = "mock-gpt-3.5", headers_extra: dict | None = None,
+         **extra) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(headers_extra or {})
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, **extra}
     return httpx.post(gw.url + "/v1/chat/completions", headers=headers, json=body, timeout=60)
 
@@ -37,7 +40,7 @@ def test_auth_matrix_through_the_gateway(gw):
     revoked = new_key(gw)
     admin(gw, "POST", "/key/delete", json={"keys": [revoked["key"]]})
     expired = new_key(gw, expires_at="2001-01-01T00:00:00Z")
-    quota = new_key(gw, tokens_per_day=1)
+    quota = new_key(gw, tokens_per_day=25)  # room for one request's worst case (20 tokens)
     rate = new_key(gw, rpm_limit=1)
 
     missing = chat(gw, None)
@@ -50,7 +53,7 @@ def test_auth_matrix_through_the_gateway(gw):
     ok = chat(gw, good["key"])
     assert ok.status_code == 200 and ok.json()["usage"]["total_tokens"] > 0
     assert chat(gw, good["key"], "auto").status_code == 200
-    assert chat(gw, quota["key"]).status_code == 200  # the one request that crosses the quota
+    assert chat(gw, quota["key"]).status_code == 200  # its worst case fits; the next one's does not
     exhausted = chat(gw, quota["key"])
     assert exhausted.status_code == 429 and int(exhausted.headers["Retry-After"]) >= 1
     assert exhausted.json()["error"]["code"] == "insufficient_quota"
@@ -227,7 +230,7 @@ def test_allow_list_applies_to_every_model_called(gw):
 
 
 def test_feedback_needs_only_the_key_that_made_the_request(gw):
-    owner = new_key(gw, models=["mock-gpt-3.5"], rpm_limit=1, tokens_per_day=1)  # no `auto`, tiny quota
+    owner = new_key(gw, models=["mock-gpt-3.5"], rpm_limit=1, tokens_per_day=25)  # no `auto`, room for one
     other = new_key(gw)
     r = chat(gw, owner["key"])
     assert r.status_code == 200
@@ -248,3 +251,75 @@ def test_feedback_needs_only_the_key_that_made_the_request(gw):
     assert feedback(MASTER).status_code == 200
     rows = admin(gw, "GET", "/spend/logs", params={"key_id": owner["key_id"]}).json()["data"]
     assert [row["status"] for row in rows] == [200, 429]  # feedback leaves no ledger row
+
+
+# ---------------------------------------------------------------- issue 28: ids, worst case, stream usage
+def _rows(gw, key: dict) -> list[dict]:
+    return admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
+
+
+def test_request_ids_are_doka_s_own_and_a_client_id_is_only_correlation(gw):
+    """A client's x-request-id never keys the ledger, trace or feedback: two keys sending the same
+    id get two doka ids, one key cannot score the other's request, and a 5,000-character or odd id
+    is dropped (never echoed, never stored) while the request is served."""
+    a, b = new_key(gw), new_key(gw)
+    ra = chat(gw, a["key"], headers_extra={"x-request-id": "shared-id"})
+    rb = chat(gw, b["key"], headers_extra={"x-request-id": "shared-id"})
+    assert ra.status_code == rb.status_code == 200
+    ida, idb = ra.headers["x-doka-request-id"], rb.headers["x-doka-request-id"]
+    assert ida != idb and "shared-id" not in (ida, idb) and len(ida) == 32
+    assert ra.headers["x-request-id"] == "shared-id"  # echoed for correlation
+
+    def feedback(key: str, rid: str) -> httpx.Response:
+        return httpx.post(gw.url + "/v1/feedback", json={"request_id": rid, "score": 0.0},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    assert feedback(b["key"], ida).status_code == 404  # another key's request: refused
+    assert feedback(b["key"], "shared-id").status_code == 404  # a client id names nothing
+    assert feedback(a["key"], ida).status_code == 200
+    long = chat(gw, a["key"], headers_extra={"x-request-id": "x" * 5000})
+    odd = chat(gw, a["key"], headers_extra={"x-request-id": "a b/<c>"})
+    assert long.status_code == odd.status_code == 200
+    assert "x-request-id" not in long.headers and "x-request-id" not in odd.headers
+    rows = {r["request_id"]: r for r in _rows(gw, a)}
+    assert rows[ida]["client_request_id"] == "shared-id"
+    assert rows[long.headers["x-doka-request-id"]]["client_request_id"] is None
+
+
+def test_a_request_whose_worst_case_exceeds_the_quota_is_refused_with_the_numbers(gw):
+    key = new_key(gw, tokens_per_day=10_000)
+    r = chat(gw, key["key"], max_tokens=4096, n=128)
+    assert r.status_code == 429, r.text
+    err = r.json()["error"]
+    assert err["code"] == "insufficient_quota" and "may use up to" in err["message"] and "10000 left" in err["message"]
+    assert chat(gw, key["key"], max_tokens=100).status_code == 200  # what fits is served
+    assert _usage(gw, key)["inflight"] == 0
+
+
+def test_a_stream_without_include_usage_is_charged_the_provider_s_usage(gw):
+    """The gateway asks for usage itself: a streamed tool call (no text to count) is charged what
+    the provider reports, and the client, which did not ask, sees no usage chunk."""
+    key = new_key(gw)
+    body = {"model": "mock-gpt-3.5", "stream": True, "max_tokens": 64,
+            "messages": [{"role": "user", "content": "what is the weather in Paris?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+                "required": ["city", "unit"]}}}]}
+    chunks, args = [], ""
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {key['key']}"}) as s:
+        assert s.status_code == 200
+        for line in s.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    for c in chunks:
+        for ch in c.get("choices") or []:
+            for tc in (ch.get("delta") or {}).get("tool_calls") or []:
+                args += (tc.get("function") or {}).get("arguments") or ""
+    assert args and not any(c.get("usage") for c in chunks)  # a tool call; no usage for this client
+    deadline = time.monotonic() + 10
+    while not (rows := _rows(gw, key)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rows and rows[0]["status"] == 200
+    assert rows[0]["completion_tokens"] == max(1, len(args) // 4)  # the mock provider's own count
+    assert rows[0]["prompt_tokens"] == len("what is the weather in Paris?".split())

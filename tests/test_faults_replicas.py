@@ -7,7 +7,9 @@ is up) go to docs/reliability.md. Asserted: the gateway recovers on its own, no 
 missing from the ledger, and nothing answers 500 (in-flight requests on a killed replica fail
 as 502/503 or a dropped connection; a killed router costs nothing, the ingress falls back).
 A killed ingress cannot settle what it had in flight: the accounts core closes those reservations
-with a ledger row once the replica's heartbeat lease runs out.
+with a ledger row once the replica's heartbeat lease runs out. A killed Accounts replica loses no
+row a client saw answered: settlements are fsync'd to its spool before they are answered, the
+ingress retries a settlement while the replica is being replaced, and the new one replays the spool.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _body(i: int) -> dict:
     return chat_body("auto" if i % 3 == 1 else "mock-mixtral")
 
 
-@pytest.mark.parametrize("deployment", ["Router", "Egress", "Ingress"])
+@pytest.mark.parametrize("deployment", ["Router", "Egress", "Ingress", "Accounts"])
 def test_killing_a_replica_under_load(app, mock, deployment):
     key = app.new_key(tokens_per_day=10_000_000)
     killed: dict = {}

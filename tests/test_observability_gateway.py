@@ -34,12 +34,13 @@ def test_metrics_traces_and_feedback_after_traffic(gateway, mock):
         r = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"x-request-id": rid}, timeout=30,
                        json={"model": "auto", "messages": [{"role": "user", "content": f"observe me {tag} {i}"}]})
         assert r.status_code == 200, r.text
-        assert r.headers["x-doka-request-id"] == rid
-        ids.append(rid)
+        assert r.headers["x-request-id"] == rid  # the client's id: a correlation field only
+        ids.append(r.headers["x-doka-request-id"])  # the trace's and feedback's key: doka's own id
     # a stream, and a request to an unknown model (never reaches observation, still a clean 4xx)
     with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=30, headers={"x-request-id": f"obs-{tag}-s"},
                       json={"model": "mock-gpt-4", "stream": True, "messages": [{"role": "user", "content": "s"}]}) as s:
         assert s.status_code == 200
+        ids.append(s.headers["x-doka-request-id"])
         assert b"[DONE]" in b"".join(s.iter_bytes())
     assert httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "nope", "messages": []}).status_code in (400, 404)
 
@@ -59,8 +60,8 @@ def test_metrics_traces_and_feedback_after_traffic(gateway, mock):
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
     root = _traces_root(gateway)
-    mine = _wait_for(lambda: [r for r in read_records(f"{root}/requests") if r["request_id"].startswith(f"obs-{tag}")]
-                     if len([r for r in read_records(f"{root}/requests") if r["request_id"].startswith(f"obs-{tag}")]) == 4 else None)
+    mine = _wait_for(lambda: [r for r in read_records(f"{root}/requests") if r["request_id"] in ids]
+                     if len([r for r in read_records(f"{root}/requests") if r["request_id"] in ids]) == 4 else None)
     assert mine and len(mine) == 4
     auto = [r for r in mine if r["requested_model"] == "auto"]
     assert all(r["route_strategy"] == "weighted_round_robin" and r["model"] in r["candidates"] for r in auto)
