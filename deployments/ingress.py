@@ -37,7 +37,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts.estimate import prompt_tokens
-from accounts.request_ids import correlation_id_of
 from app import anthropic_api, responses_api
 from app.config import DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
@@ -126,8 +125,6 @@ def _anthropic_path(request: Request) -> bool:
 def error_response(request: Request, e: OpenAIError) -> JSONResponse:
     """An error for this request's dialect, always with `x-doka-request-id`."""
     extra = {"x-doka-request-id": request_id_of(request)}
-    if (correlation := correlation_id_of(request)) is not None:
-        extra["x-request-id"] = correlation
     if _anthropic_path(request):
         return JSONResponse(anthropic_api.error_body(e.status, e.message), status_code=e.status,
                             headers={**e.headers, **extra})
@@ -598,12 +595,12 @@ class Ingress:
                 self._start_settle(grant, request_id, requested, None, None, status, started, None, stream, side)
         if stream:
             return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect,
-                                      strip_usage, correlation_id_of(request))
+                                      strip_usage)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False, att.side)
         result = att.result if dialect is None else dialect.answer(att.result)
         return Response(dumps(result), media_type="application/json",
-                        headers=self._headers(att, request_id, decision, correlation_id_of(request)))
+                        headers=self._headers(att, request_id, decision))
 
     def _wrong_mode(self, requested: str, kind: str) -> OpenAIError:
         """A 400 for a chat request to an embedding model, or an embedding request to a chat model."""
@@ -822,13 +819,12 @@ class Ingress:
         return att
 
     def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
-                      started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False,
-                      correlation: str | None = None) -> Response:
+                      started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False) -> Response:
         """The open stream as an SSE response; from here on the response settles the request.
 
         `strip_usage`: the client did not ask for the usage chunk (the gateway did, to charge it)."""
         first, it = att.result
-        headers = self._headers(att, request_id, decision, correlation)
+        headers = self._headers(att, request_id, decision)
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
         body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect, strip_usage)
@@ -912,17 +908,13 @@ class Ingress:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
     # ------------------------------------------------------------------ helpers
-    def _headers(self, att: _Attempt, request_id: str, decision: dict | None,
-                 correlation: str | None = None) -> dict[str, str]:
-        """doka's answer headers; `correlation`: the client's valid x-request-id, echoed back."""
+    def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
         headers = {
             "x-doka-model": att.model,
             "x-doka-route-reason": att.reason,
             "x-doka-request-id": request_id,
             "x-doka-tiers-tried": ",".join(att.tried),
         }
-        if correlation is not None:
-            headers["x-request-id"] = correlation
         if decision is not None:
             headers["x-doka-router"] = str(decision.get("reason", ""))[:200]
             headers["x-doka-strategy"] = str(decision.get("strategy", ""))
