@@ -11,6 +11,7 @@ Rows the database refuses (not an outage: a value it cannot store) go to `quaran
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -35,6 +36,19 @@ def _decode(line: str) -> dict[str, Any]:
     return row
 
 
+def _locked(path: Path) -> bool:
+    """True when a live process has `path` open as its current segment."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing to replay
+
+
 class LedgerSpool:
     """Append-only segment files in one directory (one accounts core per directory)."""
 
@@ -42,7 +56,8 @@ class LedgerSpool:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._n = 0
-        self._closed: list[Path] = sorted(self.dir.glob(f"{PREFIX}*{SUFFIX}"))  # left by an earlier process
+        # left by an earlier process; a live one (a replica still draining) holds a lock on its open segment
+        self._closed: list[Path] = [p for p in sorted(self.dir.glob(f"{PREFIX}*{SUFFIX}")) if not _locked(p)]
         self._file = self._open()
         self._dirty = False
         self._appended = 0  # rows appended so far
@@ -52,7 +67,9 @@ class LedgerSpool:
         self._n += 1
         path = self.dir / f"{PREFIX}{time.time_ns():020d}-{os.getpid()}-{self._n}{SUFFIX}"
         self._path = path
-        return open(path, "a", encoding="utf-8")
+        f = open(path, "a", encoding="utf-8")
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # mine while open: no other core replays it
+        return f
 
     def recover(self) -> list[dict[str, Any]]:
         """Rows of the segments an earlier process left (not yet known to be in the database)."""

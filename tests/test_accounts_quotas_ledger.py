@@ -129,7 +129,8 @@ async def test_acknowledged_rows_survive_a_killed_core(db_url, tmp_path):
         await a.settle(p, model="cheap", prompt_tokens=10, completion_tokens=10)
     core: AccountsCore = a.backend
     accounts_db.insert_ledger(core.engine, core._buffer[:2])  # two made it before the kill; the spool still has them
-    a.backend._flusher.cancel()  # the process is gone: nothing of it runs any more
+    a.backend._flusher.cancel()  # the process is gone: nothing of it runs any more,
+    core._spool._file.close()  # and the kernel closed its files (every settled row was already fsync'd)
     del a, core
 
     b = make(db_url, spool=spool)
@@ -139,3 +140,16 @@ async def test_acknowledged_rows_survive_a_killed_core(db_url, tmp_path):
     assert sorted(r["request_id"] for r in rows) == [f"r{i}" for i in range(5)]  # each once
     assert not [p for p in spool.glob("ledger-*.jsonl") if p.stat().st_size]  # replayed, then dropped
     await b.close()
+
+
+def test_a_live_core_s_open_segment_is_not_replayed_by_another(tmp_path):
+    """A replica still draining holds its segment: a new core on the same spool takes only what
+    no live process holds (what it takes is replayed idempotently anyway)."""
+    from accounts.spool import LedgerSpool
+
+    live = LedgerSpool(tmp_path)
+    live.append({"row_uid": "u1", "created_at": __import__("datetime").datetime(2026, 1, 1)})
+    live.sync()
+    assert LedgerSpool(tmp_path).recover() == []  # held by `live`
+    live.rotate()  # closed segments are fair game once their writer moved on
+    assert [r["row_uid"] for r in LedgerSpool(tmp_path).recover()] == ["u1"]
