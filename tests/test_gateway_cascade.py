@@ -305,7 +305,7 @@ def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(g
 
     body = {"model": "verified", "messages": MSG, "max_tokens": 8}
     est = estimate.reservation(body)
-    key = new_key(gw, tokens_per_day=2 * est)  # room for one plain call in flight, not for a cascade
+    key = new_key(gw, tokens_per_day=2 * est)  # room for two plain calls, not for a cascade
     headers = {"Authorization": f"Bearer {key['key']}"}
     mock.state(latency_ms=1500)
 
@@ -330,12 +330,16 @@ def test_a_cascade_reserves_for_its_three_calls_and_needs_the_verifier_allowed(g
     settled(gw, key, 2)
     used = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]["tokens_today"]
     admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 2 * est})
+    refused = httpx.post(gw.url + "/v1/chat/completions", headers=headers, timeout=30, json=body)
+    assert refused.status_code == 429  # a cascade's worst case is three calls: two calls' room is not enough
+    used = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]["tokens_today"]
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 3 * est})
     reserved, second = held_while("verified")
     assert reserved == 3 * est and second == 429
     # `auto` with `router.novel_cascade` is held alike: the hold is taken before the router decides
-    settled(gw, key, 4)
+    settled(gw, key, 5)  # (with the refused cascade's row)
     used = admin(gw, "GET", "/key/info", params={"key_id": key["key_id"]}).json()["usage"]["tokens_today"]
-    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 2 * est})
+    admin(gw, "POST", "/key/update", json={"key_id": key["key_id"], "tokens_per_day": used + 3 * est})
     assert held_while("auto") == (3 * est, 429)
     mock.reset()
 
