@@ -259,10 +259,7 @@ class AccountsCore:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        result = await self.flush()
-        if self._spool is not None and result.get("ok") is not None:
-            self._spool.close()
-        return result
+        return await self.flush()  # the spool stays open: a late settlement is still spooled
 
     def __ray_shutdown__(self) -> None:
         """Graceful actor exit: write what is still buffered."""

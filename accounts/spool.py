@@ -60,6 +60,7 @@ class LedgerSpool:
         self._closed: list[Path] = [p for p in sorted(self.dir.glob(f"{PREFIX}*{SUFFIX}")) if not _locked(p)]
         self._file = self._open()
         self._dirty = False
+        self._in_active = 0  # rows in the open segment
         self._appended = 0  # rows appended so far
         self._synced = 0  # of those, how many a finished fsync covers
 
@@ -87,6 +88,7 @@ class LedgerSpool:
         self._file.write(_encode(row) + "\n")
         self._dirty = True
         self._appended += 1
+        self._in_active += 1
 
     async def sync_async(self) -> None:
         """`sync` with the fsync in a worker thread: the core's loop keeps deciding meanwhile.
@@ -116,8 +118,11 @@ class LedgerSpool:
         self._synced = self._appended
 
     def rotate(self) -> list[Path]:
-        """Close the current segment; every closed segment (what a flush now covers)."""
+        """Close the current segment (if it has rows); every closed segment (what a flush now covers)."""
+        if not self._in_active:
+            return list(self._closed)
         self.sync()
+        self._in_active = 0
         self._file.close()
         self._closed.append(self._path)
         self._file = self._open()
