@@ -34,6 +34,48 @@ MSG = [{"role": "user", "content": "hello there"}]
 OPEN_MODEL = "mock-command-r-open"  # mock-command-r with `allow_client_params: [api_base]`
 
 
+# ------------------------------------------------------------------ no cluster
+def test_known_parameters_come_from_the_openai_sdk():
+    from openai.types.chat import completion_create_params
+
+    from app.request_params import KNOWN
+
+    sdk = set(completion_create_params.CompletionCreateParamsBase.__annotations__)
+    assert KNOWN["chat"] == (sdk | {"stream"}) - {"metadata"}  # LiteLLM's control object stays out
+    assert {"tools", "response_format", "seed", "logprobs", "stream_options", "n"} <= KNOWN["chat"]
+    assert {"suffix", "echo", "best_of"} <= KNOWN["completion"]
+    assert KNOWN["embedding"] == {"model", "input", "encoding_format", "dimensions", "user"}
+    for steering in ("api_base", "base_url", "api_key", "custom_llm_provider", "extra_headers", "extra_body",
+                     "fallbacks", "num_retries", "mock_response", "headers"):
+        assert all(steering not in known for known in KNOWN.values()), steering
+
+
+def test_refusal_names_every_field_and_the_operator_switch():
+    from app.errors import OpenAIError
+    from app.request_params import provider_body, refuse_unknown
+
+    body = {"model": "m", "messages": [], "seed": 1, "doka": {}, "api_base": "http://x", "zz_custom": 1}
+    with pytest.raises(OpenAIError) as e:
+        refuse_unknown("chat", body)
+    assert e.value.status == 400 and e.value.param == "api_base" and e.value.code == "unknown_parameter"
+    assert "api_base, zz_custom" in e.value.message and "allow_client_params" in e.value.message
+    refuse_unknown("chat", body, extra=("api_base", "zz_custom"))  # allowed by the operator: no error
+    assert provider_body("chat", body) == {"model": "m", "messages": [], "seed": 1}
+    assert provider_body("chat", body, ("api_base",))["api_base"] == "http://x"
+
+
+def test_allow_client_params_is_off_by_default_and_validated():
+    from app.config import ConfigError, load_config, parse_config
+    from tests.conftest import DEFAULT_CONFIG
+
+    assert all(m.model_info.allow_client_params == [] for m in load_config(DEFAULT_CONFIG).model_list)
+    raw = {"model_list": [{"model_name": "x", "litellm_params": {"model": "openai/x"},
+                           "model_info": {"allow_client_params": ["api_base", "doka"]}}]}
+    with pytest.raises(ConfigError, match="allow_client_params"):
+        parse_config(raw)
+
+
+# ------------------------------------------------------------------ through a keyed gateway
 class Trap:
     """A plain HTTP server on another 127.0.0.1 port that records every connection and request."""
 
