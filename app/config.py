@@ -64,6 +64,22 @@ class ModelInfo(_Strict):
         None, gt=0, description="the most tokens one completion may have; unset: LiteLLM's model info, "
         "else 4096 (what admission holds per choice when a request sets no max_tokens)")
 
+    allow_client_params: list[str] = Field(
+        default_factory=list, description="request-body parameters beyond the endpoint's OpenAI ones that "
+        "a client may send to this model, passed on to LiteLLM (e.g. [api_base, api_key] lets a client "
+        "bring its own endpoint and credentials, as LiteLLM proxy's client-side credentials switch). "
+        "Off by default: any other field is a 400, since LiteLLM reads its own keyword arguments "
+        "(api_base, api_key, custom_llm_provider, extra_headers, fallbacks, mock_response, metadata, ...) "
+        "off the same call. A request carrying one of them takes LiteLLM's Router.acompletion path")
+
+    @field_validator("allow_client_params")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not n.isidentifier() or n in ("model", "doka")]
+        if bad:
+            raise ValueError(f"not a parameter name a client may be allowed: {bad}")
+        return names
+
 
 class VLLMParams(_Strict):
     """A self-hosted model served by ray.serve.llm's LLMServer."""

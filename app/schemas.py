@@ -1,9 +1,10 @@
 """Request bodies the gateway accepts, validated before any upstream call.
 
-Only the fields the gateway itself relies on are typed; every other OpenAI parameter
-(`temperature`, `tools`, `response_format`, ...) passes through untouched to the provider,
-so a new OpenAI parameter works without a gateway release. Roles follow the OpenAI SDK's
-`ChatCompletionMessageParam` union.
+Only the fields the gateway itself relies on are typed here. Which other fields a body may
+carry is an allow-list of the endpoint's OpenAI parameters, taken from the installed openai
+SDK (app/request_params.py: `tools`, `response_format`, `seed`, ... pass through to the
+provider, a new OpenAI parameter arrives with an SDK upgrade); any other field is a 400
+(`check_params`). Roles follow the OpenAI SDK's `ChatCompletionMessageParam` union.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def validate_body(model: type[BaseModel], body: Any, deepest: bool = False) -> A
         raise bad_request(f"Invalid value for '{loc}': {first['msg']}", param=loc, code="invalid_value") from None
 
 
+def check_params(kind: str, model: type[BaseModel], body: dict[str, Any], extra: Any = ()) -> None:
+    """400 naming every top-level field of `body` that `kind`'s OpenAI API (or `model`'s own
+    fields, or the operator's `extra` for the requested model) does not define."""
+    from app.request_params import refuse_unknown
+
+    refuse_unknown(kind, body, (*model.model_fields, *extra))
+
+
 PROMPT_TEXT_LIMIT = 2000
 
 
@@ -131,4 +140,4 @@ def prompt_text(body: dict[str, Any], limit: int = PROMPT_TEXT_LIMIT) -> str:
     return " ".join(map(str, p))[:limit] if isinstance(p, list) else ""
 
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "OpenAIError", "validate_body", "prompt_text"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "OpenAIError", "validate_body", "check_params", "prompt_text"]

@@ -7,7 +7,8 @@ of failing deployments and knows LiteLLM's cost map. Its full call path
 gateway budget, so providers that already speak OpenAI's wire format (`openai/...`,
 `hosted_vllm/...` with an `api_base`) take a pass-through path instead: the Router still
 selects the deployment and records failures for cooldown, and the request body goes to the
-provider over one shared aiohttp session, unchanged except for `model`. Anthropic and Gemini
+provider over one shared aiohttp session, unchanged except for `model` (only the endpoint's
+OpenAI parameters ever leave: app/request_params.py). Anthropic and Gemini
 chat calls use LiteLLM's provider transformations directly over the same session
 (deployments/translate.py: ~1 ms of CPU instead of ~8). Every other provider (Cohere, Bedrock,
 `mock_response`, ...) goes through `Router.acompletion`, which translates. All paths return OpenAI-shaped dicts
@@ -39,6 +40,7 @@ from ray import serve  # noqa: E402
 
 from app.config import DokaConfig, ModelEntry, parse_config, resolve_secret  # noqa: E402
 from app.errors import UpstreamError  # noqa: E402
+from app.request_params import KNOWN, provider_body  # noqa: E402
 from deployments.egress_paths import is_passthrough  # noqa: E402
 from deployments.provider_errors import provider_errors  # noqa: E402
 
@@ -124,6 +126,8 @@ class EgressCore:
             groups.setdefault(dep["model_name"], []).append(dep)
         self._single = {name: deps[0] for name, deps in groups.items() if len(deps) == 1}
         self._last_failure: dict[str, float] = {}
+        # what an operator lets clients add to a model's call (`model_info.allow_client_params`)
+        self._client_params = {n: frozenset(e.model_info.allow_client_params) for n, e in self.entries.items()}
         # Anthropic and Gemini without Router.acompletion: LiteLLM's transformations called
         # directly (~1 ms of CPU a call instead of ~8; deployments/translate.py)
         from deployments.translate import AnthropicDirect, GeminiDirect
@@ -168,12 +172,24 @@ class EgressCore:
             logger.exception("egress: could not record cooldown for %s", model)
 
     # ------------------------------------------------------------------ public interface
+    def _allowed(self, kind: str, model: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """What of `body` may reach `model`'s provider: `kind`'s OpenAI parameters and the ones the
+        operator allowed for this model, never the whole body (the ingress refused the rest
+        already; this holds for any caller). True when an operator-allowed extra is present: only
+        LiteLLM's own call path honours such parameters (an `api_base`, say)."""
+        extra = self._client_params.get(model, frozenset())
+        out = provider_body(kind, body, extra)
+        return out, bool(extra) and any(k not in KNOWN[kind] for k in out)
+
     async def call(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         retries = self.entries[model].model_info.max_retries if model in self.entries else 0
+        body, custom = self._allowed(kind, model, body)
         for attempt in range(retries + 1):
             dep = await self._deployment(model)
             try:
                 params = dep["litellm_params"]
+                if custom:
+                    return await self._litellm_call(kind, model, body, timeout)
                 if is_passthrough(params):
                     return await self._post(kind, params, body, timeout)
                 direct = self._direct(kind, params, body)
@@ -187,9 +203,12 @@ class EgressCore:
         raise AssertionError("unreachable")
 
     async def stream(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+        body, custom = self._allowed(kind, model, body)
         dep = await self._deployment(model)
         params = dep["litellm_params"]
-        if is_passthrough(params):
+        if custom:
+            source = self._litellm_stream(kind, model, body, timeout)
+        elif is_passthrough(params):
             source = self._post_stream(kind, params, body, timeout)
         elif (direct := self._direct(kind, params, body)) is not None:
             source = direct.stream(self.session(), params, body, timeout)
@@ -256,7 +275,10 @@ class EgressCore:
 
     # ------------------------------------------------------------------ litellm path
     def _litellm_kwargs(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k != "model"}
+        """Router keyword arguments from the allow-list only: LiteLLM reads its own control
+        arguments (api_base, api_key, fallbacks, mock_response, ...) off the same call."""
+        kwargs = provider_body(kind, body, self._client_params.get(model, frozenset()))
+        kwargs.pop("model", None)
         kwargs.update(model=model, timeout=timeout)
         return kwargs
 

@@ -41,7 +41,9 @@ from app import anthropic_api, responses_api
 from app.config import DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
                         model_not_allowed, unknown_model, upstream_exhausted)
-from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, prompt_text, validate_body
+from app.request_params import refuse_unknown
+from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, check_params, prompt_text,
+                         validate_body)
 from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
 from deployments.egress import EgressService
@@ -383,6 +385,7 @@ class Ingress:
         self._mode_of = {n: self.cfg.model(self.cfg.chain_for(n)[0]).model_info.mode  # type: ignore[union-attr]
                          for n in self._public if n != self._auto}
         self._models_payload = dumps(self._model_list())
+        self._client_params = self._client_params_by_name()
         self._settling: set[asyncio.Task] = set()  # ledger settlements still running
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -433,7 +436,9 @@ class Ingress:
         (keys, quotas, routing, fallbacks, ledger); the answer or stream is written back as
         Anthropic's message / SSE events.
         """
-        req = anthropic_api.validate(anthropic_api.MessagesRequest, await self._read_json(request))
+        raw = await self._read_json(request)
+        req = anthropic_api.validate(anthropic_api.MessagesRequest, raw)
+        refuse_unknown("messages", raw)  # answered in Anthropic's shape (`error_response`)
         body = anthropic_api.to_chat(req)
         dialect = anthropic_api.MessagesDialect(req.model, prompt_tokens(body))
         return await self._serve(request, "chat", ChatCompletionRequest, body, dialect)
@@ -461,7 +466,9 @@ class Ingress:
 
         `previous_response_id` is refused (400): doka stores no responses.
         """
-        req = validate_body(responses_api.ResponsesRequest, await self._read_json(request), deepest=True)
+        raw = await self._read_json(request)
+        req = validate_body(responses_api.ResponsesRequest, raw, deepest=True)
+        refuse_unknown("responses", raw)  # the chat body it becomes is checked again by `_serve`
         builder = responses_api.ResponseBuilder(req)
         return await self._serve(request, "chat", ChatCompletionRequest, responses_api.to_chat(req), builder)
 
@@ -552,6 +559,8 @@ class Ingress:
             raise unknown_model(requested, self._public)
         if self._mode_of.get(requested, "chat") != ("embedding" if kind == "embedding" else "chat"):
             raise self._wrong_mode(requested, kind)
+        # only the endpoint's OpenAI parameters (and what the operator allowed) may reach a provider
+        check_params(kind, schema, body, self._client_params.get(requested, ()))
         stream = bool(getattr(req, "stream", False))
         strip_usage = stream and kind != "embedding" and _ask_usage(body)
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
@@ -601,6 +610,23 @@ class Ingress:
         result = att.result if dialect is None else dialect.answer(att.result)
         return Response(dumps(result), media_type="application/json",
                         headers=self._headers(att, request_id, decision))
+
+    def _client_params_by_name(self) -> dict[str, frozenset[str]]:
+        """Per public name, the extra body parameters an operator allowed (`model_info.
+        allow_client_params`) on any model that name can reach; the egress passes each model
+        only its own, so a fallback tier never gets what its operator did not allow."""
+        out: dict[str, frozenset[str]] = {}
+        for name in self._public:
+            reach = set(self._candidates) if name == self._auto else set(self.cfg.chain_for(name))
+            if name == self._auto:
+                for c in self._candidates:
+                    reach.update(self.cfg.chain_for(c))
+            if name in self._cascades:
+                reach.update((self._cascades[name].weak, self._cascades[name].verifier))
+            names = {p for m in reach if (e := self.cfg.model(m)) is not None for p in e.model_info.allow_client_params}
+            if names:
+                out[name] = frozenset(names)
+        return out
 
     def _wrong_mode(self, requested: str, kind: str) -> OpenAIError:
         """A 400 for a chat request to an embedding model, or an embedding request to a chat model."""

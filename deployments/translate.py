@@ -13,8 +13,11 @@ OpenAI sends it (a last chunk with no choices, when `stream_options.include_usag
 Gemini the same way with `GoogleAIStudioGeminiConfig`, LiteLLM's Gemini request-body
 transformation and its Gemini stream parser (`GeminiDirect`).
 
-A body with a parameter this path does not map (anything outside the config's supported
-OpenAI params) takes the full `Router.acompletion` path instead, so nothing is dropped silently.
+A body with an OpenAI parameter this path does not map (outside the provider config's
+supported OpenAI params) takes the full `Router.acompletion` path instead, so nothing is
+dropped silently. Bodies reach this module already cut to OpenAI's parameters (the egress,
+app/request_params.py), so that fallback can never carry a LiteLLM control argument
+(`api_base`, `api_key`, ...) to the Router; `_build` cuts again before mapping.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from app.errors import UpstreamError
+from app.request_params import provider_body
 from deployments.provider_errors import provider_errors
 
 ANTHROPIC_URL = "https://api.anthropic.com"
@@ -99,7 +103,7 @@ class _Direct:
         """
         model = str(params["model"]).partition("/")[2]
         messages = _copy_messages(body)
-        extra = {k: v for k, v in body.items() if k not in _MESSAGE_KEYS}
+        extra = {k: v for k, v in provider_body("chat", body).items() if k not in _MESSAGE_KEYS}
         litellm_params: dict[str, Any] = {}
         api_key = params.get("api_key")
         try:

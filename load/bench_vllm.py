@@ -39,6 +39,7 @@ def _gateway_config(port: int, interval_ms: float | None = None) -> dict[str, An
     entry = next(m for m in raw["model_list"] if m.get("provider") == "vllm" and m["model_name"] == MODEL)
     entry["vllm"]["model_source"] = str(REPO / ".doka" / "models" / "tiny-llama")
     entry["model_info"]["timeout"] = 300
+    entry["model_info"]["allow_client_params"] = ["ignore_eos"]  # vLLM's own sampling option (fixed lengths)
     if interval_ms is not None:  # the one LLMServer both paths share: same setting for both
         entry["vllm"]["stream_batching_interval_ms"] = interval_ms
     raw["model_list"] = [entry]

@@ -13,7 +13,8 @@ the client closed early, so tests can assert that a gateway cancelled its upstre
 
 It is a bare Starlette app on uvicorn (uvloop + httptools) so it is never the bottleneck of
 a benchmark. `GET/POST /_mock/state` reads and changes the behaviour at run time;
-`GET /_mock/last/{model}` returns the last request body a model received (pass-through tests).
+`GET /_mock/last/{model}` returns the last request body a model received (pass-through tests);
+`GET /_mock/requests` the recent requests with their headers (load/mock_recorder.py).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
             return _error(404, f"no request for {model!r} yet", "not_found_error")
         return JSONResponse(state.last_body[model])
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
@@ -164,6 +165,10 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         *mock_gemini.routes(state),
         *mock_cohere.routes(state),
     ])
+    from load.mock_recorder import RequestRecorder
+
+    app.add_middleware(RequestRecorder)
+    return app
 
 
 def _stream_events(kind: str, model: str, rid: str, created: int, words: list[str],
