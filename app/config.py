@@ -222,6 +222,13 @@ class ObservabilityConfig(_Strict):
     redact_prompts: bool = False
     traces_url: str | None = Field(None, description="trace store dir or fsspec URL; default data_dir/traces")
     store_prompts: bool = True
+    tenant_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a second listener serving only the per-key series "
+        "(doka_key_*: requests, tokens, spend by key) for a trusted scraper; the gateway's anonymous "
+        "/metrics never shows them (the master key as Bearer on /metrics does). Off by default")
+    tenant_metrics_host: str = Field(
+        "127.0.0.1", description="address the tenant listener binds (0.0.0.0 in a pod; keep it "
+        "behind a NetworkPolicy)")
     ray_metrics: Literal["auto", "on", "off"] = Field(
         "auto", description="also record every gateway metric through ray.serve.metrics (Ray's "
         "cluster-wide export, all replicas). `auto`: only when the ingress may run more than one "
