@@ -148,7 +148,7 @@ class RouterConfig(_Strict):
     strategy: Literal["learned", "weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
     fallback_strategy: Literal["weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
     registry: str | None = Field(None, description="local dir or fsspec URL of the artifact registry")
-    artifact: str = Field("latest", description="artifact version, or `latest`")
+    artifact: str = Field("latest", description="artifact version (letters, digits, `.`, `_`, `-`), or `latest`")
     signing_key: str | None = Field("os.environ/DOKA_SIGNING_KEY", description="HMAC key for artifacts")
     cost_weight: float = Field(0.5, ge=0)
     poll_interval_s: float = Field(0, ge=0, description="0 disables polling the registry for a newer `latest`")
@@ -166,6 +166,14 @@ class RouterConfig(_Strict):
         "instead of the routed model. Why: on kinds of prompts a router never saw its choice is "
         "near random, while agreement of two cheap answers still carries (docs/routing.md). "
         "Other families report no gate, so nothing changes with them")
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact_version(cls, v: str) -> str:
+        """Config, reconfigure user_config and the Serve REST API all arrive here: no path tricks."""
+        from router.versions import check_version
+
+        return check_version(v)
 
 
 class EgressConfig(_Strict):

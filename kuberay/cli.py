@@ -186,6 +186,13 @@ def _reload_router(args: argparse.Namespace) -> int:
 
     if not args.artifact and not args.registry:
         return _fail("reload-router needs --artifact and/or --registry")
+    if args.artifact:
+        from router.versions import VersionNameError, check_version
+
+        try:
+            check_version(args.artifact)
+        except VersionNameError as e:
+            return _fail(str(e))
     try:
         user_config = _kuberay(args, args.namespace).reload_router(
             args.name, artifact=args.artifact, registry=args.registry, app_name=args.app_name)
