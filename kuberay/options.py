@@ -95,7 +95,8 @@ class RenderOptions(_Strict):
     network_policy: bool = Field(True, description="render networkpolicy.yaml: only the gateway port is "
                                  "reachable from outside the Ray pods (docs/security.md)")
     kuberay_operator_namespace: str = Field(
-        "default", description="namespace of the KubeRay operator, which alone may reach the Ray "
+        "kuberay-system", description="namespace of the KubeRay operator (the helm command in "
+        "docs/kubernetes.md installs it there), which alone may reach the Ray "
         "dashboard port (it deploys serveConfigV2 and submits RayJobs through it)")
     extra_env: dict[str, str] = Field(default_factory=dict)
 

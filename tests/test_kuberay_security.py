@@ -98,7 +98,7 @@ def test_network_policy_validates_and_admits_only_the_gateway_port_from_outside(
     assert open_to_all == [{"ports": [{"protocol": "TCP", "port": SERVE_PORT}]}]  # anyone: the gateway only
     operator = [r for r in rest if "from" in r]
     assert operator == [{
-        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}},
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
         "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]}]  # the KubeRay operator: the dashboard only
     reachable = {p["port"] for r in rest for p in r["ports"]}
