@@ -171,7 +171,7 @@ class RouterConfig(_Strict):
     strategy: Literal["learned", "weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
     fallback_strategy: Literal["weighted_round_robin", "cheapest_healthy"] = "weighted_round_robin"
     registry: str | None = Field(None, description="local dir or fsspec URL of the artifact registry")
-    artifact: str = Field("latest", description="artifact version, or `latest`")
+    artifact: str = Field("latest", description="artifact version (letters, digits, `.`, `_`, `-`), or `latest`")
     signing_key: str | None = Field("os.environ/DOKA_SIGNING_KEY", description="HMAC key for artifacts")
     cost_weight: float = Field(0.5, ge=0)
     poll_interval_s: float = Field(0, ge=0, description="0 disables polling the registry for a newer `latest`")
@@ -189,6 +189,14 @@ class RouterConfig(_Strict):
         "instead of the routed model. Why: on kinds of prompts a router never saw its choice is "
         "near random, while agreement of two cheap answers still carries (docs/routing.md). "
         "Other families report no gate, so nothing changes with them")
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact_version(cls, v: str) -> str:
+        """Config, reconfigure user_config and the Serve REST API all arrive here: no path tricks."""
+        from router.versions import check_version
+
+        return check_version(v)
 
 
 class EgressConfig(_Strict):
@@ -256,6 +264,13 @@ class ObservabilityConfig(_Strict):
     redact_prompts: bool = False
     traces_url: str | None = Field(None, description="trace store dir or fsspec URL; default data_dir/traces")
     store_prompts: bool = True
+    tenant_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="a second listener serving only the per-key series "
+        "(doka_key_*: requests, tokens, spend by key) for a trusted scraper; the gateway's anonymous "
+        "/metrics never shows them (the master key as Bearer on /metrics does). Off by default")
+    tenant_metrics_host: str = Field(
+        "127.0.0.1", description="address the tenant listener binds (0.0.0.0 in a pod; keep it "
+        "behind a NetworkPolicy)")
     ray_metrics: Literal["auto", "on", "off"] = Field(
         "auto", description="also record every gateway metric through ray.serve.metrics (Ray's "
         "cluster-wide export, all replicas). `auto`: only when the ingress may run more than one "

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from app.config import DokaConfig, load_config, parse_config
+from app.config import ConfigError, DokaConfig, load_config, parse_config
 from app.serve_config import DEPLOYMENT_NAMES, router_user_config
 from deployments.egress_paths import egress_homes
 
@@ -51,20 +51,28 @@ def _vllm_apps(cfg: DokaConfig) -> dict[str, Application]:
 
 
 def _accounts_app(cfg: DokaConfig) -> Application | None:
-    """The accounts deployment when keys are required and the accounts package offers one."""
+    """The accounts deployment when keys are required; refuses to start without one.
+
+    A gateway that was told to require keys but cannot check them must not serve: it would
+    admit every caller with the provider keys behind it. So any failure to import or build the
+    accounts deployment is a ConfigError (one line, naming the setting), never a warning.
+    """
     if not cfg.accounts.require_keys:
         return None
     try:
         from accounts.gateway import build_accounts_app  # type: ignore[import-not-found]
-    except ImportError:
-        logger.warning("doka: accounts.require_keys is set but accounts.gateway is not available; "
-                       "running WITHOUT key checks")
-        return None
-    return build_accounts_app(cfg)
+
+        return build_accounts_app(cfg)
+    except Exception as e:  # noqa: BLE001 - whatever broke, the answer is the same: do not start
+        raise ConfigError(
+            f"accounts.require_keys is true but the accounts deployment cannot be built "
+            f"({type(e).__name__}: {e}); refusing to start without key checks. Fix the accounts "
+            f"install/database, or set accounts.require_keys: false for a keyless local run") from e
 
 
 def build_app(cfg: DokaConfig) -> Application:
     """The whole graph, with per-deployment options from `cfg.deployments`."""
+    accounts = _accounts_app(cfg)  # first: a keyed gateway without accounts never gets built
     from deployments.egress import Egress
     from deployments.ingress import Ingress
     from deployments.router import RouterDeployment
@@ -84,7 +92,7 @@ def build_app(cfg: DokaConfig) -> Application:
     else:  # decisions inside each ingress replica: the router user_config is the ingress's own
         router = None
         ingress_options = {**d.ingress.serve_options(), "user_config": router_user_config(cfg)}
-    return Ingress.options(**ingress_options).bind(raw, model_apps, router, _accounts_app(cfg))
+    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -168,6 +168,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"doka: replica logs in {logs} (`doka run --console-logs` also prints them here)")
         while True:
             time.sleep(3600)
+    except ConfigError as e:  # e.g. keys required but the accounts deployment cannot be built
+        print(f"doka: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("doka: stopping")
     finally:

@@ -22,6 +22,7 @@ Seams for other parts (kept in one place each):
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts.estimate import prompt_tokens
 from app import anthropic_api, responses_api
-from app.config import DokaConfig, parse_config
+from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
                         model_not_allowed, unknown_model, upstream_exhausted)
 from app.request_params import refuse_unknown
@@ -70,6 +71,8 @@ logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="doka", description="OpenAI-compatible LLM gateway on Ray Serve", docs_url="/docs")
 
+from accounts import api_key_from_headers  # noqa: E402
+from accounts.actor import master_key as configured_master_key  # noqa: E402
 from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
 
 app.include_router(admin_router())
@@ -192,8 +195,14 @@ class NoAccounts:
 
 
 def load_accounts(cfg: DokaConfig, handle: DeploymentHandle | None) -> Any:
-    """`accounts.gateway.GatewayAccounts(cfg, handle)` when an accounts deployment is bound."""
+    """`accounts.gateway.GatewayAccounts(cfg, handle)` when an accounts deployment is bound.
+
+    A keyed config with no accounts bound is refused (app/graph.py refuses it first): the
+    ingress never answers with the provider keys behind it and no key check in front."""
     if handle is None:
+        if cfg.accounts.require_keys:
+            raise ConfigError("accounts.require_keys is true but no accounts deployment is bound; "
+                              "refusing to serve without key checks")
         return NoAccounts()
     from accounts.gateway import GatewayAccounts  # type: ignore[import-not-found]
 
@@ -219,6 +228,16 @@ def _without_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
     if not chunk.get("choices"):
         return None
     return {k: v for k, v in chunk.items() if k != "usage"}
+
+def metrics_caller_is_master(headers: Any, master: str | None) -> bool:
+    """True for the master key (Bearer or x-api-key), False with no key; 401 for any other key."""
+    given = api_key_from_headers(headers)
+    if not given:
+        return False
+    if master and hmac.compare_digest(given.encode(), master.encode()):
+        return True
+    raise OpenAIError(401, "per-key metrics need the master key; scrape /metrics without a key for the "
+                      "gateway series", type="authentication_error", code="invalid_master_key")
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -372,6 +391,7 @@ class Ingress:
         # `router.placement: ingress` (no handle bound): the router runs in this replica
         self._router = router if router is not None else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
+        self._metrics_master = configured_master_key(cfg)  # per-key series on /metrics: this key only
         self._auto = cfg.server.auto_model
         self._max_body = cfg.server.max_body_bytes
         self._candidates = [m for m in cfg.auto_candidates() if m in self._backends]
@@ -512,10 +532,15 @@ class Ingress:
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus: the gateway series to anyone; the per-key ones (doka_key_*) with the master key.
+
+        A wrong key is a 401 (a scraper misconfigured with a bad token should notice), not a
+        silently shorter page."""
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-        doka_metrics, _ = self._obs.metrics_body()  # doka_* gateway metrics + the process defaults
+        tenant = metrics_caller_is_master(request.headers, self._metrics_master)
+        doka_metrics, _ = self._obs.metrics_body(tenant=tenant)  # doka_* gateway metrics + the process defaults
         return Response(doka_metrics + generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/feedback")

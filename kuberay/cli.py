@@ -14,6 +14,7 @@ from app.config import DEFAULT_CONFIG_PATH, ConfigError
 # The committed examples: `doka k8s render --values kuberay/examples/values.yaml
 #   --config config/gpu.example.yaml --out kuberay/examples` (tests keep them in sync).
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+GITIGNORE = "# written by `doka k8s render`: secret.yaml holds (or will hold) real keys\nsecret.yaml\n"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,13 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--namespace", help="namespace (default: default)")
         p.add_argument("--image", help="container image with doka installed")
         p.add_argument("--moat", action="store_true", default=None, help="air-gapped mode")
+        p.add_argument("--allow-local", action="store_true", default=None,
+                       help="render even with loopback api_base / relative local paths (they must exist in your pods)")
 
     def with_cluster_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
         p.add_argument("--context", help="kubeconfig context")
         p.add_argument("--in-cluster", action="store_true", default=None, help="use the pod's service account")
 
-    p = sub.add_parser("render", help="write rayservice.yaml, rayjob-train.yaml, secret.yaml")
+    p = sub.add_parser("render", help="write rayservice.yaml, rayjob-train.yaml, secret.yaml, networkpolicy.yaml")
     with_render_args(p)
     p.add_argument("--out", help="directory to write to (default: print to stdout)")
     p.add_argument("--crds", help="validate against the KubeRay CRDs in this directory")
@@ -79,7 +82,8 @@ def _options(args: argparse.Namespace, **extra: Any):
     from kuberay.options import load_options
 
     cfg = load_config(args.config)
-    opts = load_options(args.values, name=args.name, namespace=args.namespace, image=args.image, moat=args.moat)
+    opts = load_options(args.values, name=args.name, namespace=args.namespace, image=args.image, moat=args.moat,
+                        allow_local=args.allow_local)
     if any(v is not None for v in extra.values()):
         training = opts.training.model_copy(update={k: v for k, v in extra.items() if v is not None})
         opts = opts.model_copy(update={"training": training})
@@ -139,6 +143,10 @@ def _render(args: argparse.Namespace) -> int:
     for name, text in files.items():
         (out / name).write_text(text)
         print(f"wrote {out / name}")
+    ignore = out / ".gitignore"  # secret.yaml is where the real keys go: never committed from here
+    if not ignore.exists():
+        ignore.write_text(GITIGNORE)
+        print(f"wrote {ignore} (git never picks up secret.yaml here)")
     return 0
 
 
@@ -186,6 +194,13 @@ def _reload_router(args: argparse.Namespace) -> int:
 
     if not args.artifact and not args.registry:
         return _fail("reload-router needs --artifact and/or --registry")
+    if args.artifact:
+        from router.versions import VersionNameError, check_version
+
+        try:
+            check_version(args.artifact)
+        except VersionNameError as e:
+            return _fail(str(e))
     try:
         user_config = _kuberay(args, args.namespace).reload_router(
             args.name, artifact=args.artifact, registry=args.registry, app_name=args.app_name)

@@ -229,7 +229,9 @@ def with_router_user_config(serve_cfg: dict[str, Any], *, artifact: str | None, 
     dep = _find_router(new_cfg, app_name)
     user_config = dict(dep.get("user_config") or {})
     if artifact is not None:
-        user_config["artifact"] = artifact
+        from router.versions import check_version
+
+        user_config["artifact"] = check_version(artifact)  # before the cluster sees it
     if registry is not None:
         user_config["registry"] = registry
     dep["user_config"] = user_config

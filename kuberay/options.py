@@ -55,6 +55,10 @@ class StorageOptions(_Strict):
     postgres: bool = Field(False, description="pods get DOKA_DATABASE_URL from the Secret")
     s3_endpoint: str | None = Field(None, description="MinIO/S3 endpoint URL, e.g. http://minio.storage:9000")
     s3_region: str = "us-east-1"
+    sqlite_volume_claim: str | None = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="an existing PersistentVolumeClaim "
+        "that keeps the SQLite ledger when PostgreSQL is not used (mounted on every Ray pod at "
+        "/var/lib/doka-accounts: ReadWriteMany, or a single CPU worker). PostgreSQL is the production choice")
 
 
 class TrainingOptions(_Strict):
@@ -86,6 +90,14 @@ class RenderOptions(_Strict):
     storage: StorageOptions = Field(default_factory=StorageOptions)
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     moat: bool = Field(False, description="air-gapped: no outbound calls, signed artifacts, internal endpoints only")
+    allow_local: bool = Field(False, description="render a config whose targets are loopback addresses "
+                              "(127.0.0.1, localhost) or relative local paths, which do not exist in a pod")
+    network_policy: bool = Field(True, description="render networkpolicy.yaml: only the gateway port is "
+                                 "reachable from outside the Ray pods (docs/security.md)")
+    kuberay_operator_namespace: str = Field(
+        "kuberay-system", description="namespace of the KubeRay operator (the helm command in "
+        "docs/kubernetes.md installs it there), which alone may reach the Ray "
+        "dashboard port (it deploys serveConfigV2 and submits RayJobs through it)")
     extra_env: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -1,5 +1,10 @@
 """Render one doka config into KubeRay manifests: a RayService (the gateway), a RayJob
-template (router training on the RayService's own Ray cluster) and a Secret template.
+template (router training on the RayService's own Ray cluster), a Secret template and a
+NetworkPolicy (only the gateway port reachable from outside the Ray pods).
+
+Refused unless told otherwise (docs/security.md): keys required with the ledger in SQLite on
+a container filesystem (lost on reschedule), and targets that exist only on this machine
+(loopback api_base, relative paths) unless `allow_local`.
 
 The RayService's serveConfigV2 comes from `app.serve_config.serve_config`, the same
 application `serve run app.graph:app_builder` starts locally. Secrets never enter a
@@ -8,9 +13,11 @@ manifest: every `os.environ/NAME` in the config becomes an env var read from the
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import shlex
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -25,6 +32,10 @@ CLUSTER_PLACEHOLDER = "REPLACE_WITH_ACTIVE_RAYCLUSTER"
 SECRET_PLACEHOLDER = "REPLACE_ME"
 DATABASE_ENV = "DOKA_DATABASE_URL"
 S3_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+SERVE_PORT = 8000  # the gateway (Serve HTTP proxy): the one port open to the rest of the cluster
+DASHBOARD_PORT = 8265  # Ray dashboard / jobs / Serve REST API: the KubeRay operator's door
+ACCOUNTS_MOUNT = "/var/lib/doka-accounts"  # storage.sqlite_volume_claim is mounted here
+ACCOUNTS_VOLUME = "doka-accounts"
 
 # Env that keeps every library in a pod from calling out (moat mode).
 MOAT_ENV = {
@@ -112,11 +123,88 @@ def moat_problems(cfg: DokaConfig) -> list[str]:
     return problems
 
 
+def accounts_problems(cfg: DokaConfig, opts: RenderOptions) -> list[str]:
+    """Keys required but the ledger would be SQLite on a pod's own disk (gone on reschedule)."""
+    if not cfg.accounts.require_keys or opts.storage.postgres or opts.storage.sqlite_volume_claim:
+        return []
+    url = cfg.accounts.database_url
+    if url and not url.startswith("sqlite"):  # PostgreSQL, or os.environ/NAME the operator fills in
+        return []
+    return ["accounts.require_keys is true but the keys and ledger would live in SQLite on the pod's "
+            "filesystem, lost when the pod is rescheduled: set `storage.postgres: true` in the k8s values "
+            "(DOKA_DATABASE_URL from the Secret) or accounts.database_url to a PostgreSQL URL, or "
+            "`storage.sqlite_volume_claim: <PVC name>` to keep SQLite on a persistent volume"]
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url if "://" in url else f"//{url}").hostname or "").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _relative_path(value: str) -> bool:
+    return "://" not in value and not value.startswith("/")
+
+
+def local_problems(cfg: DokaConfig) -> list[str]:
+    """Targets that exist only on this machine: loopback endpoints and relative paths (a pod's
+    working directory holds none of your files)."""
+    problems = []
+    for m in cfg.model_list:
+        base = m.litellm_params.get("api_base") if m.provider == "litellm" else None
+        if isinstance(base, str) and _loopback(base):
+            problems.append(f"model {m.model_name!r}: litellm_params.api_base {base!r} is this machine's loopback; "
+                            "in a pod it is the pod itself")
+        if m.vllm is not None:
+            src = m.vllm.model_source
+            if src.startswith((".", "~")) or (_relative_path(src) and src.count("/") != 1):
+                problems.append(f"model {m.model_name!r}: vllm.model_source {src!r} is a local path that does not "
+                                "exist in a pod; use an absolute path on a volume, s3://, or a hub id")
+    if cfg.router.registry and _relative_path(cfg.router.registry):
+        problems.append(f"router.registry {cfg.router.registry!r} is a local path that does not exist in a pod; "
+                        "use s3://... (MinIO) or an absolute path on a volume")
+    if _relative_path(cfg.server.data_dir):
+        problems.append(f"server.data_dir {cfg.server.data_dir!r} is relative to the pod's working directory; "
+                        "use an absolute path such as /var/lib/doka")
+    traces = cfg.observability.traces_url
+    if traces and _relative_path(traces):
+        problems.append(f"observability.traces_url {traces!r} is a local path; use s3://... or an absolute path")
+    otlp = cfg.observability.otlp_endpoint
+    if otlp and _loopback(otlp):
+        problems.append(f"observability.otlp_endpoint {otlp!r} is this machine's loopback")
+    return problems
+
+
+def render_problems(cfg: DokaConfig, opts: RenderOptions) -> list[str]:
+    """Everything `render_all` refuses, each naming the setting and the fix."""
+    problems = moat_problems(cfg) if opts.moat else []
+    problems += accounts_problems(cfg, opts)
+    if not opts.allow_local:
+        local = local_problems(cfg)
+        if local:
+            problems += local + ["(render anyway with --allow-local / `allow_local: true` if those targets do "
+                                 "exist in your pods)"]
+    return problems
+
+
 def effective_config(cfg: DokaConfig, opts: RenderOptions) -> DokaConfig:
-    """The config the cluster runs: the file, plus the PostgreSQL URL from the Secret if asked."""
+    """The config the cluster runs: the file, plus the PostgreSQL URL from the Secret if asked,
+    or the SQLite ledger on the persistent volume."""
     if opts.storage.postgres and not cfg.accounts.database_url:
         raw = config_dict(cfg)
         raw.setdefault("accounts", {})["database_url"] = ENV_PREFIX + DATABASE_ENV
+        return DokaConfig.model_validate(raw)
+    if opts.storage.sqlite_volume_claim and not cfg.accounts.database_url:
+        raw = config_dict(cfg)
+        raw.setdefault("accounts", {})["database_url"] = f"sqlite:///{ACCOUNTS_MOUNT}/doka.db"
         return DokaConfig.model_validate(raw)
     return cfg
 
@@ -171,6 +259,8 @@ def _container(name: str, cfg: DokaConfig, opts: RenderOptions, size: PodSize, *
         # Let Serve drain in-flight requests before the pod goes away.
         "lifecycle": {"preStop": {"exec": {"command": ["bash", "-c", "ray stop"]}}},
     }
+    if opts.storage.sqlite_volume_claim:
+        c["volumeMounts"] = [{"name": ACCOUNTS_VOLUME, "mountPath": ACCOUNTS_MOUNT}]
     if head:
         c["ports"] = [
             {"containerPort": 6379, "name": "gcs-server"},
@@ -181,8 +271,11 @@ def _container(name: str, cfg: DokaConfig, opts: RenderOptions, size: PodSize, *
     return c
 
 
-def _pod_spec(container: dict[str, Any], group: WorkerGroupOptions | None = None) -> dict[str, Any]:
+def _pod_spec(container: dict[str, Any], opts: RenderOptions, group: WorkerGroupOptions | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container]}
+    if opts.storage.sqlite_volume_claim:
+        spec["volumes"] = [{"name": ACCOUNTS_VOLUME,
+                            "persistentVolumeClaim": {"claimName": opts.storage.sqlite_volume_claim}}]
     if group is not None:
         if group.node_selector:
             spec["nodeSelector"] = dict(group.node_selector)
@@ -208,7 +301,7 @@ def _worker_group(cfg: DokaConfig, opts: RenderOptions, group: WorkerGroupOption
         "rayStartParams": {},
         "template": {
             "metadata": {"labels": _labels(opts, f"ray-worker-{group.name}")},
-            "spec": _pod_spec(_container("ray-worker", cfg, opts, group.size, head=False), group),
+            "spec": _pod_spec(_container("ray-worker", cfg, opts, group.size, head=False), opts, group),
         },
     }
 
@@ -229,10 +322,13 @@ def ray_cluster_spec(cfg: DokaConfig, opts: RenderOptions) -> dict[str, Any]:
             "idleTimeoutSeconds": opts.autoscaler_idle_timeout_s,
         },
         "headGroupSpec": {
+            # dashboard-host 0.0.0.0: the KubeRay operator reaches it; networkpolicy.yaml admits only
+            # the operator there, and the head Service stays ClusterIP (never LoadBalancer/NodePort)
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+            "serviceType": "ClusterIP",
             "template": {
                 "metadata": {"labels": _labels(opts, "ray-head")},
-                "spec": _pod_spec(_container("ray-head", cfg, opts, opts.head, head=True)),
+                "spec": _pod_spec(_container("ray-head", cfg, opts, opts.head, head=True), opts),
             },
         },
         "workerGroupSpecs": groups,
@@ -283,6 +379,7 @@ def rayjob(cfg: DokaConfig, opts: RenderOptions, *, cluster: str = CLUSTER_PLACE
             "runtimeEnvYAML": dump_yaml({"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}),
             "activeDeadlineSeconds": opts.training.active_deadline_s,
             "submitterPodTemplate": {
+                "metadata": {"labels": _labels(opts, "training-submitter")},  # inside the NetworkPolicy
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [{
@@ -308,17 +405,50 @@ def secret(cfg: DokaConfig, opts: RenderOptions) -> dict[str, Any]:
     }
 
 
-def render_all(cfg: DokaConfig, opts: RenderOptions) -> dict[str, dict[str, Any]]:
-    """File name -> manifest. Raises ConfigError for a moat-mode config that would call out."""
-    if opts.moat:
-        problems = moat_problems(cfg)
-        if problems:
-            raise ConfigError("moat mode refuses this config:\n  " + "\n  ".join(problems))
+def _pods_of(opts: RenderOptions) -> dict[str, Any]:
+    """Every pod this render makes (head, workers, the RayJob submitter) carries these labels."""
+    return {"matchLabels": {"app.kubernetes.io/name": "doka", "app.kubernetes.io/instance": opts.name}}
+
+
+def network_policy(cfg: DokaConfig, opts: RenderOptions) -> dict[str, Any]:
+    """Ingress to the Ray pods: anything from the cluster's own pods; from elsewhere only the gateway
+    port, plus the dashboard port from the KubeRay operator. GCS (6379), the Ray client (10001),
+    the dashboard and the metrics/agent ports stay closed to neighbours (a Ray job is code execution
+    with the provider keys in its environment)."""
     return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(opts, f"{opts.name}-ray", "network-policy"),
+        "spec": {
+            "podSelector": _pods_of(opts),
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": _pods_of(opts)}]},
+                {"ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {
+                              "kubernetes.io/metadata.name": opts.kuberay_operator_namespace}},
+                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}],
+                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ],
+        },
+    }
+
+
+def render_all(cfg: DokaConfig, opts: RenderOptions) -> dict[str, dict[str, Any]]:
+    """File name -> manifest. Raises ConfigError (every problem, each with its fix) for a config the
+    cluster must not run: moat violations, keys without a durable ledger, local-only targets."""
+    problems = render_problems(cfg, opts)
+    if problems:
+        what = "moat mode refuses this config" if opts.moat and moat_problems(cfg) else "k8s render refuses this config"
+        raise ConfigError(f"{what}:\n  " + "\n  ".join(problems))
+    out = {
         "rayservice.yaml": rayservice(cfg, opts),
         "rayjob-train.yaml": rayjob(cfg, opts),
         "secret.yaml": secret(cfg, opts),
     }
+    if opts.network_policy:
+        out["networkpolicy.yaml"] = network_policy(cfg, opts)
+    return out
 
 
 class _Dumper(yaml.SafeDumper):

@@ -108,6 +108,32 @@ def _core_errors(obj: dict[str, Any]) -> list[str]:
     return errors
 
 
+def network_policy_errors(obj: dict[str, Any]) -> list[str]:
+    """A NetworkPolicy against Kubernetes' own schema (kubernetes-validate ships it, strict: unknown
+    fields are errors) and the kubernetes client's model (it must read it back unchanged)."""
+    from kubernetes.client import ApiClient, V1NetworkPolicy
+
+    errors = []
+    try:
+        import kubernetes_validate  # the `test` extra; the model check below runs without it
+        from kubernetes_validate.utils import latest_version
+
+        try:
+            kubernetes_validate.validate(obj, latest_version(), strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{'.'.join(map(str, e.path)) or '(top)'}: {e.message}")
+    except ImportError:
+        pass
+    try:
+        back = ApiClient().sanitize_for_serialization(
+            ApiClient()._ApiClient__deserialize(obj, V1NetworkPolicy))  # the client's own deserializer
+        if back != obj:
+            errors.append(f"kubernetes V1NetworkPolicy reads it back as {back!r}")
+    except Exception as e:  # noqa: BLE001 - any model error is a validation error
+        errors.append(f"kubernetes V1NetworkPolicy rejects it: {e}")
+    return errors
+
+
 def manifest_errors(obj: dict[str, Any], crd_dir: str | Path = DEFAULT_CRD_DIR) -> list[str]:
     """Human-readable problems with one manifest; empty when it is valid."""
     if not isinstance(obj, dict):
@@ -116,6 +142,8 @@ def manifest_errors(obj: dict[str, Any], crd_dir: str | Path = DEFAULT_CRD_DIR) 
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key[0] == "v1":
         return errors + _core_errors(obj)
+    if key == ("networking.k8s.io/v1", "NetworkPolicy"):
+        return errors + network_policy_errors(obj)
     schemas = load_crd_schemas(str(crd_dir))
     if key not in schemas:
         return errors + [f"no CRD for apiVersion {key[0]!r} kind {key[1]!r} in {crd_dir}"]

@@ -8,6 +8,7 @@ imports the individual sinks.
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -20,6 +21,8 @@ from observability.langfuse_sink import LangfuseSink
 from observability.metrics import GatewayMetrics
 from observability.trace_store import TraceRecord, TraceStore, prompt_for_store, prompt_text, traces_root
 from observability.tracing import AttemptSpan, RequestSpan, RoutingSpan, Tracing
+
+logger = logging.getLogger("ray.serve")
 
 
 MAX_OPEN_REQUESTS = 10_000
@@ -236,6 +239,10 @@ class Observability:
 
             mirror_to_ray = _in_serve_replica() and ocfg.mirror_to_ray(cfg.deployments.ingress)
         self.metrics = GatewayMetrics(model_names=cfg.public_names(), mirror_to_ray=mirror_to_ray)
+        if ocfg.tenant_metrics_port and not self.metrics.serve_tenant(ocfg.tenant_metrics_port, ocfg.tenant_metrics_host):
+            logger.warning("doka: observability.tenant_metrics_port %s on %s is taken (another ingress replica on "
+                           "this node?); this replica's per-key series are served to the master key only",
+                           ocfg.tenant_metrics_port, ocfg.tenant_metrics_host)
         root = traces_root(cfg)
         self.traces = TraceStore(root)
         self.feedback = FeedbackStore(root)
@@ -336,13 +343,15 @@ class Observability:
                 print(f"doka langfuse: {e!r}", flush=True)
         return 200, {"object": "feedback", "request_id": record.request_id, "score": record.score, "stored": True}
 
-    def metrics_body(self) -> tuple[bytes, str]:
-        return self.metrics.exposition()
+    def metrics_body(self, tenant: bool = False) -> tuple[bytes, str]:
+        """The exposition; per-key series only when `tenant` (the caller checked the master key)."""
+        return self.metrics.exposition(tenant=tenant)
 
     def close(self) -> None:
         """Flush everything (called on replica shutdown)."""
         self.traces.close()
         self.feedback.close()
+        self.metrics.close()
         self.tracing.flush()
         if self.langfuse is not None:
             self.langfuse.flush()

@@ -7,6 +7,12 @@ so Ray's metrics export (the head's Prometheus endpoint, `ray_doka_*`) aggregate
 
 Label cardinality is bounded: model labels accept only configured names, and key labels keep
 the first `max_keys` distinct keys, folding the rest into `other`.
+
+Per-tenant series (`TENANT_SPECS`: requests, tokens and spend by key) live in a registry of
+their own: a tenant's spend is its business, not every scraper's. The anonymous `/metrics`
+serves only the gateway series; the tenant ones go to the master key (Bearer) or to the
+listener `observability.tenant_metrics_port` opens (docs/observability.md, docs/security.md).
+They are not mirrored to Ray's cluster-wide export; the ledger (`/spend/*`) is the exact source.
 """
 
 from __future__ import annotations
@@ -37,12 +43,12 @@ class _Spec:
 SPECS = {
     s.name: s
     for s in (
-        _Spec("counter", "doka_requests_total", "Gateway requests by served model, key and status", ("model", "key", "status")),
+        _Spec("counter", "doka_requests_total", "Gateway requests by served model and status", ("model", "status")),
         _Spec("counter", "doka_request_errors_total", "Failed requests by model and error type", ("model", "error")),
         _Spec("histogram", "doka_request_latency_seconds", "End-to-end request latency", ("model", "stream"), LATENCY_BUCKETS),
         _Spec("histogram", "doka_time_to_first_token_seconds", "Streaming time to first chunk", ("model",), LATENCY_BUCKETS),
-        _Spec("counter", "doka_tokens_total", "Tokens by model, key and direction (input/output)", ("model", "key", "direction")),
-        _Spec("counter", "doka_cost_usd_total", "Spend in USD by model and key", ("model", "key")),
+        _Spec("counter", "doka_tokens_total", "Tokens by model and direction (input/output)", ("model", "direction")),
+        _Spec("counter", "doka_cost_usd_total", "Spend in USD by model", ("model",)),
         _Spec("counter", "doka_routing_decisions_total", "auto-routing decisions by chosen model and strategy", ("model", "strategy")),
         _Spec("counter", "doka_routing_gate_total", "Decisions of a gated artifact by path (familiar: its in-distribution "
               "ensemble; novel: difficulty)", ("path",)),
@@ -53,6 +59,18 @@ SPECS = {
               ("cascade", "outcome")),
         _Spec("gauge", "doka_router_degraded", "1 while the router answers with its fallback strategy", ()),
         _Spec("gauge", "doka_router_artifact_info", "The router artifact version in use (value 1)", ("version",)),
+    )
+}
+
+# Series that name a tenant (a key id): master key or the tenant listener only, never mirrored.
+TENANT_SPECS = {
+    s.name: s
+    for s in (
+        _Spec("counter", "doka_key_requests_total", "Gateway requests by key, served model and status",
+              ("model", "key", "status")),
+        _Spec("counter", "doka_key_tokens_total", "Tokens by key, model and direction (input/output)",
+              ("model", "key", "direction")),
+        _Spec("counter", "doka_key_cost_usd_total", "Spend in USD by key and model", ("model", "key")),
     )
 }
 
@@ -127,15 +145,18 @@ class GatewayMetrics:
         mirror_to_ray: bool | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.tenant_registry = CollectorRegistry()  # per-key series: never in the anonymous exposition
         self._prom: dict[str, Any] = {}
-        for s in SPECS.values():
-            name = s.name.removesuffix("_total") if s.kind == "counter" else s.name
-            if s.kind == "counter":
-                self._prom[s.name] = Counter(name, s.doc, s.labels, registry=self.registry)
-            elif s.kind == "gauge":
-                self._prom[s.name] = Gauge(s.name, s.doc, s.labels, registry=self.registry)
-            else:
-                self._prom[s.name] = Histogram(s.name, s.doc, s.labels, buckets=s.buckets, registry=self.registry)
+        for specs, reg in ((SPECS, self.registry), (TENANT_SPECS, self.tenant_registry)):
+            for s in specs.values():
+                name = s.name.removesuffix("_total") if s.kind == "counter" else s.name
+                if s.kind == "counter":
+                    self._prom[s.name] = Counter(name, s.doc, s.labels, registry=reg)
+                elif s.kind == "gauge":
+                    self._prom[s.name] = Gauge(s.name, s.doc, s.labels, registry=reg)
+                else:
+                    self._prom[s.name] = Histogram(s.name, s.doc, s.labels, buckets=s.buckets, registry=reg)
+        self._tenant_server: Any = None
         allowed = set(model_names) if model_names is not None else None
         self.model_label = LabelLimiter(allowed)
         self.key_label = LabelLimiter(max_values=max_keys)
@@ -154,14 +175,15 @@ class GatewayMetrics:
         if target is None:  # prometheus-client's labels() takes a lock and builds a key every call
             metric = self._prom[name]
             target = self._children[key] = metric.labels(**labels) if labels else metric
-        kind = SPECS[name].kind
+        spec = SPECS.get(name)
+        kind = spec.kind if spec is not None else TENANT_SPECS[name].kind
         if kind == "counter":
             target.inc(value)
         elif kind == "gauge":
             target.set(value)
         else:
             target.observe(value)
-        if self._mirror is not None:
+        if self._mirror is not None and spec is not None:  # tenant series stay in this process
             self._mirror.record(name, labels, value)
 
     # ---- the call sites ----
@@ -215,17 +237,43 @@ class GatewayMetrics:
         """One finished request (success or failure)."""
         m, k = self.model_label(model), self.key_label(key)
         status = "ok" if status_code < 400 else str(status_code)
-        self._record("doka_requests_total", model=m, key=k, status=status)
+        self._record("doka_requests_total", model=m, status=status)
+        self._record("doka_key_requests_total", model=m, key=k, status=status)
         self._record("doka_request_latency_seconds", latency_s, model=m, stream="true" if stream else "false")
         if status_code >= 400:
             self._record("doka_request_errors_total", model=m, error=self.error_label(error or status))
         if prompt_tokens:
-            self._record("doka_tokens_total", float(prompt_tokens), model=m, key=k, direction="input")
+            self._record("doka_tokens_total", float(prompt_tokens), model=m, direction="input")
+            self._record("doka_key_tokens_total", float(prompt_tokens), model=m, key=k, direction="input")
         if completion_tokens:
-            self._record("doka_tokens_total", float(completion_tokens), model=m, key=k, direction="output")
+            self._record("doka_tokens_total", float(completion_tokens), model=m, direction="output")
+            self._record("doka_key_tokens_total", float(completion_tokens), model=m, key=k, direction="output")
         if cost:
-            self._record("doka_cost_usd_total", float(cost), model=m, key=k)
+            self._record("doka_cost_usd_total", float(cost), model=m)
+            self._record("doka_key_cost_usd_total", float(cost), model=m, key=k)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """(body, content type) for the `/metrics` response."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, tenant: bool = False) -> tuple[bytes, str]:
+        """(body, content type) for `/metrics`: the gateway series, plus the per-key ones if `tenant`."""
+        body = generate_latest(self.registry)
+        if tenant:
+            body += generate_latest(self.tenant_registry)
+        return body, CONTENT_TYPE_LATEST
+
+    def serve_tenant(self, port: int, host: str = "127.0.0.1") -> bool:
+        """Serve the per-key series on their own listener (`observability.tenant_metrics_port`).
+
+        One listener per node: a second ingress replica on the same node finds the port taken
+        and returns False (that node's listener shows the first replica's view)."""
+        from prometheus_client import start_http_server
+
+        try:
+            self._tenant_server, _ = start_http_server(port, addr=host, registry=self.tenant_registry)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._tenant_server is not None:
+            self._tenant_server.shutdown()
+            self._tenant_server.server_close()
+            self._tenant_server = None

@@ -4,7 +4,9 @@
                                 npz, loaded with allow_pickle=False), or
     <artifact>/model.skops      fitted state holding sklearn objects (knn, mlp, svm, ...: skops)
     <artifact>/metadata.json    version, family, labels, featurizer, data hash, metrics, params, costs
-    <artifact>/signature.json   HMAC-SHA256 over the SHA-256 of the model file and the metadata
+    <artifact>/signature.json   HMAC-SHA256 over the SHA-256 and byte size of the model file and
+                                the metadata: the small signed manifest a remote registry's
+                                download checks first (router/registry.py)
 
 An array-only state never needs skops, whose import loads all of sklearn and scipy (~90 MB in
 every process that routes; docs/benchmarks.md, "Gateway memory").
@@ -75,8 +77,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _mac(key: bytes, files: dict[str, str]) -> str:
-    payload = json.dumps({"algorithm": ALGORITHM, "files": files}, sort_keys=True).encode()
+def _mac(key: bytes, files: dict[str, str], sizes: dict[str, int] | None = None) -> str:
+    """The MAC over digests (and sizes, in signatures that carry them; older ones have none)."""
+    body: dict[str, Any] = {"algorithm": ALGORITHM, "files": files}
+    if sizes is not None:
+        body["sizes"] = sizes
+    payload = json.dumps(body, sort_keys=True).encode()
     return hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
@@ -122,8 +128,11 @@ def save_artifact(out_dir: str | Path, state: dict[str, Any], metadata: dict[str
 def sign_artifact(path: str | Path, key: bytes | str | None = None) -> None:
     k = resolve_signing_key(key)
     p = Path(path)
-    files = {name: _sha256(p / name) for name in (model_file(p), METADATA_FILE)}
-    sig = {"algorithm": ALGORITHM, "files": files, "key_id": hashlib.sha256(k).hexdigest()[:8], "mac": _mac(k, files)}
+    names = (model_file(p), METADATA_FILE)
+    files = {name: _sha256(p / name) for name in names}
+    sizes = {name: (p / name).stat().st_size for name in names}
+    sig = {"algorithm": ALGORITHM, "files": files, "sizes": sizes, "key_id": hashlib.sha256(k).hexdigest()[:8],
+           "mac": _mac(k, files, sizes)}
     (p / SIGNATURE_FILE).write_text(json.dumps(sig, indent=2, sort_keys=True) + "\n")
 
 
@@ -133,32 +142,15 @@ def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[s
     if not p.is_dir():
         raise ArtifactError(f"artifact {p} not found (expected a folder with {METADATA_FILE} and "
                             f"{' or '.join(MODEL_FILES)})")
-    k = resolve_signing_key(key)
     sig_path = p / SIGNATURE_FILE
     if not sig_path.is_file():
         raise ArtifactError(f"artifact {p} is not signed ({SIGNATURE_FILE} missing); refusing to load it")
-    try:
-        sig = json.loads(sig_path.read_text())
-        files = dict(sig["files"])
-        mac = str(sig["mac"])
-        algorithm = sig["algorithm"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"artifact {p}: {SIGNATURE_FILE} is malformed ({e})") from e
-    if algorithm != ALGORITHM:
-        raise ArtifactError(f"artifact {p}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
-    if set(files) not in ({name, METADATA_FILE} for name in MODEL_FILES):
-        raise ArtifactError(f"artifact {p}: signature covers {sorted(files)}, expected {METADATA_FILE} and one "
-                            f"of {', '.join(MODEL_FILES)}")
-    if not hmac.compare_digest(mac, _mac(k, files)):
-        raise ArtifactError(
-            f"artifact {p}: signature does not verify with this key (key id {hashlib.sha256(k).hexdigest()[:8]}, "
-            f"signed with {sig.get('key_id', '?')}); wrong DOKA_SIGNING_KEY or a tampered signature"
-        )
-    for name, digest in files.items():
+    manifest = verify_manifest(sig_path.read_bytes(), key, str(p))
+    for name, (digest, size) in manifest.items():
         f = p / name
         if not f.is_file():
             raise ArtifactError(f"artifact {p}: {name} is missing")
-        if not hmac.compare_digest(_sha256(f), digest):
+        if (size is not None and f.stat().st_size != size) or not hmac.compare_digest(_sha256(f), digest):
             raise ArtifactError(f"artifact {p}: {name} was modified after signing (SHA-256 mismatch); refusing to load it")
     if all((p / name).exists() for name in MODEL_FILES):  # load_state must read the signed one
         raise ArtifactError(f"artifact {p} holds both {' and '.join(MODEL_FILES)}; only one is signed")
@@ -170,6 +162,35 @@ def verify_signature(path: str | Path, key: bytes | str | None = None) -> dict[s
         if field not in meta:
             raise ArtifactError(f"artifact {p}: metadata lacks {field!r}")
     return meta
+
+
+def verify_manifest(raw: bytes, key: bytes | str | None, where: str) -> dict[str, tuple[str, int | None]]:
+    """Check a signature.json on its own (no other file needed): name -> (SHA-256, size or None).
+
+    What a remote download verifies before it fetches anything large; raises ArtifactError."""
+    k = resolve_signing_key(key)
+    try:
+        sig = json.loads(raw)
+        files = {str(n): str(d) for n, d in dict(sig["files"]).items()}
+        sizes = sig.get("sizes")
+        sizes = None if sizes is None else {str(n): int(v) for n, v in dict(sizes).items()}
+        mac = str(sig["mac"])
+        algorithm = sig["algorithm"]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"artifact {where}: {SIGNATURE_FILE} is malformed ({e})") from e
+    if algorithm != ALGORITHM:
+        raise ArtifactError(f"artifact {where}: signature algorithm {algorithm!r} is not {ALGORITHM!r}")
+    if set(files) not in ({name, METADATA_FILE} for name in MODEL_FILES):
+        raise ArtifactError(f"artifact {where}: signature covers {sorted(files)}, expected {METADATA_FILE} and one "
+                            f"of {', '.join(MODEL_FILES)}")
+    if sizes is not None and (set(sizes) != set(files) or any(v < 0 for v in sizes.values())):
+        raise ArtifactError(f"artifact {where}: {SIGNATURE_FILE} sizes do not match its files")
+    if not hmac.compare_digest(mac, _mac(k, files, sizes)):
+        raise ArtifactError(
+            f"artifact {where}: signature does not verify with this key (key id {hashlib.sha256(k).hexdigest()[:8]}, "
+            f"signed with {sig.get('key_id', '?')}); wrong DOKA_SIGNING_KEY or a tampered signature"
+        )
+    return {n: (d, None if sizes is None else sizes[n]) for n, d in files.items()}
 
 
 def check_featurizer(meta: dict[str, Any], featurizer: Any) -> None:

@@ -33,7 +33,7 @@ class LearnedRouter:
         cls, registry_url: str, version: str = "latest", signing_key: bytes | str | None = None, featurizer: Any = None
     ) -> "LearnedRouter":
         """Resolve `version` in the registry, verify it, and load it."""
-        path = Registry(registry_url).resolve(version)
+        path = Registry(registry_url).resolve(version, signing_key)  # manifest verified before download
         return cls.from_path(path, signing_key, featurizer)
 
     @classmethod

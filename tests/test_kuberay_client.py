@@ -321,9 +321,14 @@ def test_submit_training_without_an_active_cluster_is_a_clear_error(server, kube
     assert not [r for r in server.requests if r["path"].endswith("/rayjobs")]  # nothing was submitted
 
 
-def test_cli_commands_against_the_fake_api_server(server, kubeconfig, capsys):
+def test_cli_commands_against_the_fake_api_server(server, kubeconfig, capsys, tmp_path):
     kc = str(kubeconfig)
-    assert doka(["k8s", "apply", "--kubeconfig", kc, "--namespace", "ns1"]) == 0
+    # the default config targets this machine and keeps keys in SQLite: refused for a cluster...
+    assert doka(["k8s", "apply", "--kubeconfig", kc, "--namespace", "ns1"]) == 1
+    assert "k8s render refuses this config" in capsys.readouterr().err
+    values = tmp_path / "values.yaml"  # ...unless told (PostgreSQL for the ledger, local targets allowed)
+    values.write_text("storage: {postgres: true}\n")
+    assert doka(["k8s", "apply", "--kubeconfig", kc, "--namespace", "ns1", "--allow-local", "--values", str(values)]) == 0
     assert "RayService ns1/doka created" in capsys.readouterr().out
 
     assert doka(["k8s", "reload-router", "--kubeconfig", kc, "--namespace", "ns1", "--artifact", "v3"]) == 0

@@ -283,5 +283,5 @@ def test_training_rayjob_entrypoint_runs_as_a_ray_job(head, tmp_path):
     reg = Registry(str(registry))
     version = reg.latest_version()
     assert version and f'"version": "{version}"' in logs
-    meta = verify_signature(reg.resolve(version), "kuberay-test-key")
+    meta = verify_signature(reg.resolve(version, "kuberay-test-key"), "kuberay-test-key")
     assert meta["family"] == "knn" and sorted(meta["labels"]) == ["big-model", "small-model"]

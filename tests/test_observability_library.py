@@ -156,11 +156,17 @@ def test_metrics_exposition_has_the_counters():
     body, ctype = m.exposition()
     text = body.decode()
     assert ctype.startswith("text/plain")
-    assert 'doka_requests_total{key="key-a",model="mock-gpt-4",status="ok"} 1.0' in text
-    assert 'doka_requests_total{key="other",model="other",status="ok"} 1.0' in text
+    assert 'doka_requests_total{model="mock-gpt-4",status="ok"} 1.0' in text
+    assert 'doka_requests_total{model="other",status="ok"} 1.0' in text
     assert 'doka_request_errors_total{error="upstream_error",model="mock-gpt-4"} 1.0' in text
-    assert 'doka_tokens_total{direction="input",key="key-a",model="mock-gpt-4"} 10.0' in text
-    assert 'doka_cost_usd_total{key="key-a",model="mock-gpt-4"} 0.001' in text
+    assert 'doka_tokens_total{direction="input",model="mock-gpt-4"} 10.0' in text
+    assert 'doka_cost_usd_total{model="mock-gpt-4"} 0.001' in text
+    assert "key-a" not in text and "doka_key_" not in text  # tenant series: not in the anonymous page
+    tenant = m.exposition(tenant=True)[0].decode()
+    assert 'doka_key_requests_total{key="key-a",model="mock-gpt-4",status="ok"} 1.0' in tenant
+    assert 'doka_key_requests_total{key="other",model="other",status="ok"} 1.0' in tenant
+    assert 'doka_key_tokens_total{direction="input",key="key-a",model="mock-gpt-4"} 10.0' in tenant
+    assert 'doka_key_cost_usd_total{key="key-a",model="mock-gpt-4"} 0.001' in tenant
     assert 'doka_routing_decisions_total{model="local-tiny",strategy="learned"} 4.0' in text
     assert 'doka_routing_gate_total{path="familiar"} 1.0' in text and 'doka_routing_gate_total{path="novel"} 2.0' in text
     assert 'doka_fallbacks_total{from_model="local-tiny",to_model="mock-gpt-4"} 1.0' in text

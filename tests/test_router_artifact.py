@@ -153,7 +153,7 @@ def test_registry_round_trips_npz_artifacts(arrays_artifact, tmp_path):
     url = f"memory://doka-npz-{tmp_path.name}"
     reg = Registry(url)
     v = reg.publish(arrays_artifact, key=KEY)
-    local = reg.resolve(v)  # fetched into the cache: the files its signature lists
+    local = reg.resolve(v, KEY)  # manifest verified, then the files it lists fetched into the cache
     assert sorted(p.name for p in local.iterdir()) == ["metadata.json", "model.npz", "signature.json"]
     a = LearnedRouter.from_path(arrays_artifact, KEY)
     b = LearnedRouter.load(url, "latest", KEY)

@@ -36,7 +36,7 @@ def bootstrap(
     current = reg.latest_version()
     if current and not force:
         try:
-            verify_signature(reg.resolve(current), key)
+            verify_signature(reg.resolve(current, key), key)
             return {"action": "kept", "version": current, "registry": registry}
         except ArtifactError as e:
             print(f"existing artifact {current} does not verify ({e}); training a new one")
