@@ -56,6 +56,17 @@ class ModelInfo(_Strict):
     mode: Literal["chat", "embedding"] = Field(
         "chat", description="what the model serves: chat (chat/completions, messages, responses) or "
         "embedding (/v1/embeddings only; never an `auto` candidate)")
+    # capabilities (app/capabilities.py): unset = LiteLLM's model info where it knows the model,
+    # vLLM's engine settings for local models, else unknown (counted as able); set = this wins
+    supports_tools: bool | None = Field(None, description="takes `tools` (function calling)")
+    supports_parallel_tool_calls: bool | None = Field(None, description="may answer with several tool calls at once")
+    supports_vision: bool | None = Field(None, description="takes image parts")
+    supports_response_schema: bool | None = Field(
+        None, description="honours `response_format` json_schema / json_object (structured output)")
+    supports_reasoning: bool | None = Field(
+        None, description="takes `reasoning_effort` (Anthropic `thinking` maps to it; dropped for other models)")
+    context_window: int | None = Field(None, ge=1, description="most tokens of prompt plus answer")
+    max_output_tokens: int | None = Field(None, ge=1, description="most tokens of one answer (max_tokens is capped to it)")
 
 
 class VLLMParams(_Strict):
@@ -69,6 +80,10 @@ class VLLMParams(_Strict):
     placement_group_config: dict[str, Any] | None = None
     runtime_env: dict[str, Any] | None = None
     lora_config: dict[str, Any] | None = None
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for this model (hermes, llama3_json, mistral, ...): sets "
+        "`enable_auto_tool_choice` and `tool_call_parser` in its engine_kwargs, and marks the model able to "
+        "take `tools`; unset (and not in engine_kwargs): the model gets no tool requests from `auto`")
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="how long ray.serve.llm's LLMServer collects streamed tokens before "
         "sending them on as one batch (its `experimental_configs.stream_batching_interval_ms`); "

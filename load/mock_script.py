@@ -1,0 +1,36 @@
+"""Scripted tool-use turns for the OpenAI mock: an agent loop with a model that behaves.
+
+`MockSettings.tool_script` maps a model name to `{"name": TOOL, "arguments": {...}, "answer":
+PREFIX}`: while the conversation's last message is the user's (and the request offers TOOL),
+the model calls TOOL with those arguments; once the last message is that tool's result, it
+answers in text: PREFIX followed by the result it was given, so a test can see that the
+model's next turn saw the tool_result (Claude Code's agent loop, tests/test_agents_claude_code.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def scripted_turn(script: dict[str, Any] | None, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(tool call, None), (None, answer text), or (None, None) when the script does not apply."""
+    messages = body.get("messages") or []
+    if not script or not messages or not isinstance(messages[-1], dict):
+        return None, None
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return None, f"{script.get('answer', 'The tool returned:')} {_text(last.get('content'))}"
+    names = {(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+    if last.get("role") != "user" or script.get("name") not in names:
+        return None, None
+    seed = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return {"id": f"call_{seed}", "type": "function",
+            "function": {"name": script["name"], "arguments": json.dumps(script.get("arguments") or {})}}, None
