@@ -263,10 +263,12 @@ class _Attempt:
 class _EarlyRoute:
     """A router call sent before the request was authorized (see `Ingress._route_early`)."""
 
-    __slots__ = ("response", "cost_weight", "candidates", "started")
+    __slots__ = ("response", "cost_weight", "candidates", "started", "offered")
 
-    def __init__(self, response: Any, cost_weight: float | None, candidates: list[str]) -> None:
+    def __init__(self, response: Any, cost_weight: float | None, candidates: list[str],
+                 offered: list[str] | None = None) -> None:
         self.response, self.cost_weight, self.candidates = response, cost_weight, candidates
+        self.offered = offered if offered is not None else candidates  # before the capability filter
         self.started = time.perf_counter()
 
     def cancel(self) -> None:
@@ -634,11 +636,13 @@ class Ingress:
             cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         except OpenAIError:
             return None
+        offered = candidates
         if needs is not None:
             candidates, _ = capabilities.split(candidates, self._caps, needs)
             if not candidates:  # `_plan` refuses it, with the reason
                 return None
-        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates)
+        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates,
+                           offered)
 
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
                     prompt: str | None = None, allowed: list[str] | None = None,
@@ -668,7 +672,7 @@ class Ingress:
         if not self._candidates:
             raise OpenAIError(503, "No model is available for automatic routing", code="no_candidates")
         if early is not None:  # its options were parsed (and valid) when it was sent
-            cost_weight, candidates = early.cost_weight, early.candidates
+            cost_weight, candidates = early.cost_weight, early.offered
         else:
             cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         if permitted is not None:

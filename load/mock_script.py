@@ -4,7 +4,8 @@
 PREFIX}`: while the conversation's last message is the user's (and the request offers TOOL),
 the model calls TOOL with those arguments; once the last message is that tool's result, it
 answers in text: PREFIX followed by the result it was given, so a test can see that the
-model's next turn saw the tool_result (Claude Code's agent loop, tests/test_agents_claude_code.py).
+model's next turn saw the tool_result (Claude Code's agent loop, tests/test_agents_gateway.py).
+Without `name`, every user turn gets the text `answer` (never the mock's default tool call).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ def scripted_turn(script: dict[str, Any] | None, body: dict[str, Any]) -> tuple[
     last = messages[-1]
     if last.get("role") == "tool":
         return None, f"{script.get('answer', 'The tool returned:')} {_text(last.get('content'))}"
+    if last.get("role") != "user":
+        return None, None
+    if not script.get("name"):  # no tool in the script: a plain text answer
+        return None, str(script.get("answer", ""))
     names = {(t.get("function") or {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
-    if last.get("role") != "user" or script.get("name") not in names:
+    if script["name"] not in names:
         return None, None
     seed = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {"id": f"call_{seed}", "type": "function",
