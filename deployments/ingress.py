@@ -695,6 +695,7 @@ class Ingress:
                 decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
                             "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
             novel = self._novel_chain(permitted) if decision.get("familiar") is False and self._novel else []
+            novel = capabilities.split(novel, self._caps, needs)[0] if novel else novel  # tiers able to answer
             if novel:  # the key may call the cascade's weak and verifier and some tier it escalates to
                 decision = {**decision, "cascade": self._novel}
             routing.decided(decision)

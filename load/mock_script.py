@@ -6,6 +6,8 @@ the model calls TOOL with those arguments; once the last message is that tool's 
 answers in text: PREFIX followed by the result it was given, so a test can see that the
 model's next turn saw the tool_result (Claude Code's agent loop, tests/test_agents_gateway.py).
 Without `name`, every user turn gets the text `answer` (never the mock's default tool call).
+`{"refuse_tools": MESSAGE}`: a request offering tools gets a 400 with MESSAGE, as vLLM started
+without a tool parser answers (a capability refusal the gateway must skip, not return).
 """
 
 from __future__ import annotations
@@ -39,3 +41,10 @@ def scripted_turn(script: dict[str, Any] | None, body: dict[str, Any]) -> tuple[
     seed = hashlib.sha256(json.dumps(messages, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {"id": f"call_{seed}", "type": "function",
             "function": {"name": script["name"], "arguments": json.dumps(script.get("arguments") or {})}}, None
+
+
+def scripted_refusal(script: dict[str, Any] | None, body: dict[str, Any]) -> str | None:
+    """The 400 message for a request offering tools to a model scripted to refuse them."""
+    if script and script.get("refuse_tools") and body.get("tools"):
+        return str(script["refuse_tools"])
+    return None

@@ -39,6 +39,9 @@ def _tweak(raw: dict) -> None:
     raw["model_list"] += [
         {"model_name": "mock-small", "litellm_params": {**base, "model": "openai/small-model"}, "model_info": SMALL},
         {"model_name": "mock-big", "litellm_params": {**base, "model": "openai/big-model"}, "model_info": BIG}]
+    raw["model_list"].append({"model_name": "mock-refuser", "litellm_params": {**base, "model": "openai/refuser"},
+                              "model_info": {"tier": "cheap", "timeout": 10, "parallel": True}})
+    raw["fallbacks"] = {**raw.get("fallbacks", {}), "refuser-chain": ["mock-refuser", "mock-big"]}
     raw["cascades"] = {**raw.get("cascades", {}),
                        "small-first": {"weak": "mock-small", "verifier": "mock-gpt-3.5", "strong": "mock-big"}}
 
@@ -163,6 +166,28 @@ def test_cascade_skips_an_incapable_weak_model(gw, key):
         model="small-first", messages=[{"role": "user", "content": "hello"}], tools=[TOOL_OAI])
     assert raw.headers["x-doka-model"] == "mock-big"
     assert raw.headers["x-doka-route-reason"] == "cascade:incapable=mock-small:tools"
+
+
+VLLM_REFUSAL = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
+
+def test_a_tier_refusing_for_a_capability_is_skipped(gw, key, mock):
+    """mock-refuser's capabilities are unknown (so not filtered) and it answers tools like vLLM
+    without a tool parser: the chain goes on to mock-big instead of returning that 400."""
+    mock.state(tool_script={"refuser": {"refuse_tools": VLLM_REFUSAL}})
+    raw = oai(gw, key).chat.completions.with_raw_response.create(
+        model="refuser-chain", messages=[{"role": "user", "content": "hello"}], tools=[TOOL_OAI])
+    assert raw.headers["x-doka-model"] == "mock-big"
+    assert raw.headers["x-doka-tiers-tried"] == "mock-refuser,mock-big"
+    # the signal is real: the upstream itself answers that 400
+    direct = httpx.post(f"{mock.url}/v1/chat/completions", timeout=10, json={
+        "model": "refuser", "messages": [{"role": "user", "content": "x"}], "tools": [TOOL_OAI]})
+    assert direct.status_code == 400 and "enable-auto-tool-choice" in direct.json()["error"]["message"]
+    # a refusal that is not about capabilities still comes back from the first tier
+    mock.state(tool_script={"refuser": {"refuse_tools": "Invalid value for 'tools'"}})
+    with pytest.raises(openai.BadRequestError):
+        oai(gw, key).chat.completions.create(model="refuser-chain", messages=[{"role": "user", "content": "x"}],
+                                             tools=[TOOL_OAI])
 
 
 # ------------------------------------------------------------------ Anthropic SDK, Claude Code's body
