@@ -11,6 +11,7 @@ with the route reason naming mock-small and why.
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -159,6 +160,13 @@ def test_no_capable_model_is_a_400_naming_the_capability(gw, key):
         claude(gw, key).messages.create(model="mock-small", max_tokens=8, tools=[TOOL_ANT],
                                         messages=[{"role": "user", "content": "x"}])
     assert ea.value.body["error"]["type"] == "invalid_request_error" and "tools" in ea.value.body["error"]["message"]
+    # refused after the key was checked: each has its ledger row (400, nothing charged), nothing held
+    deadline = time.time() + 10
+    while time.time() < deadline and not (len([r for r in gw.ledger(key["key_id"]) if r["status"] == 400]) == 2
+                                          and gw.inflight(key["key_id"]) == 0):
+        time.sleep(0.2)
+    rows = gw.ledger(key["key_id"])
+    assert [r["status"] for r in rows] == [400, 400] and gw.inflight(key["key_id"]) == 0, rows
 
 
 def test_cascade_skips_an_incapable_weak_model(gw, key):
