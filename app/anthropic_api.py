@@ -34,7 +34,8 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 
 class _Open(BaseModel):
-    """Unknown fields (cache_control, citations, ...) are accepted and ignored, as Anthropic adds them often."""
+    """Unknown fields inside blocks (cache_control, citations, ...) are accepted and ignored, as
+    Anthropic adds them often; only the request's top level is closed (`_Request`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -45,7 +46,7 @@ class TextBlock(_Open):
 
 
 class ImageSource(_Open):
-    type: Literal["base64", "url"]
+    type: Literal["base64", "url", "file"]
     media_type: str | None = None
     data: str | None = None
     url: str | None = None
@@ -56,6 +57,27 @@ class ImageBlock(_Open):
     source: ImageSource
 
 
+class DocumentBlock(_Open):
+    """A PDF or text document (source base64 / text / content / url / file)."""
+
+    type: Literal["document"]
+    source: dict[str, Any]
+    title: str | None = None
+    context: str | None = None
+
+
+class SearchResultBlock(_Open):
+    type: Literal["search_result"]
+    source: str | None = None
+    title: str | None = None
+    content: list[TextBlock] = Field(default_factory=list)
+
+
+class ToolReferenceBlock(_Open):
+    type: Literal["tool_reference"]
+    tool_name: str | None = None
+
+
 class ToolUseBlock(_Open):
     type: Literal["tool_use"]
     id: str = Field(min_length=1)
@@ -63,10 +85,14 @@ class ToolUseBlock(_Open):
     input: dict[str, Any]
 
 
+ResultPart = Annotated[Union[TextBlock, ImageBlock, DocumentBlock, SearchResultBlock, ToolReferenceBlock],
+                       Field(discriminator="type")]
+
+
 class ToolResultBlock(_Open):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
-    content: str | list[Annotated[Union[TextBlock, ImageBlock], Field(discriminator="type")]] | None = None
+    content: str | list[ResultPart] | None = None
     is_error: bool | None = None
 
 
@@ -76,19 +102,35 @@ class ThinkingBlock(_Open):
     type: Literal["thinking", "redacted_thinking"]
 
 
-Block = Annotated[Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock], Field(discriminator="type")]
+# blocks only Anthropic's own server tools produce; doka runs none of those tools
+SERVER_BLOCKS = ("server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
+                 "bash_code_execution_tool_result", "text_editor_code_execution_tool_result",
+                 "tool_search_tool_result", "container_upload", "mcp_tool_use", "mcp_tool_result")
+
+
+class ServerBlock(_Open):
+    type: Literal[SERVER_BLOCKS]  # type: ignore[valid-type]
+
+
+Block = Annotated[Union[TextBlock, ImageBlock, DocumentBlock, SearchResultBlock, ToolUseBlock, ToolResultBlock,
+                        ThinkingBlock, ServerBlock], Field(discriminator="type")]
 
 
 class Message(_Open):
-    role: Literal["user", "assistant"]
+    """A turn; `system` turns (Claude Code sends one after the first user turn) join the system prompt."""
+
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
 class Tool(_Open):
+    """A custom (client) tool: name + input_schema; extra fields (cache_control, defer_loading,
+    strict, input_examples, ...) are accepted and not sent on."""
+
     name: str = Field(min_length=1)
     description: str | None = None
-    input_schema: dict[str, Any]
-    type: Literal["custom"] | None = None
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
 
 
 class ToolChoice(_Open):
@@ -101,15 +143,59 @@ class Metadata(_Open):
     user_id: str | None = None
 
 
-class MessagesRequest(_Open):
-    """The body of `POST /v1/messages` (Anthropic's required fields are required here too)."""
+class Thinking(_Open):
+    """`enabled` (budget_tokens), `adaptive`, `disabled`, `between_tools`; `display` and the rest ignored."""
+
+    type: Literal["enabled", "adaptive", "disabled", "between_tools"]
+    budget_tokens: int | None = None
+
+
+class OutputFormat(_Open):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Open):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: OutputFormat | None = None
+
+
+class _Request(BaseModel):
+    """The Messages API's top-level fields (stable and beta, anthropic SDK 2.12): any other is a
+    400, as Anthropic answers, so no stray field (`api_base`, ...) ever reaches a provider.
+    Fields doka cannot honour are accepted and ignored (README, "Anthropic Messages")."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     model: str = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the earlier beta name of output_config.format
+    # accepted, not honoured: prompt caching, context editing, containers, MCP, tiers, ...
+    cache_control: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None
+    container: Any = None
+    mcp_servers: list[dict[str, Any]] | None = None
+    compaction: Any = None
+    diagnostics: Any = None
+    inference_geo: str | None = None
+    service_tier: str | None = None
+    speed: str | None = None
+    billing_policy: Any = None
+    fallbacks: Any = None
+    fallback_credit_token: Any = None
+    thread: Any = None
+    doka: Any = None  # doka's routing extension (cost weight, candidates)
+
+
+class MessagesRequest(_Request):
+    """The body of `POST /v1/messages` (Anthropic's required fields are required here too)."""
+
+    max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -118,13 +204,8 @@ class MessagesRequest(_Open):
     metadata: Metadata | None = None
 
 
-class CountTokensRequest(_Open):
+class CountTokensRequest(_Request):
     """The body of `POST /v1/messages/count_tokens`: a Messages request without max_tokens."""
-
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
-    system: str | list[TextBlock] | None = None
-    tools: list[Tool] | None = None
 
 
 # ------------------------------------------------------------------ errors
@@ -164,11 +245,32 @@ def _text_of(blocks: str | list[Any] | None) -> str:
         return ""
     if isinstance(blocks, str):
         return blocks
-    return "\n".join(b.text for b in blocks if isinstance(b, TextBlock))
+    return "\n".join(t for b in blocks if (t := _block_text(b)))
+
+
+def _block_text(b: Any) -> str:
+    """The words of a text-like block (text, search result, text document, tool reference)."""
+    if isinstance(b, TextBlock):
+        return b.text
+    if isinstance(b, SearchResultBlock):
+        return "\n".join(x for x in (b.title, b.source, *(c.text for c in b.content)) if x)
+    if isinstance(b, ToolReferenceBlock):
+        return f"[tool: {b.tool_name}]" if b.tool_name else ""
+    if isinstance(b, DocumentBlock):
+        part = _document_part(b)
+        return part["text"] if part["type"] == "text" else ""
+    return ""
+
+
+def _refuse_file(kind: str) -> OpenAIError:
+    return bad_request(f"{kind} source of type 'file' refers to Anthropic's Files API, which doka does not "
+                       "have: send the content as base64, text or a URL", param="messages")
 
 
 def _image_part(block: ImageBlock) -> dict[str, Any]:
     src = block.source
+    if src.type == "file":
+        raise _refuse_file("image")
     if src.type == "url":
         if not src.url:
             raise bad_request("image source of type 'url' needs 'url'", param="messages")
@@ -176,6 +278,38 @@ def _image_part(block: ImageBlock) -> dict[str, Any]:
     if not src.data or not src.media_type:
         raise bad_request("image source of type 'base64' needs 'media_type' and 'data'", param="messages")
     return {"type": "image_url", "image_url": {"url": f"data:{src.media_type};base64,{src.data}"}}
+
+
+def _document_part(block: DocumentBlock) -> dict[str, Any]:
+    """A document as an OpenAI content part: text sources as text, a base64 PDF as a `file`
+    part, a URL as a line naming it (OpenAI's chat format has no URL documents)."""
+    src = block.source
+    kind = src.get("type")
+    head = f"{block.title}\n" if block.title else ""
+    if kind == "text":
+        return {"type": "text", "text": head + str(src.get("data") or "")}
+    if kind == "content":
+        content = src.get("content")
+        text = content if isinstance(content, str) else "\n".join(
+            str(c.get("text", "")) for c in content or [] if isinstance(c, dict) and c.get("type") == "text")
+        return {"type": "text", "text": head + text}
+    if kind == "base64":
+        if not src.get("data"):
+            raise bad_request("document source of type 'base64' needs 'data'", param="messages")
+        media = src.get("media_type") or "application/pdf"
+        return {"type": "file", "file": {"filename": block.title or "document.pdf",
+                                         "file_data": f"data:{media};base64,{src['data']}"}}
+    if kind == "url":
+        return {"type": "text", "text": f"{head}[document: {src.get('url')}]"}
+    if kind == "file":
+        raise _refuse_file("document")
+    raise bad_request(f"document source type {kind!r} is not one of base64, text, content, url", param="messages")
+
+
+def _server_block(b: Any) -> OpenAIError:
+    return bad_request(f"content blocks of type {b.type!r} come from Anthropic's server tools, which doka does "
+                       "not run; doka's backends take custom tools only", param="messages",
+                       code="server_tools_unsupported")
 
 
 def _user_messages(content: str | list[Any]) -> list[dict[str, Any]]:
@@ -188,31 +322,39 @@ def _user_messages(content: str | list[Any]) -> list[dict[str, Any]]:
     for b in content:
         if isinstance(b, ToolResultBlock):
             text = _text_of(b.content)
-            images = [_image_part(i) for i in b.content or [] if isinstance(i, ImageBlock)] if isinstance(b.content, list) else []
-            if images:  # OpenAI tool messages carry text only: the images follow as user content
-                parts.extend(images)
+            if isinstance(b.content, list):  # OpenAI tool messages carry text only: the rest follows as user content
+                parts.extend(_image_part(i) for i in b.content if isinstance(i, ImageBlock))
+                parts.extend(p for d in b.content if isinstance(d, DocumentBlock)
+                             and (p := _document_part(d))["type"] != "text")
             out.append({"role": "tool", "tool_call_id": b.tool_use_id,
                         "content": f"Error: {text}" if b.is_error else text})
-        elif isinstance(b, TextBlock):
-            parts.append({"type": "text", "text": b.text})
+        elif isinstance(b, (TextBlock, SearchResultBlock)):
+            parts.append({"type": "text", "text": _block_text(b)})
         elif isinstance(b, ImageBlock):
             parts.append(_image_part(b))
+        elif isinstance(b, DocumentBlock):
+            parts.append(_document_part(b))
         elif isinstance(b, ToolUseBlock):
             raise bad_request("tool_use blocks belong in assistant messages", param="messages")
+        elif isinstance(b, ServerBlock):
+            raise _server_block(b)
     if parts:
         only_text = all(p["type"] == "text" for p in parts)
-        out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts})
+        out.append({"role": "user", "content": parts[0]["text"] if only_text and len(parts) == 1 else parts})
     return out
 
 
 def _assistant_message(content: str | list[Any]) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    text = "".join(b.text for b in content if isinstance(b, TextBlock))
+    for b in content:
+        if isinstance(b, ServerBlock):
+            raise _server_block(b)
+        if isinstance(b, (ImageBlock, DocumentBlock, ToolResultBlock)):
+            raise bad_request("assistant messages may hold only text, tool_use and thinking blocks", param="messages")
+    text = "".join(_block_text(b) for b in content if isinstance(b, (TextBlock, SearchResultBlock)))
     calls = [{"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
              for b in content if isinstance(b, ToolUseBlock)]
-    if any(isinstance(b, (ImageBlock, ToolResultBlock)) for b in content):
-        raise bad_request("assistant messages may hold only text, tool_use and thinking blocks", param="messages")
     msg: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         msg["tool_calls"] = calls
@@ -228,16 +370,55 @@ def _tool_choice(choice: ToolChoice) -> Any:
 
 
 def chat_messages(req: MessagesRequest | CountTokensRequest) -> list[dict[str, Any]]:
+    """The OpenAI messages: one leading system message (the `system` field, then every
+    `system`-role turn in order: many backends' chat templates take a system prompt only
+    first), then the user and assistant turns."""
+    system = [_text_of(req.system)] if req.system else []
     messages: list[dict[str, Any]] = []
-    system = _text_of(req.system)
-    if system:
-        messages.append({"role": "system", "content": system})
     for m in req.messages:
-        if m.role == "user":
+        if m.role == "system":
+            system.append(_text_of(m.content))
+        elif m.role == "user":
             messages.extend(_user_messages(m.content))
         else:
             messages.append(_assistant_message(m.content))
-    return messages
+    text = "\n\n".join(t for t in system if t)
+    return ([{"role": "system", "content": text}] if text else []) + messages
+
+
+# `thinking` / `output_config.effort` -> OpenAI's reasoning_effort (sent only to models known to
+# reason: app/capabilities.for_model drops it for the others)
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+def reasoning_effort(req: _Request) -> str | None:
+    thinking = req.thinking
+    if thinking is None or thinking.type == "disabled":
+        return None
+    effort = req.output_config.effort if req.output_config is not None else None
+    if effort is not None:
+        return _EFFORT[effort]
+    budget = thinking.budget_tokens
+    if thinking.type == "enabled" and budget:
+        return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+    return "medium"
+
+
+def _tools(req: _Request) -> list[dict[str, Any]]:
+    out = []
+    for i, t in enumerate(req.tools or []):
+        if t.type not in (None, "custom") or t.input_schema is None:
+            if t.input_schema is None and t.type in (None, "custom"):
+                raise bad_request(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema",
+                                  code="missing_required_parameter")
+            raise bad_request(f"tools.{i}: {t.type!r} is one of Anthropic's built-in/server tools, which doka's "
+                              "backends cannot run; declare it as a custom tool (name, description, input_schema)",
+                              param=f"tools.{i}.type", code="server_tools_unsupported")
+        fn: dict[str, Any] = {"name": t.name, "parameters": t.input_schema}
+        if t.description:
+            fn["description"] = t.description
+        out.append({"type": "function", "function": fn})
+    return out
 
 
 def to_chat(req: MessagesRequest) -> dict[str, Any]:
@@ -249,22 +430,31 @@ def to_chat(req: MessagesRequest) -> dict[str, Any]:
         body["top_p"] = req.top_p
     if req.stop_sequences:
         body["stop"] = req.stop_sequences
-    if req.tools:
-        body["tools"] = [{"type": "function", "function": {"name": t.name, "parameters": t.input_schema,
-                                                           **({"description": t.description} if t.description else {})}}
-                         for t in req.tools]
-    if req.tool_choice is not None:
+    if req.mcp_servers:
+        raise bad_request("mcp_servers needs Anthropic's MCP connector, which doka does not run; "
+                          "connect MCP servers in the client (Claude Code does)", param="mcp_servers",
+                          code="server_tools_unsupported")
+    tools = _tools(req)
+    if tools:
+        body["tools"] = tools
+    if req.tool_choice is not None and tools:
         body["tool_choice"] = _tool_choice(req.tool_choice)
-        if req.tool_choice.disable_parallel_tool_use and req.tools:
+        if req.tool_choice.disable_parallel_tool_use:
             body["parallel_tool_calls"] = False
+    effort = reasoning_effort(req)
+    if effort is not None:
+        body["reasoning_effort"] = effort
+    fmt = (req.output_config.format if req.output_config is not None else None) or req.output_format
+    if fmt is not None:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": fmt.schema_, "strict": True}}
     if req.metadata is not None and req.metadata.user_id:
-        body["user"] = req.metadata.user_id
+        body["user"] = req.metadata.user_id[:256]
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # message_delta carries the usage
-    doka = getattr(req, "doka", None)  # doka's routing extension passes through (cost weight, candidates)
-    if doka is not None:
-        body["doka"] = doka
+    if req.doka is not None:  # doka's routing extension passes through (cost weight, candidates)
+        body["doka"] = req.doka
     return body
 
 

@@ -80,6 +80,16 @@ class ModelInfo(_Strict):
             raise ValueError(f"not a parameter name a client may be allowed: {bad}")
         return names
 
+    # capabilities (app/capabilities.py): unset = LiteLLM's model info where it knows the model,
+    # vLLM's engine settings for local models, else unknown (counted as able); set = this wins
+    supports_tools: bool | None = Field(None, description="takes `tools` (function calling)")
+    supports_parallel_tool_calls: bool | None = Field(None, description="may answer with several tool calls at once")
+    supports_vision: bool | None = Field(None, description="takes image parts")
+    supports_response_schema: bool | None = Field(
+        None, description="honours `response_format` json_schema / json_object (structured output)")
+    supports_reasoning: bool | None = Field(
+        None, description="takes `reasoning_effort` (Anthropic `thinking` maps to it; dropped for other models)")
+
 
 class VLLMParams(_Strict):
     """A self-hosted model served by ray.serve.llm's LLMServer."""
@@ -92,6 +102,10 @@ class VLLMParams(_Strict):
     placement_group_config: dict[str, Any] | None = None
     runtime_env: dict[str, Any] | None = None
     lora_config: dict[str, Any] | None = None
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for this model (hermes, llama3_json, mistral, ...): sets "
+        "`enable_auto_tool_choice` and `tool_call_parser` in its engine_kwargs, and marks the model able to "
+        "take `tools`; unset (and not in engine_kwargs): the model gets no tool requests from `auto`")
     stream_batching_interval_ms: float | None = Field(
         None, ge=0, description="how long ray.serve.llm's LLMServer collects streamed tokens before "
         "sending them on as one batch (its `experimental_configs.stream_batching_interval_ms`); "

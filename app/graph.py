@@ -92,7 +92,11 @@ def build_app(cfg: DokaConfig) -> Application:
     else:  # decisions inside each ingress replica: the router user_config is the ingress's own
         router = None
         ingress_options = {**d.ingress.serve_options(), "user_config": router_user_config(cfg)}
-    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts)
+    # capabilities resolved here, once: LiteLLM's model info needs litellm, which the ingress
+    # itself does not import with `egress.placement: deployment`
+    from app.capabilities import resolve_all
+
+    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts, resolve_all(cfg))
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -64,6 +64,7 @@ class ResponsesRequest(_Open):
     previous_response_id: str | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    text: dict[str, Any] | None = None  # `text.format`: json_schema / json_object -> chat's response_format
 
 
 # ------------------------------------------------------------------ request: Responses -> chat
@@ -146,6 +147,12 @@ def to_chat(req: ResponsesRequest) -> dict[str, Any]:
         elif choice not in ("auto", "none", "required"):
             raise bad_request("tool_choice must be auto, none, required or {type: function, name}", param="tool_choice")
         body["tool_choice"] = choice
+    fmt = (req.text or {}).get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        body["response_format"] = {"type": "json_object"}
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # response.completed carries the usage

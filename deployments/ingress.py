@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts.estimate import prompt_tokens
-from app import anthropic_api, responses_api
+from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
                         model_not_allowed, unknown_model, upstream_exhausted)
@@ -306,10 +306,12 @@ class _Attempt:
 class _EarlyRoute:
     """A router call sent before the request was authorized (see `Ingress._route_early`)."""
 
-    __slots__ = ("response", "cost_weight", "candidates", "started")
+    __slots__ = ("response", "cost_weight", "candidates", "started", "offered")
 
-    def __init__(self, response: Any, cost_weight: float | None, candidates: list[str]) -> None:
+    def __init__(self, response: Any, cost_weight: float | None, candidates: list[str],
+                 offered: list[str] | None = None) -> None:
         self.response, self.cost_weight, self.candidates = response, cost_weight, candidates
+        self.offered = offered if offered is not None else candidates  # before the capability filter
         self.started = time.perf_counter()
 
     def cancel(self) -> None:
@@ -367,8 +369,13 @@ class Ingress:
         model_handles: dict[str, DeploymentHandle],
         router: DeploymentHandle | None,
         accounts: DeploymentHandle | None = None,
+        model_capabilities: dict[str, dict] | None = None,
     ) -> None:
         self.cfg = cfg = parse_config(config, source="ingress deployment")
+        # what each model can serve (app/capabilities.py): resolved by the graph builder, which
+        # may import litellm; without it, from the config and vLLM settings only
+        self._caps = model_capabilities if model_capabilities is not None else capabilities.resolve_all(
+            cfg, lambda model: None)
         factories = backend_factories()
         self._backends: dict[str, ModelBackend] = {}
         shared: dict[int, ModelBackend] = {}
@@ -589,7 +596,8 @@ class Ingress:
         stream = bool(getattr(req, "stream", False))
         strip_usage = stream and kind != "embedding" and _ask_usage(body)
         prompt = prompt_text(body)  # once per request: routing and the trace store share it
-        early = self._route_early(requested, request, routing_ext, prompt)
+        needs = capabilities.needs_of(body) if kind == "chat" else capabilities.Needs()
+        early = self._route_early(requested, request, routing_ext, prompt, needs)
         cascading = requested in self._cascades or (requested == self._auto and self._novel is not None)
         try:  # a cascade may call three models: hold enough for all of them
             grant = await self._accounts.authorize(request, requested, body, request_id, calls=3 if cascading else 1)
@@ -603,11 +611,12 @@ class Ingress:
         side: list[tuple[str, dict]] = []  # calls made besides the answering one (a cascade's)
         try:
             chain, base_reason, decision = await self._plan(requested, body, request, routing_ext, prompt,
-                                                            getattr(grant, "models", None), early)
+                                                            getattr(grant, "models", None), early, needs)
             if requested in self._cascades:
-                att = await self._run_cascade(kind, body, requested, chain, stream, side)
+                att = await self._run_cascade(kind, body, requested, chain, stream, side, needs=needs)
             elif decision is not None and "cascade" in decision:  # a novel prompt (`router.novel_cascade`)
-                att = await self._run_cascade(kind, body, decision["cascade"], chain, stream, side, "auto:novel:")
+                att = await self._run_cascade(kind, body, decision["cascade"], chain, stream, side, "auto:novel:",
+                                              needs)
             else:
                 att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
         except OpenAIError as e:
@@ -688,7 +697,8 @@ class Ingress:
         except ValueError as e:
             raise bad_request(f"Request body is not valid JSON: {e}", code="invalid_json") from None
 
-    def _route_early(self, requested: str, request: Request, ext: Any, prompt: str) -> "_EarlyRoute | None":
+    def _route_early(self, requested: str, request: Request, ext: Any, prompt: str,
+                     needs: capabilities.Needs | None = None) -> "_EarlyRoute | None":
         """`auto`: send the router call before authorization, so the two hops overlap.
 
         Bad routing options start nothing here: `_plan` raises them once the request is
@@ -701,17 +711,27 @@ class Ingress:
             cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         except OpenAIError:
             return None
-        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates)
+        offered = candidates
+        if needs is not None:
+            candidates, _ = capabilities.split(candidates, self._caps, needs)
+            if not candidates:  # `_plan` refuses it, with the reason
+                return None
+        return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates,
+                           offered)
 
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
                     prompt: str | None = None, allowed: list[str] | None = None,
-                    early: "_EarlyRoute | None" = None) -> tuple[list[str], str, dict | None]:
+                    early: "_EarlyRoute | None" = None,
+                    needs: capabilities.Needs | None = None) -> tuple[list[str], str, dict | None]:
         """The ordered tiers to try, the base route reason and the router's decision (auto).
 
         `allowed`: the key's model allow-list (empty/None: every model). Only allowed models are
         ever called: the router chooses among allowed candidates, and chain tiers outside the
         list are skipped; nothing left is a 403. `early`: the router call `_route_early` sent.
+        `needs`: what the request needs (tools, images, JSON output, context): candidates and
+        tiers that cannot serve it are left out and named in the route reason; none left is a 400.
         """
+        needs = needs or capabilities.Needs()
         permitted = set(allowed) if allowed else None
         cascade = self._cascades.get(requested)
         if cascade is not None and permitted is not None:
@@ -721,17 +741,20 @@ class Ingress:
                                         permitted)
         if requested != self._auto:
             reason = f"chain:{requested}" if requested in self.cfg.fallbacks else "explicit"
-            return self._allowed_chain(self.cfg.chain_for(requested), permitted, requested), reason, None
+            chain = self._allowed_chain(self.cfg.chain_for(requested), permitted, requested)
+            chain, dropped = self._capable(chain, needs, requested)
+            return chain, reason + (f";filtered={capabilities.describe(dropped)}" if dropped else ""), None
         if not self._candidates:
             raise OpenAIError(503, "No model is available for automatic routing", code="no_candidates")
         if early is not None:  # its options were parsed (and valid) when it was sent
-            cost_weight, candidates = early.cost_weight, early.candidates
+            cost_weight, candidates = early.cost_weight, early.offered
         else:
             cost_weight, candidates = routing_options(request.headers.get("x-doka-cost-weight"), ext, self._candidates)
         if permitted is not None:
             candidates = [c for c in candidates if c in permitted]
             if not candidates:
                 raise model_not_allowed(f"this key may use none of the {self._auto!r} candidates", permitted)
+        candidates, filtered = self._capable(candidates, needs, self._auto)
         if early is not None and early.candidates != candidates:
             early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
             early = None
@@ -747,13 +770,31 @@ class Ingress:
                 decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
                             "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
             novel = self._novel_chain(permitted) if decision.get("familiar") is False and self._novel else []
+            novel = capabilities.split(novel, self._caps, needs)[0] if novel else novel  # tiers able to answer
             if novel:  # the key may call the cascade's weak and verifier and some tier it escalates to
                 decision = {**decision, "cascade": self._novel}
             routing.decided(decision)
+        note = f";filtered={capabilities.describe(filtered)}" if filtered else ""
+        if filtered:
+            decision = {**decision, "reason": f"{decision.get('reason', '')}; not capable: "
+                                              f"{capabilities.describe(filtered)}"}
         if novel:
-            return novel, f"auto:{decision['strategy']}", decision
+            return novel, f"auto:{decision['strategy']}{note}", decision
         chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
-        return chain, f"auto:{decision['strategy']}", decision
+        chain, _ = self._capable(chain, needs, requested)  # its fallback tiers: the capable ones
+        return chain, f"auto:{decision['strategy']}{note}", decision
+
+    def _capable(self, models: list[str], needs: capabilities.Needs,
+                 requested: str) -> tuple[list[str], dict[str, list[str]]]:
+        """`models` that can serve `needs` and why the others cannot; a 400 naming the missing
+        capability when none can (before any call: a provider's own 400 would say less)."""
+        kept, dropped = capabilities.split(models, self._caps, needs)
+        if not kept:
+            lacks = sorted({c for v in dropped.values() for c in v})
+            raise bad_request(f"No model of {requested!r} can serve this request: it needs {', '.join(lacks)} "
+                              f"({capabilities.describe(dropped)} lack it)", param="model",
+                              code="model_not_capable")
+        return kept, dropped
 
     def _novel_chain(self, permitted: set[str] | None) -> list[str]:
         """The escalation chain of `router.novel_cascade` that this key may use; empty when the
@@ -788,9 +829,10 @@ class Ingress:
                 continue
             timeout = self._timeouts[model]
             reason = base_reason if i == 0 else f"fallback:tier{i + 1}"
+            tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
             try:
                 if stream:
-                    it = getattr(backend, f"{kind}_stream")(model, body, timeout)
+                    it = getattr(backend, f"{kind}_stream")(model, tier_body, timeout)
                     it = it.__aiter__()
                     try:
                         first = await asyncio.wait_for(it.__anext__(), timeout)
@@ -799,7 +841,7 @@ class Ingress:
                         raise
                     return _Attempt((first, it), model, reason, tried)
                 call = getattr(backend, kind)  # chat, completion or embedding
-                result = await asyncio.wait_for(call(model, body, timeout), timeout)
+                result = await asyncio.wait_for(call(model, tier_body, timeout), timeout)
                 return _Attempt(result, model, reason, tried)
             except StopAsyncIteration:
                 return _Attempt((None, None), model, reason, tried)
@@ -810,6 +852,12 @@ class Ingress:
             except Exception as e:  # one tier failed: note it, try the next
                 err = _unwrap(e)
                 if isinstance(err, UpstreamError):
+                    if (err.is_client_error and i + 1 < len(chain)
+                            and capabilities.is_capability_refusal(err.status, err.message)):
+                        # the model cannot do what was asked (no tool parser, too long): the next tier may
+                        logger.info("ingress: tier %s refused for a capability reason: %s", model, err.message)
+                        last_error, timed_out, last_status = f"{model}: {err.message}", False, err.status
+                        continue
                     if err.is_client_error:
                         raise OpenAIError(err.status, err.message, headers={"x-doka-tiers-tried": ",".join(tried)}) from None
                     last_error, timed_out, last_status = f"{model}: {err}", err.timed_out, err.status
@@ -820,15 +868,24 @@ class Ingress:
         raise upstream_exhausted(tried, last_error, timed_out, last_status)
 
     async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
-                           side: list[tuple[str, dict]], reason_prefix: str = "") -> _Attempt:
+                           side: list[tuple[str, dict]], reason_prefix: str = "",
+                           needs: capabilities.Needs | None = None) -> _Attempt:
         """`cascades.<name>`: ask weak and verifier at once; their agreed answer, else the strong chain's.
         `reason_prefix` goes before the route reason (`auto:novel:` when auto sent a novel prompt here).
+        When weak or verifier cannot serve the request (`needs`: tools, images, ...), the check is
+        skipped and the strong chain answers (route reason `cascade:incapable=<model>:<need>`).
 
         Both are asked for a whole answer (a stream is replayed from the weak one once they
         agree). Every call that answered is added to `side`, also when the client leaves, so
         whatever way the request ends charges it; a call still running then is cancelled.
         """
         spec = self._cascades[name]
+        _, dropped = capabilities.split([spec.weak, spec.verifier], self._caps, needs or capabilities.Needs())
+        if dropped:
+            self._obs.metrics.cascade(name, "incapable")
+            return await self._run_chain(kind, body, chain,
+                                         f"{reason_prefix}cascade:incapable={capabilities.describe(dropped)}",
+                                         stream=stream)
         quiet = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         calls = {m: asyncio.ensure_future(self._run_chain(kind, quiet, [m], f"cascade:{name}"))
                  for m in (spec.weak, spec.verifier)}
@@ -1045,5 +1102,7 @@ class Ingress:
                 info["doka"] = {"kind": "model", "mode": mi.mode, "provider": entry.provider, "tier": mi.tier,
                                 "parallel": mi.parallel, "timeout": mi.timeout,
                                 "fallbacks": self.cfg.chain_for(name)[1:]}
+                if name in self._caps:
+                    info["doka"]["capabilities"] = self._caps[name]
             data.append(info)
         return {"object": "list", "data": data}

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from app.config import DokaConfig, ModelEntry, resolve_secret
+from app.config import DokaConfig, ModelEntry, VLLMParams, resolve_secret
 from app.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -77,6 +77,17 @@ def _runtime_env(entry: ModelEntry) -> dict[str, Any] | None:
     return env or None
 
 
+def engine_kwargs_for(v: VLLMParams) -> dict[str, Any]:
+    """The engine_kwargs ray.serve.llm gets: the config's, plus vLLM's tool calling when
+    `vllm.tool_call_parser` is set (ray.serve.llm hands `enable_auto_tool_choice` and
+    `tool_call_parser` to vLLM's OpenAI frontend, the rest to the engine)."""
+    kwargs = resolve_secret(dict(v.engine_kwargs))
+    if v.tool_call_parser:
+        kwargs["enable_auto_tool_choice"] = True
+        kwargs["tool_call_parser"] = v.tool_call_parser
+    return kwargs
+
+
 def llm_config_for(entry: ModelEntry) -> "LLMConfig":
     """The ray.serve.llm LLMConfig for one `provider: vllm` entry; the model id is the gateway's
     model name, so responses carry the name the client asked for."""
@@ -90,7 +101,7 @@ def llm_config_for(entry: ModelEntry) -> "LLMConfig":
         autoscaling["target_ongoing_requests"] = DEFAULT_TARGET_ONGOING_REQUESTS
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": entry.model_name, "model_source": _resolve_source(v.model_source)},
-        "engine_kwargs": resolve_secret(dict(v.engine_kwargs)),
+        "engine_kwargs": engine_kwargs_for(v),
         "deployment_config": {"autoscaling_config": autoscaling},
     }
     if v.accelerator_type:

@@ -31,6 +31,8 @@ class MockSettings(BaseModel):
     fault_rate: float = Field(1.0, ge=0, le=1, description="share of a model's requests a configured fault hits")
     answers: dict[str, str] = Field(default_factory=dict,
                                     description="a model's fixed answer text instead of the echo (OpenAI mock)")
+    tool_script: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="a model's scripted tool-use turn (load/mock_script.py, OpenAI mock)")
 
     def fault_for(self, model: str, credit: dict[str, float]) -> str:
         """The fault for this request of `model`.

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from load.mock_core import FAULTS, MockSettings, MockState, answer_words, dumps, split_text
 from load.mock_openai_extras import embeddings_payload, tool_call, tool_call_chunks
+from load.mock_script import scripted_refusal, scripted_turn
 
 __all__ = ["FAULTS", "MockSettings", "MockState", "build_app", "parse_faults", "serve"]
 
@@ -85,6 +86,12 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         call = tool_call(body) if kind == "chat" else None
         prompt = _prompt_text(body)
         words = split_text(s.answers[model], s.chunks) if model in s.answers else answer_words(model, prompt, s.chunks)
+        if kind == "chat" and (refusal := scripted_refusal(s.tool_script.get(model), body)) is not None:
+            return _error(400, refusal, "BadRequestError")
+        if kind == "chat" and model in s.tool_script:  # a scripted agent turn: a tool call, then text
+            scripted, text = scripted_turn(s.tool_script[model], body)
+            if scripted is not None or text is not None:
+                call, words = scripted, split_text(text, s.chunks) if text is not None else words
         usage = {
             "prompt_tokens": max(1, len(prompt.split())),
             "completion_tokens": len(words),

@@ -69,7 +69,8 @@ def test_messages_request_to_chat_body():
 @pytest.mark.parametrize("body,param", [
     ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
     ({"model": "m", "max_tokens": 1, "messages": []}, "messages"),
-    ({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+    ({"model": "m", "max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"model": "m", "max_tokens": 1, "api_base": "http://x", "messages": [{"role": "user", "content": "x"}]}, "api_base"),
     ({"model": "m", "max_tokens": 1, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]}, "temperature"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages.0.content.0"),
     ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
