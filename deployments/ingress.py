@@ -705,6 +705,7 @@ class Ingress:
         """Try each tier in order with its own timeout; the first answer (or first chunk) wins."""
         tried: list[str] = []
         last_error, timed_out, last_status = "no tier available", False, None
+        retry_after: float | None = None  # set while the last failed tier is in its cooldown
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
             tried.append(model)
@@ -738,11 +739,13 @@ class Ingress:
                     if err.is_client_error:
                         raise OpenAIError(err.status, err.message, headers={"x-doka-tiers-tried": ",".join(tried)}) from None
                     last_error, timed_out, last_status = f"{model}: {err}", err.timed_out, err.status
+                    retry_after = getattr(err, "retry_after", None)
                 else:
                     logger.warning("ingress: tier %s failed: %r", model, e)
                     last_error, timed_out, last_status = f"{model}: {type(err).__name__}: {err}", False, None
+                    retry_after = None
             self._router.report.remote(model, False)
-        raise upstream_exhausted(tried, last_error, timed_out, last_status)
+        raise upstream_exhausted(tried, last_error, timed_out, last_status, retry_after)
 
     async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
                            side: list[tuple[str, dict]], reason_prefix: str = "") -> _Attempt:
