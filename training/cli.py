@@ -144,6 +144,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from training.calibrate import calibrate, read_prompts, write_cost_weight
 
     report = calibrate(_router(args), read_prompts(args.data), args.strong, args.weak, args.target_strong_share, progress=not args.quiet)
+    if report.get("note"):  # the target was not met within 3 points: say so, not only in the JSON
+        print(f"doka: warning: {report['note']}", file=sys.stderr)
     if args.write_config:
         report["config"] = str(write_cost_weight(args.write_config, report["cost_weight"]))
     _print(report)
