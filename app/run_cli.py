@@ -59,11 +59,13 @@ def local_mock_ports(cfg: DokaConfig) -> list[int]:
 
 
 def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
+    """Start the mock upstream on each local port the config names; a port already taken is an
+    error (a stale mock of an earlier run must not answer silently): `--no-mock` uses it."""
     procs = []
     for port in local_mock_ports(cfg):
         if _listening("127.0.0.1", port):
-            print(f"doka: something already listens on 127.0.0.1:{port}; using it as the upstream")
-            continue
+            raise SystemExit(f"doka: 127.0.0.1:{port} is already in use (a mock upstream left by an earlier "
+                             f"run?); stop it (`fuser -k {port}/tcp`) or pass --no-mock to use it as the upstream")
         print(f"doka: starting the mock upstream on 127.0.0.1:{port} ({latency_ms:g} ms latency)")
         procs.append(subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
                                        "--latency-ms", str(latency_ms)]))
@@ -82,8 +84,66 @@ def _load(path: str | None) -> DokaConfig:
         raise SystemExit(2) from None
 
 
+STOP_BOUND_S = 20.0  # every process `doka run` started is gone within this after SIGINT/SIGTERM
+
+
 def _interrupt(*_: object) -> None:
+    """First SIGINT/SIGTERM: stop (KeyboardInterrupt unwinds to the cleanup). Later ones while
+    stopping are ignored, so a second Ctrl-C cannot interrupt the cleanup halfway."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except Exception:
+        return []
+
+
+def stop_everything(mocks: list[subprocess.Popen], started: list[Any], bound_s: float = STOP_BOUND_S) -> None:
+    """Stop what this run started, within `bound_s`: the mock upstream, Serve, the Ray cluster,
+    then any of our child processes still alive (Ray's dashboard and runtime-env agents can
+    outlive the raylet) get SIGTERM, then SIGKILL."""
+    import psutil
+
+    deadline = time.monotonic() + bound_s
+    for p in mocks:
+        p.terminate()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        try:
+            ray.shutdown()
+        except Exception:
+            pass
+    procs = {p.pid: p for p in [*started, *_descendants()]}
+    alive = [p for p in procs.values() if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=max(0.5, (deadline - time.monotonic()) / 2))
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=max(0.5, deadline - time.monotonic()))
+    for p in mocks:
+        try:
+            p.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 # Dashboard head modules a gateway's operators use: nodes/actors, reports and profiling, state,
@@ -135,28 +195,35 @@ def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[No
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
+    signal.signal(signal.SIGINT, _interrupt)
     if args.port:
         cfg.server.port = args.port
     for k, v in {**LOCAL_ENV, **({} if args.no_perf else PERF_ENV)}.items():
         os.environ.setdefault(k, v)
     mocks: list[subprocess.Popen] = []
-    if not args.no_mock:
-        mocks = start_mocks(cfg, args.mock_latency_ms)
-        if mocks:
-            os.environ.setdefault("MOCK_API_KEY", "mock-key")
-    from app.lean_imports import skip_serve_pandas
-
-    skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
-    import ray
-    from ray import serve
-
-    from app.graph import build_app
-
+    started: list[Any] = []  # every process of this run, swept again at the end
     try:
+        if not args.no_mock:
+            mocks = start_mocks(cfg, args.mock_latency_ms)
+            if mocks:
+                os.environ.setdefault("MOCK_API_KEY", "mock-key")
+        from app.lean_imports import skip_serve_pandas
+
+        skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
+        import ray
+        from ray import serve
+
+        from app.graph import build_app
+
         with gateway_head(log_monitor=args.console_logs, full_dashboard=args.full_dashboard):
             ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG,
                      log_to_driver=args.console_logs)
+        started = _descendants()
+        # Ray's core worker installs its own fatal-signal handler for SIGTERM (a stack dump, then
+        # abort: "Aborted", exit -6); ours goes back on top so SIGTERM stops as cleanly as Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
         serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
@@ -169,14 +236,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("doka: stopping")
+        pass
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            for p in mocks:
-                p.terminate()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_everything(mocks, started)
+    print("doka: stopped (mock upstream, Serve app and the local Ray cluster are gone)", flush=True)
     return 0
 
 

@@ -324,8 +324,10 @@ class Ingress:
         model_handles: dict[str, DeploymentHandle],
         router: DeploymentHandle | None,
         accounts: DeploymentHandle | None = None,
+        down_tiers: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg = parse_config(config, source="ingress deployment")
+        self._down = dict(down_tiers or {})  # tiers app/graph.py left out at start, and why
         factories = backend_factories()
         self._backends: dict[str, ModelBackend] = {}
         shared: dict[int, ModelBackend] = {}
@@ -355,8 +357,9 @@ class Ingress:
                           if {c.weak, c.verifier, c.strong} <= set(self._backends)}
         # `router.novel_cascade`: auto prompts a gated artifact calls novel go through this cascade
         self._novel = cfg.router.novel_cascade if cfg.router.novel_cascade in self._cascades else None
-        self._public = [n for n in cfg.public_names()
-                        if n == self._auto or n in cfg.fallbacks or n in self._backends or n in self._cascades]
+        # a tier left out at start stays a known name: asked by name, it falls back along its chain
+        self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks
+                        or n in self._backends or n in self._cascades or n in self._down]
         self._public_set = set(self._public)
         self._mode_of = {n: self.cfg.model(self.cfg.chain_for(n)[0]).model_info.mode  # type: ignore[union-attr]
                          for n in self._public if n != self._auto}
@@ -477,9 +480,12 @@ class Ingress:
                                                artifact_version=router.get("artifact_version"))
         except Exception as e:  # readiness reports, it does not raise
             checks["router"] = f"error: {type(e).__name__}"
+        if self._down:  # a tier that could not start: the others serve, so degraded, not unavailable
+            checks["models"] = "degraded"
         failed = [k for k, v in checks.items() if v not in ("ok", "degraded")]
         status = "unavailable" if failed else ("degraded" if "degraded" in checks.values() else "ok")
-        body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends)}
+        body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends),
+                **({"down": self._down} if self._down else {})}
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/metrics")
