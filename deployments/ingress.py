@@ -308,6 +308,24 @@ class _SettlingStream(StreamingResponse):
             self._on_close()
 
 
+def _rename_model(result: Any, name: str) -> str | None:
+    """Answer with doka's name of the model that answered, not the provider's (which goes to the
+    `x-doka-upstream-model` header); returns the provider's. A pass-through chunk keeps its raw
+    bytes, with the name swapped in them."""
+    if not isinstance(result, dict):
+        return None
+    upstream = result.get("model")
+    if not isinstance(upstream, str) or upstream == name:
+        return upstream if isinstance(upstream, str) else None
+    result["model"] = name
+    raw = getattr(result, "raw", None)
+    if isinstance(raw, (bytes, bytearray)):
+        old, new = dumps(upstream), dumps(name)
+        result.raw = raw.replace(b'"model":' + old, b'"model":' + new, 1).replace(  # type: ignore[attr-defined]
+            b'"model": ' + old, b'"model": ' + new, 1)
+    return upstream
+
+
 def _settled(pending: set, request_id: str, task: asyncio.Task) -> None:
     """Done callback of a settle task: forget it, log a failure (the answer was already sent)."""
     pending.discard(task)
@@ -580,9 +598,12 @@ class Ingress:
             return self._serve_stream(att, requested, decision, request_id, grant, started, dialect or OpenAIDialect)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False, att.side)
+        headers = self._headers(att, request_id, decision)
+        upstream_model = _rename_model(att.result, att.model)
+        if upstream_model:
+            headers["x-doka-upstream-model"] = upstream_model
         result = att.result if dialect is None else dialect.answer(att.result)
-        return Response(dumps(result), media_type="application/json",
-                        headers=self._headers(att, request_id, decision))
+        return Response(dumps(result), media_type="application/json", headers=headers)
 
     def _wrong_mode(self, requested: str, kind: str) -> OpenAIError:
         """A 400 for a chat request to an embedding model, or an embedding request to a chat model."""
@@ -808,6 +829,9 @@ class Ingress:
         """The open stream as an SSE response; from here on the response settles the request."""
         first, it = att.result
         headers = self._headers(att, request_id, decision)
+        upstream_model = _rename_model(first, att.model)
+        if upstream_model:
+            headers["x-doka-upstream-model"] = upstream_model
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
         body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect)
@@ -856,6 +880,7 @@ class Ingress:
                 yield encode(first)
             if it is not None:
                 async for chunk in it:
+                    _rename_model(chunk, att.model)
                     observe(chunk)
                     if chunk.get("usage"):
                         usage = chunk["usage"]
