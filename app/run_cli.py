@@ -192,6 +192,29 @@ def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[No
         parameter.RayParams, services.start_ray_process = base, start_process
 
 
+def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> None:
+    """Deploy the graph the way a RayService does (a Serve config, `app.graph:app_builder`), so
+    `doka router reload` / `train-from-traces` patch its router user_config in place (Serve
+    `reconfigure`) exactly as on Kubernetes; waits until it runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from app.serve_config import serve_config
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(cfg, inline=True)))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(cfg.server.app_name)
+        status = str(getattr(app, "status", "")) if app is not None else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
+            message = (getattr(app, "message", "") or "timed out").strip().splitlines()
+            raise SystemExit(f"doka: deploying {cfg.server.app_name} failed: {message[-1] if message else status}")
+        time.sleep(0.5)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
@@ -213,8 +236,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
-        from app.graph import build_app
-
         with gateway_head(log_monitor=args.console_logs, full_dashboard=args.full_dashboard):
             ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG,
@@ -225,11 +246,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
-        serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
+        deploy_declaratively(cfg)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
         dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
-              f"Ray dashboard: {dash}; Ctrl-C stops")
+              f"Ray dashboard: {dash}; Ray cluster: {ray.get_runtime_context().gcs_address}; Ctrl-C stops",
+              flush=True)
         if not args.console_logs:
             logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
             print(f"doka: replica logs in {logs} (`doka run --console-logs` also prints them here)")

@@ -19,6 +19,7 @@ import yaml
 
 from app.run_cli import STOP_BOUND_S, _listening
 from tests.conftest import REPO, free_port, gateway_test_config
+from tests.router_deployment_support import GPT35, KEY, publish, train_artifact
 
 TINY = {"model_name": "local-tiny", "provider": "vllm",
         "model_info": {"tier": "local", "timeout": 3, "parallel": True},
@@ -37,10 +38,13 @@ def _session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
-def _start(tmp_path, with_missing_tiny: bool) -> tuple[subprocess.Popen, list[str], int, int]:
+def _start(tmp_path, with_missing_tiny: bool, registry=None) -> tuple[subprocess.Popen, list[str], int, int]:
     mock_port, port = free_port(), free_port()
     raw = gateway_test_config(mock_port, port)
     raw["server"]["data_dir"] = str(tmp_path / "data")
+    if registry is not None:  # a learned router following the registry's latest
+        raw["router"].update(strategy="learned", registry=str(registry), artifact="latest", signing_key=KEY,
+                             poll_interval_s=0)
     if with_missing_tiny:  # the default config's demo model, its weights never built
         raw["model_list"].insert(0, {**TINY, "vllm": {**TINY["vllm"], "model_source": str(tmp_path / "no-tiny")}})
         raw["fallbacks"]["local-demo"] = ["local-tiny", "mock-mixtral", "mock-gpt-4"]
@@ -97,9 +101,35 @@ def test_missing_tier_is_left_out_and_sigterm_stops_everything(tmp_path, sig):
             _stop_and_check(proc, lines, sig, mock_port)
 
 
-def test_sigint_stops_everything_and_a_taken_mock_port_is_refused(tmp_path):
-    proc, lines, port, mock_port = _start(tmp_path, with_missing_tiny=False)
-    _stop_and_check(proc, lines, signal.SIGINT, mock_port)
+def test_router_reload_then_sigint_stops_everything_and_a_taken_mock_port_is_refused(tmp_path):
+    registry = tmp_path / "registry"
+    v1 = publish(registry, train_artifact(tmp_path / "a1"))
+    proc, lines, port, mock_port = _start(tmp_path, with_missing_tiny=False, registry=registry)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while (httpx.get(f"{base}/health/readiness", timeout=10).json().get("router") or {}).get(
+                "artifact_version") != v1:
+            assert time.time() < deadline, "v1 never loaded"
+            time.sleep(0.5)
+        # `doka router publish --reload`: the running local app loads the new latest in place
+        address = next(line for line in lines if "doka: ready" in line).split("Ray cluster: ")[1].split(";")[0]
+        a2 = train_artifact(tmp_path / "a2", code_label=GPT35)
+        time.sleep(1.1)  # versions carry a seconds timestamp
+        out = subprocess.run([sys.executable, "-m", "app.cli", "router", "publish", "--artifact", str(a2),
+                              "--registry", str(registry), "--reload", "--config", str(tmp_path / "doka.yaml"),
+                              "--address", address], cwd=REPO, capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "DOKA_SIGNING_KEY": KEY})
+        assert out.returncode == 0, out.stderr[-3000:]
+        import json
+
+        report = json.loads(out.stdout)
+        assert report["reload"]["serving"] == "ready" and report["reload"]["via"] == "controller", report
+        ready = httpx.get(f"{base}/health/readiness", timeout=10).json()
+        assert ready["status"] == "ok" and ready["router"]["artifact_version"] == report["version"] != v1
+    finally:
+        if proc.poll() is None:
+            _stop_and_check(proc, lines, signal.SIGINT, mock_port)
     squatter = subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port)], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
