@@ -76,6 +76,21 @@ def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
     return procs
 
 
+def unreachable_providers(cfg: DokaConfig) -> dict[str, str]:
+    """model -> host:port for provider models whose configured `api_base` accepts no connection
+    now. Reported at start, never fatal: the tier fails over until the provider answers."""
+    out = {}
+    for m in cfg.model_list:
+        base = m.litellm_params.get("api_base") if m.provider == "litellm" else None
+        if not isinstance(base, str):
+            continue  # the provider's public endpoint: not probed
+        u = urlparse(base)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        if u.hostname and not _listening(u.hostname, port):
+            out[m.model_name] = f"{u.hostname}:{port}"
+    return out
+
+
 def _load(path: str | None) -> DokaConfig:
     try:
         return load_config(path or DEFAULT_CONFIG_PATH)
@@ -230,6 +245,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             mocks = start_mocks(cfg, args.mock_latency_ms)
             if mocks:
                 os.environ.setdefault("MOCK_API_KEY", "mock-key")
+        for model, where in unreachable_providers(cfg).items():
+            print(f"doka: provider of {model} ({where}) is unreachable now; serving anyway, its tier fails over "
+                  "until it answers")
         from app.lean_imports import skip_serve_pandas
 
         skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py

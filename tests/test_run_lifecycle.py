@@ -144,3 +144,14 @@ def test_router_reload_then_sigint_stops_everything_and_a_taken_mock_port_is_ref
     finally:
         squatter.terminate()
         squatter.wait(timeout=10)
+
+
+def test_an_unreachable_provider_is_reported_not_fatal():
+    """`doka run` names a provider nobody answers for at start (and serves anyway)."""
+    from app.config import parse_config
+    from app.run_cli import unreachable_providers
+
+    dead = free_port()
+    raw = gateway_test_config(dead, free_port())
+    report = unreachable_providers(parse_config(raw))
+    assert report.get("mock-gpt-4") == f"127.0.0.1:{dead}" and "mock-embed" in report
