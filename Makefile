@@ -18,7 +18,13 @@ export DOKA_MASTER_KEY ?= sk-doka-dev-master
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: install bootstrap run test test-fast bench clean
+.PHONY: install bootstrap run test test-fast bench clean env
+
+# `eval "$$(make -s env)"` in a second terminal: `doka` on PATH and the same keys `make run` uses
+env:
+	@echo 'export PATH="$(abspath $(VENV))/bin:$$PATH"'
+	@echo 'export DOKA_MASTER_KEY="$(DOKA_MASTER_KEY)" MOCK_API_KEY="$(MOCK_API_KEY)"'
+	@echo 'export HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True RAY_AUTH_MODE=disabled'
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -146,9 +146,9 @@ def make_router(
 
     @admin
     async def spend_logs(request: Request) -> Any:
-        """Ledger rows (oldest first), optionally for one key."""
+        """Ledger rows, newest first (`limit=1` is the latest request), optionally for one key."""
         rows = await accounts.call("ledger", key_id=request.query_params.get("key_id"),
-                                   limit=_int(request, "limit", 1000, 1, 100_000))
+                                   limit=_int(request, "limit", 1000, 1, 100_000), newest_first=True)
         return {"data": rows}
 
     router.add_api_route("/key/generate", generate_key, methods=["POST"])

@@ -638,10 +638,10 @@ class AccountsCore:
 
         return await self._admin(run())
 
-    async def ledger(self, key_id: str | None = None, limit: int = 10_000) -> dict[str, Any]:
+    async def ledger(self, key_id: str | None = None, limit: int = 10_000, newest_first: bool = False) -> dict[str, Any]:
         async def run():
             await self.flush()
-            rows = await self._db(db.ledger_rows, key_id=key_id, limit=limit)
+            rows = await self._db(db.ledger_rows, key_id=key_id, limit=limit, newest_first=newest_first)
             for r in rows:
                 r["created_at"] = r["created_at"].isoformat()
             return rows

@@ -235,8 +235,10 @@ def usage(
     return out
 
 
-def ledger_rows(engine: Engine, *, key_id: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-    stmt = select(LedgerEntry).order_by(LedgerEntry.id).limit(limit)
+def ledger_rows(engine: Engine, *, key_id: str | None = None, limit: int = 10_000,
+                newest_first: bool = False) -> list[dict[str, Any]]:
+    """Ledger rows in insertion order; `newest_first` (/spend/logs): the last `limit` rows, latest first."""
+    stmt = select(LedgerEntry).order_by(LedgerEntry.id.desc() if newest_first else LedgerEntry.id).limit(limit)
     if key_id is not None:
         stmt = stmt.where(LedgerEntry.key_id == key_id)
     with engine.connect() as conn:

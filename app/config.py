@@ -223,6 +223,11 @@ class EgressConfig(_Strict):
         "(docs/benchmarks.md). `deployment`: the Egress deployment (`deployments.egress`) with its "
         "own replicas, scaled and restarted apart from the ingress. Models on `deployments."
         "egress_translated` keep their own deployment either way. Changing it is a redeploy")
+    cooldown_s: float = Field(
+        30.0, ge=0, description="seconds a provider model sits out after failing (LiteLLM's cooldown, "
+        "starting at its second failure in a row); a request for it meanwhile gets 503 with Retry-After "
+        "(the seconds left) unless a fallback tier answers. 0 turns cooldowns off; the environment "
+        "variable DOKA_COOLDOWN_S overrides it")
 
 
 class ServerConfig(_Strict):

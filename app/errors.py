@@ -8,6 +8,7 @@ its first chunk was sent.
 
 from __future__ import annotations
 
+import math
 import json
 from typing import Any
 
@@ -93,11 +94,15 @@ _BACKOFF = {429: (429, "upstream_rate_limited"), 529: (503, "upstream_overloaded
 
 
 def upstream_exhausted(tiers: list[str], last_error: str, timed_out: bool,
-                       last_status: int | None = None) -> OpenAIError:
+                       last_status: int | None = None, retry_after: float | None = None) -> OpenAIError:
     """502 when every tier failed, 504 when the last one timed out, 429/503 when it said back off
-    (see `_BACKOFF`); names the tiers tried."""
+    (see `_BACKOFF`), 503 with the seconds left when the last tier sits in its cooldown
+    (`retry_after`); names the tiers tried."""
     headers = {"x-doka-tiers-tried": ",".join(tiers)}
     message = f"All upstream tiers failed (tried: {', '.join(tiers) or 'none'}); last error: {last_error}"
+    if retry_after is not None and not timed_out:
+        return OpenAIError(503, message, code="model_cooling_down",
+                           headers={**headers, "retry-after": str(max(1, math.ceil(retry_after)))})
     if not timed_out and last_status in _BACKOFF:
         status, code = _BACKOFF[last_status]
         return OpenAIError(status, message, code=code, headers={**headers, "retry-after": "1"})
@@ -112,11 +117,13 @@ class UpstreamError(Exception):
     Picklable across Ray: `status` is the provider's HTTP status (504 for a timeout).
     """
 
-    def __init__(self, status: int, message: str, timed_out: bool = False) -> None:
-        super().__init__(status, message, timed_out)
+    def __init__(self, status: int, message: str, timed_out: bool = False,
+                 retry_after: float | None = None) -> None:
+        super().__init__(status, message, timed_out, retry_after)
         self.status = status
         self.message = message
         self.timed_out = timed_out
+        self.retry_after = retry_after  # seconds until the tier is called again (a cooldown)
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"

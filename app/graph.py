@@ -36,15 +36,38 @@ def _config_dict(cfg: DokaConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_unset=True)
 
 
-def _vllm_apps(cfg: DokaConfig) -> dict[str, Application]:
-    """One Application per vLLM model via `deployments.vllm.build_vllm_app(entry, cfg)`."""
+def _cluster_resources() -> dict[str, Any] | None:
+    try:
+        import ray
+
+        return ray.cluster_resources() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
+def _vllm_apps(cfg: DokaConfig, down: dict[str, str]) -> dict[str, Application]:
+    """One Application per vLLM model via `deployments.vllm.build_vllm_app(entry, cfg)`.
+
+    A tier that cannot start (deployments/tier_check.py: no vLLM, no weights, no GPU) is left out
+    and recorded in `down` (the ingress names it on readiness): an LLMServer that fails to start
+    would fail the whole application's deploy, every healthy tier with it.
+    """
+    from deployments.tier_check import down_tiers
+
     wanted = [m for m in cfg.model_list if m.provider == "vllm"]
+    if not wanted:
+        return {}
+    down.update(down_tiers(cfg, _cluster_resources()))
+    wanted = [m for m in wanted if m.model_name not in down]
+    for name, why in down.items():
+        logger.warning("doka: vLLM tier %s left out: %s; the other tiers serve, its chains skip it", name, why)
     if not wanted:
         return {}
     try:
         from deployments import vllm as vllm_deployments
     except ImportError as e:
         for m in wanted:
+            down[m.model_name] = f"deployments.vllm not importable: {e}"
             logger.warning("doka: skipping vLLM model %s (deployments.vllm not importable: %s)", m.model_name, e)
         return {}
     return {m.model_name: vllm_deployments.build_vllm_app(m, cfg) for m in wanted}
@@ -84,7 +107,8 @@ def build_app(cfg: DokaConfig) -> Application:
         name: Egress.options(name=name, **getattr(d, section).serve_options(), **_QUIET).bind(raw)
         for section, name in DEPLOYMENT_NAMES.items() if section.startswith("egress") and name in homes.values()}
     model_apps: dict[str, Application] = {m: egress_apps[h] for m, h in homes.items() if h in egress_apps}
-    model_apps.update(_vllm_apps(cfg))
+    down: dict[str, str] = {}  # tiers left out at start, and why (named on /health/readiness)
+    model_apps.update(_vllm_apps(cfg, down))
     if cfg.router.placement == "deployment":
         router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,
                                           user_config=router_user_config(cfg)).bind(raw)
@@ -96,7 +120,7 @@ def build_app(cfg: DokaConfig) -> Application:
     # itself does not import with `egress.placement: deployment`
     from app.capabilities import resolve_all
 
-    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts, resolve_all(cfg))
+    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts, resolve_all(cfg), down)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

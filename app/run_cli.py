@@ -59,11 +59,13 @@ def local_mock_ports(cfg: DokaConfig) -> list[int]:
 
 
 def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
+    """Start the mock upstream on each local port the config names; a port already taken is an
+    error (a stale mock of an earlier run must not answer silently): `--no-mock` uses it."""
     procs = []
     for port in local_mock_ports(cfg):
         if _listening("127.0.0.1", port):
-            print(f"doka: something already listens on 127.0.0.1:{port}; using it as the upstream")
-            continue
+            raise SystemExit(f"doka: 127.0.0.1:{port} is already in use (a mock upstream left by an earlier "
+                             f"run?); stop it (`fuser -k {port}/tcp`) or pass --no-mock to use it as the upstream")
         print(f"doka: starting the mock upstream on 127.0.0.1:{port} ({latency_ms:g} ms latency)")
         procs.append(subprocess.Popen([sys.executable, "-m", "load.mock_upstream", "--port", str(port),
                                        "--latency-ms", str(latency_ms)]))
@@ -74,6 +76,21 @@ def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
     return procs
 
 
+def unreachable_providers(cfg: DokaConfig) -> dict[str, str]:
+    """model -> host:port for provider models whose configured `api_base` accepts no connection
+    now. Reported at start, never fatal: the tier fails over until the provider answers."""
+    out = {}
+    for m in cfg.model_list:
+        base = m.litellm_params.get("api_base") if m.provider == "litellm" else None
+        if not isinstance(base, str):
+            continue  # the provider's public endpoint: not probed
+        u = urlparse(base)
+        port = u.port or (443 if u.scheme == "https" else 80)
+        if u.hostname and not _listening(u.hostname, port):
+            out[m.model_name] = f"{u.hostname}:{port}"
+    return out
+
+
 def _load(path: str | None) -> DokaConfig:
     try:
         return load_config(path or DEFAULT_CONFIG_PATH)
@@ -82,8 +99,66 @@ def _load(path: str | None) -> DokaConfig:
         raise SystemExit(2) from None
 
 
+STOP_BOUND_S = 20.0  # every process `doka run` started is gone within this after SIGINT/SIGTERM
+
+
 def _interrupt(*_: object) -> None:
+    """First SIGINT/SIGTERM: stop (KeyboardInterrupt unwinds to the cleanup). Later ones while
+    stopping are ignored, so a second Ctrl-C cannot interrupt the cleanup halfway."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except Exception:
+        return []
+
+
+def stop_everything(mocks: list[subprocess.Popen], started: list[Any], bound_s: float = STOP_BOUND_S) -> None:
+    """Stop what this run started, within `bound_s`: the mock upstream, Serve, the Ray cluster,
+    then any of our child processes still alive (Ray's dashboard and runtime-env agents can
+    outlive the raylet) get SIGTERM, then SIGKILL."""
+    import psutil
+
+    deadline = time.monotonic() + bound_s
+    for p in mocks:
+        p.terminate()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        except Exception:
+            pass
+        try:
+            ray.shutdown()
+        except Exception:
+            pass
+    procs = {p.pid: p for p in [*started, *_descendants()]}
+    alive = [p for p in procs.values() if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=max(0.5, (deadline - time.monotonic()) / 2))
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=max(0.5, deadline - time.monotonic()))
+    for p in mocks:
+        try:
+            p.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 # Dashboard head modules a gateway's operators use: nodes/actors, reports and profiling, state,
@@ -132,37 +207,69 @@ def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[No
         parameter.RayParams, services.start_ray_process = base, start_process
 
 
+def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> None:
+    """Deploy the graph the way a RayService does (a Serve config, `app.graph:app_builder`), so
+    `doka router reload` / `train-from-traces` patch its router user_config in place (Serve
+    `reconfigure`) exactly as on Kubernetes; waits until it runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from app.serve_config import serve_config
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(cfg, inline=True)))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(cfg.server.app_name)
+        status = str(getattr(app, "status", "")) if app is not None else ""
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
+            message = (getattr(app, "message", "") or "timed out").strip().splitlines()
+            raise SystemExit(f"doka: deploying {cfg.server.app_name} failed: {message[-1] if message else status}")
+        time.sleep(0.5)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
+    signal.signal(signal.SIGINT, _interrupt)
     if args.port:
         cfg.server.port = args.port
     for k, v in {**LOCAL_ENV, **({} if args.no_perf else PERF_ENV)}.items():
         os.environ.setdefault(k, v)
     mocks: list[subprocess.Popen] = []
-    if not args.no_mock:
-        mocks = start_mocks(cfg, args.mock_latency_ms)
-        if mocks:
-            os.environ.setdefault("MOCK_API_KEY", "mock-key")
-    from app.lean_imports import skip_serve_pandas
-
-    skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
-    import ray
-    from ray import serve
-
-    from app.graph import build_app
-
+    started: list[Any] = []  # every process of this run, swept again at the end
     try:
+        if not args.no_mock:
+            mocks = start_mocks(cfg, args.mock_latency_ms)
+            if mocks:
+                os.environ.setdefault("MOCK_API_KEY", "mock-key")
+        for model, where in unreachable_providers(cfg).items():
+            print(f"doka: provider of {model} ({where}) is unreachable now; serving anyway, its tier fails over "
+                  "until it answers")
+        from app.lean_imports import skip_serve_pandas
+
+        skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
+        import ray
+        from ray import serve
+
         with gateway_head(log_monitor=args.console_logs, full_dashboard=args.full_dashboard):
             ray.init(num_cpus=args.num_cpus, include_dashboard=not args.no_dashboard, dashboard_host="127.0.0.1",
                      runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK}, _system_config=RAY_SYSTEM_CONFIG,
                      log_to_driver=args.console_logs)
+        started = _descendants()
+        # Ray's core worker installs its own fatal-signal handler for SIGTERM (a stack dump, then
+        # abort: "Aborted", exit -6); ours goes back on top so SIGTERM stops as cleanly as Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
-        serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix=cfg.server.route_prefix)
+        deploy_declaratively(cfg)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
         dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
-              f"Ray dashboard: {dash}; Ctrl-C stops")
+              f"Ray dashboard: {dash}; Ray cluster: {ray.get_runtime_context().gcs_address}; Ctrl-C stops",
+              flush=True)
         if not args.console_logs:
             logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
             print(f"doka: replica logs in {logs} (`doka run --console-logs` also prints them here)")
@@ -172,14 +279,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"doka: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("doka: stopping")
+        pass
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            for p in mocks:
-                p.terminate()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_everything(mocks, started)
+    print("doka: stopped (mock upstream, Serve app and the local Ray cluster are gone)", flush=True)
     return 0
 
 

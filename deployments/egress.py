@@ -46,8 +46,11 @@ from deployments.provider_errors import provider_errors  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
-# Seconds a failing deployment sits out (LiteLLM cooldown); 0 turns cooldowns off (tests do).
-COOLDOWN_S = float(os.environ.get("DOKA_COOLDOWN_S", "30"))
+def cooldown_seconds(cfg: DokaConfig) -> float:
+    """Seconds a failing deployment sits out: `egress.cooldown_s`, unless DOKA_COOLDOWN_S overrides
+    it (tests set 0: cooldowns off)."""
+    env = os.environ.get("DOKA_COOLDOWN_S")
+    return float(env) if env else cfg.egress.cooldown_s
 
 
 def litellm_model_list(cfg: DokaConfig) -> list[dict[str, Any]]:
@@ -103,9 +106,10 @@ class PassThroughChunk(dict):
 class EgressCore:
     """Egress logic without Ray (one per replica); see the module docstring."""
 
-    def __init__(self, cfg: DokaConfig, cooldown_s: float = COOLDOWN_S) -> None:
+    def __init__(self, cfg: DokaConfig, cooldown_s: float | None = None) -> None:
         import litellm
 
+        cooldown_s = cooldown_seconds(cfg) if cooldown_s is None else cooldown_s
         litellm.telemetry = False
         litellm.suppress_debug_info = True
         self.cfg = cfg
@@ -157,7 +161,9 @@ class EgressCore:
         try:
             return await self.router.async_get_available_deployment(model=model, request_kwargs={})
         except Exception as e:  # every deployment is cooling down
-            raise UpstreamError(503, f"{model} is cooling down after recent failures: {e}") from None
+            left = self._cooldown_s - (time.monotonic() - self._last_failure.get(model, -1e18))
+            raise UpstreamError(503, f"{model} is cooling down after recent failures: {e}",
+                                retry_after=max(1.0, min(left, self._cooldown_s))) from None
 
     def _failed(self, model: str, deployment: dict[str, Any], err: UpstreamError) -> None:
         from litellm.router_utils.cooldown_handlers import set_cooldown_deployments

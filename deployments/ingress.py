@@ -353,6 +353,24 @@ class _SettlingStream(StreamingResponse):
             self._on_close()
 
 
+def _rename_model(result: Any, name: str) -> str | None:
+    """Answer with doka's name of the model that answered, not the provider's (which goes to the
+    `x-doka-upstream-model` header); returns the provider's. A pass-through chunk keeps its raw
+    bytes, with the name swapped in them."""
+    if not isinstance(result, dict):
+        return None
+    upstream = result.get("model")
+    if not isinstance(upstream, str) or upstream == name:
+        return upstream if isinstance(upstream, str) else None
+    result["model"] = name
+    raw = getattr(result, "raw", None)
+    if isinstance(raw, (bytes, bytearray)):
+        old, new = dumps(upstream), dumps(name)
+        result.raw = raw.replace(b'"model":' + old, b'"model":' + new, 1).replace(  # type: ignore[attr-defined]
+            b'"model": ' + old, b'"model": ' + new, 1)
+    return upstream
+
+
 def _settled(pending: set, request_id: str, task: asyncio.Task) -> None:
     """Done callback of a settle task: forget it, log a failure (the answer was already sent)."""
     pending.discard(task)
@@ -370,12 +388,14 @@ class Ingress:
         router: DeploymentHandle | None,
         accounts: DeploymentHandle | None = None,
         model_capabilities: dict[str, dict] | None = None,
+        down_tiers: dict[str, str] | None = None,
     ) -> None:
         self.cfg = cfg = parse_config(config, source="ingress deployment")
         # what each model can serve (app/capabilities.py): resolved by the graph builder, which
         # may import litellm; without it, from the config and vLLM settings only
         self._caps = model_capabilities if model_capabilities is not None else capabilities.resolve_all(
             cfg, lambda model: None)
+        self._down = dict(down_tiers or {})  # tiers app/graph.py left out at start, and why
         factories = backend_factories()
         self._backends: dict[str, ModelBackend] = {}
         shared: dict[int, ModelBackend] = {}
@@ -406,8 +426,9 @@ class Ingress:
                           if {c.weak, c.verifier, c.strong} <= set(self._backends)}
         # `router.novel_cascade`: auto prompts a gated artifact calls novel go through this cascade
         self._novel = cfg.router.novel_cascade if cfg.router.novel_cascade in self._cascades else None
-        self._public = [n for n in cfg.public_names()
-                        if n == self._auto or n in cfg.fallbacks or n in self._backends or n in self._cascades]
+        # a tier left out at start stays a known name: asked by name, it falls back along its chain
+        self._public = [n for n in cfg.public_names() if n == self._auto or n in cfg.fallbacks
+                        or n in self._backends or n in self._cascades or n in self._down]
         self._public_set = set(self._public)
         self._mode_of = {n: self.cfg.model(self.cfg.chain_for(n)[0]).model_info.mode  # type: ignore[union-attr]
                          for n in self._public if n != self._auto}
@@ -533,9 +554,12 @@ class Ingress:
                                                artifact_version=router.get("artifact_version"))
         except Exception as e:  # readiness reports, it does not raise
             checks["router"] = f"error: {type(e).__name__}"
+        if self._down:  # a tier that could not start: the others serve, so degraded, not unavailable
+            checks["models"] = "degraded"
         failed = [k for k, v in checks.items() if v not in ("ok", "degraded")]
         status = "unavailable" if failed else ("degraded" if "degraded" in checks.values() else "ok")
-        body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends)}
+        body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends),
+                **({"down": self._down} if self._down else {})}
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/metrics")
@@ -641,9 +665,12 @@ class Ingress:
                                       strip_usage)
         await self._settle(grant, request_id, requested, att.model, att.result.get("usage"), 200, started,
                            att.reason, False, att.side)
+        headers = self._headers(att, request_id, decision)
+        upstream_model = _rename_model(att.result, att.model)
+        if upstream_model:
+            headers["x-doka-upstream-model"] = upstream_model
         result = att.result if dialect is None else dialect.answer(att.result)
-        return Response(dumps(result), media_type="application/json",
-                        headers=self._headers(att, request_id, decision))
+        return Response(dumps(result), media_type="application/json", headers=headers)
 
     def _client_params_by_name(self) -> dict[str, frozenset[str]]:
         """Per public name, the extra body parameters an operator allowed (`model_info.
@@ -821,6 +848,7 @@ class Ingress:
         """Try each tier in order with its own timeout; the first answer (or first chunk) wins."""
         tried: list[str] = []
         last_error, timed_out, last_status = "no tier available", False, None
+        retry_after: float | None = None  # set while the last failed tier is in its cooldown
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
             tried.append(model)
@@ -861,11 +889,13 @@ class Ingress:
                     if err.is_client_error:
                         raise OpenAIError(err.status, err.message, headers={"x-doka-tiers-tried": ",".join(tried)}) from None
                     last_error, timed_out, last_status = f"{model}: {err}", err.timed_out, err.status
+                    retry_after = getattr(err, "retry_after", None)
                 else:
                     logger.warning("ingress: tier %s failed: %r", model, e)
                     last_error, timed_out, last_status = f"{model}: {type(err).__name__}: {err}", False, None
+                    retry_after = None
             self._router.report.remote(model, False)
-        raise upstream_exhausted(tried, last_error, timed_out, last_status)
+        raise upstream_exhausted(tried, last_error, timed_out, last_status, retry_after)
 
     async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
                            side: list[tuple[str, dict]], reason_prefix: str = "",
@@ -933,6 +963,9 @@ class Ingress:
         `strip_usage`: the client did not ask for the usage chunk (the gateway did, to charge it)."""
         first, it = att.result
         headers = self._headers(att, request_id, decision)
+        upstream_model = _rename_model(first, att.model)
+        if upstream_model:
+            headers["x-doka-upstream-model"] = upstream_model
         headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
         once = _Once()
         body = self._sse(first, it, att, requested, request_id, grant, started, once, dialect, strip_usage)
@@ -985,6 +1018,7 @@ class Ingress:
                     yield encode(first)
             if it is not None:
                 async for chunk in it:
+                    _rename_model(chunk, att.model)
                     observe(chunk)
                     if chunk.get("usage"):
                         usage = chunk["usage"]

@@ -135,7 +135,7 @@ def test_spend_and_quota_survive_a_gateway_restart(gw):
     assert after["tokens_today"] == before["tokens_today"] and after["spend_usd"] == pytest.approx(before["spend_usd"])
     assert chat(gw, key["key"]).status_code == 429  # the quota is still used up
     rows = admin(gw, "GET", "/spend/logs", params={"key_id": key["key_id"]}).json()["data"]
-    assert [r["status"] for r in rows] == [200, 200, 200, 429, 429]
+    assert [r["status"] for r in rows] == [429, 429, 200, 200, 200]  # newest first
 
 
 def _usage(gw, key: dict) -> dict:
@@ -250,7 +250,7 @@ def test_feedback_needs_only_the_key_that_made_the_request(gw):
     assert feedback("sk-doka-not-a-real-key").status_code == 401
     assert feedback(MASTER).status_code == 200
     rows = admin(gw, "GET", "/spend/logs", params={"key_id": owner["key_id"]}).json()["data"]
-    assert [row["status"] for row in rows] == [200, 429]  # feedback leaves no ledger row
+    assert [row["status"] for row in rows] == [429, 200]  # newest first; feedback leaves no ledger row
 
 
 # ---------------------------------------------------------------- issue 28: ids, worst case, stream usage

@@ -55,6 +55,9 @@ async def test_ledger_records_every_request_and_usage_groups(db_url):
     await one_call(a, k2, "cheap", 1, 2)
     rows = await a.call("ledger")
     assert len(rows) == 5
+    # /spend/logs asks newest first: `limit=1` is the latest request, not the oldest (issue 31)
+    latest = await a.call("ledger", limit=1, newest_first=True)
+    assert [r["id"] for r in latest] == [rows[-1]["id"]] and rows[-1]["id"] != rows[0]["id"]
     first = rows[0]
     assert (first["request_id"], first["model"], first["prompt_tokens"], first["completion_tokens"], first["status"],
             first["route_reason"], first["latency_ms"]) == ("r0", "cheap", 10, 20, 200, "learned", 5.0)

@@ -13,7 +13,7 @@ import pickle
 import pytest
 
 from app.config import parse_config
-from app.errors import UpstreamError
+from app.errors import UpstreamError, upstream_exhausted
 from deployments.egress import EgressCore
 from deployments.egress_paths import is_passthrough
 from tests.conftest import gateway_test_config
@@ -101,7 +101,12 @@ def test_failing_deployment_cools_down_then_recovers(mock):
             mock.state(faults={})
             with pytest.raises(UpstreamError, match="cooling down") as exc:
                 await core.call("chat", "mock-mixtral", BODY, 5)
-            assert exc.value.status == 503
+            assert exc.value.status == 503 and 0 < exc.value.retry_after <= 1.5
+            # through the ingress's chain: 503 with Retry-After, as the README promises (not 502)
+            answer = upstream_exhausted(["mock-mixtral"], str(exc.value), False, exc.value.status,
+                                        exc.value.retry_after)
+            assert answer.status == 503 and answer.headers["retry-after"] == "2"
+            assert pickle.loads(pickle.dumps(exc.value)).retry_after == exc.value.retry_after  # crosses Ray
             # other models are unaffected
             assert (await core.call("chat", "mock-gpt-4", BODY, 5))["choices"]
             await asyncio.sleep(2.0)
@@ -161,3 +166,16 @@ def test_passthrough_stream_forwards_each_event_as_the_provider_wrote_it():
     # across a Serve call (egress.placement: deployment) a chunk travels as a plain dict
     copy = pickle.loads(pickle.dumps(chunks[0]))
     assert type(copy) is dict and copy == dict(chunks[0])
+
+
+def test_cooldown_comes_from_the_config(monkeypatch):
+    """`egress.cooldown_s` sets the cooldown; DOKA_COOLDOWN_S overrides it."""
+    from deployments.egress import cooldown_seconds
+
+    models = [{"model_name": "m", "litellm_params": {"model": "openai/x"}}]
+    cfg = parse_config({"model_list": models, "egress": {"cooldown_s": 7}})
+    monkeypatch.delenv("DOKA_COOLDOWN_S", raising=False)
+    assert cooldown_seconds(cfg) == 7
+    assert cooldown_seconds(parse_config({"model_list": models})) == 30
+    monkeypatch.setenv("DOKA_COOLDOWN_S", "0")
+    assert cooldown_seconds(cfg) == 0

@@ -53,7 +53,8 @@ def test_stream_falls_back_before_the_first_chunk(gateway, mock):
         assert r.headers["x-doka-route-reason"] == "fallback:tier2"
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    assert json.loads(lines[0][6:])["model"] == "gpt-4-turbo"
+    assert json.loads(lines[0][6:])["model"] == "mock-gpt-4"  # doka's name of the tier that answered
+    assert r.headers["x-doka-upstream-model"] == "gpt-4-turbo"
 
 
 def test_every_tier_down_gives_502_in_openai_shape(gateway, mock):

@@ -19,6 +19,8 @@ def test_chat_plain_with_headers(gateway, mock):
     assert completion.choices[0].message.content.startswith("mock answer from gpt-3.5-turbo")
     assert completion.usage.total_tokens > 0
     assert raw.headers["x-doka-model"] == "mock-gpt-3.5"
+    assert completion.model == "mock-gpt-3.5"  # doka's name; the provider's is in a header (issue 31)
+    assert raw.headers["x-doka-upstream-model"] == "gpt-3.5-turbo"
     assert raw.headers["x-doka-route-reason"] == "explicit"
     assert raw.headers["x-doka-tiers-tried"] == "mock-gpt-3.5"
     assert raw.headers["x-doka-request-id"]
@@ -32,14 +34,16 @@ def test_chat_streaming_chunk_by_chunk(gateway, mock):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("mock answer from gpt-4-turbo")
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == 8  # not merged
+    assert {c.model for c in chunks} == {"mock-gpt-4"}  # every chunk, the usage one too
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
 
 
 def test_completions_plain_and_stream(gateway, mock):
     client = gateway.client()
     done = client.completions.create(model="mock-gpt-3.5", prompt="Once upon a time")
-    assert done.choices[0].text.startswith("mock answer")
+    assert done.choices[0].text.startswith("mock answer") and done.model == "mock-gpt-3.5"
     parts = list(client.completions.create(model="mock-gpt-3.5", prompt="Once", stream=True))
+    assert {p.model for p in parts} == {"mock-gpt-3.5"}
     assert "".join(p.choices[0].text for p in parts if p.choices).startswith("mock answer")
 
 

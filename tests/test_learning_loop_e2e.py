@@ -92,3 +92,63 @@ def _conversation(last: str, earlier: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": "You are a careful assistant. Answer briefly."},
             {"role": "user", "content": earlier}, {"role": "assistant", "content": "Sure."},
             {"role": "user", "content": last}]
+
+
+def _ready_ok(url: str) -> dict:
+    body = httpx.get(f"{url}/health/readiness", timeout=10).json()
+    assert body["status"] == "ok", body  # the live router never goes degraded
+    return body
+
+
+def test_train_from_traces_signing_key_rule_refusal_and_publish(loop_app, tmp_path, monkeypatch):
+    """No key: a one-line error; the wrong key: a refusal (the served artifact does not verify);
+    the gateway's key: a publish that the gateway serves, still following `latest` (issue 31).
+    The gateway answers `ok` on readiness throughout."""
+    from ray.serve.context import _get_global_client
+
+    from app.config import parse_config
+    from app.serve_config import router_owner
+    from observability.feedback import load_joined
+    from observability.trace_store import traces_root
+    from router.registry import Registry
+    from training.from_traces import run_loop
+
+    url, raw, v1 = loop_app
+    monkeypatch.delenv("DOKA_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("DOKA_SIGNING_KEY_FILE", raising=False)
+    n = 0
+    for kind, prompts in (("code", CODE[:4]), ("chat", CHAT[:4])):
+        for prompt in prompts:
+            for model in ("mock-mixtral", "mock-gpt-3.5", "mock-gpt-4"):
+                r = chat(url, prompt, model=model)
+                assert r.status_code == 200, r.text
+                good = model == ("mock-gpt-3.5" if kind == "code" else "mock-mixtral")
+                assert httpx.post(f"{url}/v1/feedback", timeout=10, json={
+                    "request_id": r.headers["x-doka-request-id"], "score": float(good)}).status_code == 200
+                n += 1
+    cfg = parse_config(raw)
+    wait_for(lambda: sum(1 for t in load_joined(traces_root(cfg)) if t.get("feedback_score") is not None) >= n,
+             60, what="traces and feedback flushed")
+    registry = Registry(cfg.router.registry)
+
+    def with_key(key):
+        return parse_config({**raw, "router": {**raw["router"], "signing_key": key}})
+
+    with pytest.raises(SystemExit) as e:  # no key anywhere (config, env, data_dir/signing.key)
+        run_loop(with_key(None), work_dir=tmp_path / "nokey", reconfigure=True)
+    assert "no artifact signing key" in str(e.value) and "\n" not in str(e.value)
+    _ready_ok(url)
+
+    wrong = run_loop(with_key("change-me"), work_dir=tmp_path / "wrong", reconfigure=True)
+    assert wrong["published"] is None and "cannot be loaded" in wrong["refused"], wrong
+    assert wrong["served"] == {"version": v1, "from": "gateway"}  # asked the running gateway
+    assert registry.latest_version() == v1
+    assert _ready_ok(url)["router"]["artifact_version"] == v1
+
+    right = run_loop(cfg, work_dir=tmp_path / "right", reconfigure=True, force=True)
+    v2 = right["published"]
+    assert v2 and v2 != v1 and right["current"]["version"] == v1 and right["serving"] == "ready", right
+    assert _ready_ok(url)["router"]["artifact_version"] == v2
+    details = _get_global_client().get_serve_details()["applications"][APP]["deployed_app_config"]
+    owner = next(d for d in details["deployments"] if d["name"] == router_owner(cfg))
+    assert owner["user_config"]["artifact"] == "latest"  # still follows latest, not pinned to v2

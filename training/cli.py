@@ -144,6 +144,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from training.calibrate import calibrate, read_prompts, write_cost_weight
 
     report = calibrate(_router(args), read_prompts(args.data), args.strong, args.weak, args.target_strong_share, progress=not args.quiet)
+    if report.get("note"):  # the target was not met within 3 points: say so, not only in the JSON
+        print(f"doka: warning: {report['note']}", file=sys.stderr)
     if args.write_config:
         report["config"] = str(write_cost_weight(args.write_config, report["cost_weight"]))
     _print(report)
@@ -155,8 +157,43 @@ def _publish(args: argparse.Namespace) -> int:
 
     reg = Registry(args.registry)
     version = reg.publish(args.artifact, set_latest=not args.no_latest)
-    _print({"version": version, "registry": args.registry, "latest": reg.latest_version()})
+    out: dict[str, Any] = {"version": version, "registry": args.registry, "latest": reg.latest_version()}
+    if args.reload:
+        out["reload"] = _reload_running(args.config, version, args.address)
+    _print(out)
     return 0
+
+
+def _reload_running(config: str | None, version: str | None, address: str | None) -> dict[str, Any]:
+    """Reconfigure the running app's router the way Kubernetes does (Serve user_config -> `reconfigure`)."""
+    import ray
+
+    from app.config import DEFAULT_CONFIG_PATH, load_config
+    from training.from_traces import gateway_base, reconfigure_live, served_version, wait_served
+
+    cfg = load_config(config or DEFAULT_CONFIG_PATH)
+    if not cfg.router.registry:
+        raise ValueError("router.registry is not set in the config: nothing to reload from")
+    from router.registry import Registry
+
+    if version and cfg.router.artifact != version:  # pin it (a followed `latest` stays for the default)
+        cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"artifact": version})})
+    target = version or (Registry(cfg.router.registry).latest_version() if cfg.router.artifact == "latest"
+                         else cfg.router.artifact)
+    if not target:
+        raise ValueError(f"no artifact in {cfg.router.registry} to reload")
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+    via = reconfigure_live(cfg, target)
+    _, source = served_version(cfg)
+    state = wait_served(cfg, None, target, timeout_s=120) if source == "gateway" else "unknown (no gateway answered)"
+    return {"version": target, "via": via, "serving": state, "gateway": gateway_base(cfg)}
+
+
+def _reload(args: argparse.Namespace) -> int:
+    report = _reload_running(args.config, args.version, args.address)
+    _print(report)
+    return 0 if report["serving"] == "ready" else 1
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -256,7 +293,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", required=True)
     p.add_argument("--registry", required=True, help="local folder or fsspec URL (s3://bucket/prefix)")
     p.add_argument("--no-latest", action="store_true", help="publish without moving `latest`")
+    p.add_argument("--reload", action="store_true", help="then reload the running local app (`doka router reload`)")
+    p.add_argument("--config", help="with --reload: the running app's doka config (default config/default.yaml)")
+    p.add_argument("--address", help="with --reload: the Ray cluster (default RAY_ADDRESS or auto)")
     p.set_defaults(handler=_run(_publish))
+
+    p = sub.add_parser("reload", help="make the running app load its router artifact now (Serve reconfigure, "
+                       "as on Kubernetes): the registry's latest, or --version")
+    p.add_argument("--config", help="the running app's doka config (default config/default.yaml)")
+    p.add_argument("--version", help="pin this artifact version instead of following the config's artifact")
+    p.add_argument("--address", help="the Ray cluster (default RAY_ADDRESS or auto)")
+    p.set_defaults(handler=_run(_reload))
 
     p = sub.add_parser("bootstrap", help="train and publish the default router if the registry has none")
     p.add_argument("--registry", default=".doka/registry")

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -119,6 +120,10 @@ def _dashboard_url(explicit: str | None) -> str:
 def reconfigure_live(cfg: DokaConfig, version: str, dashboard_url: str | None = None) -> str:
     """Point the running app's router at artifact `version`; returns how.
 
+    An app that follows `latest` keeps following it: its user_config keeps `artifact: latest` and
+    gains `published: <version>`, a key the router ignores but whose change makes Serve call
+    `reconfigure`, which loads the registry's (new) latest. A pinned app is re-pinned to `version`.
+
     A declaratively deployed app (`serve deploy`, RayService, the dashboard REST API) gets the
     router `user_config` of its Router deployment (or its Ingress, `router.placement: ingress`) patched through the Serve REST API, which Serve applies in place
     (`reconfigure` on each replica, no restart). An app started with `serve.run` is redeployed
@@ -128,8 +133,10 @@ def reconfigure_live(cfg: DokaConfig, version: str, dashboard_url: str | None = 
 
     app_name = cfg.server.app_name
     router_name = router_owner(cfg)  # Router, or Ingress when the router runs in the ingress
-    new_cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"artifact": version})})
-    user_config = router_user_config(new_cfg)
+    follows_latest = cfg.router.artifact == "latest"
+    new_cfg = cfg if follows_latest else cfg.model_copy(
+        update={"router": cfg.router.model_copy(update={"artifact": version})})
+    user_config = {**router_user_config(new_cfg), **({"published": version} if follows_latest else {})}
 
     # this process's own cluster first (a Ray job's driver, or a test): no dashboard needed
     local = _local_declarative_apps() if dashboard_url is None else {}
@@ -247,6 +254,7 @@ def run_loop(
     dashboard_url: str | None = None,
     force: bool = False,
     config_path: str | None = None,
+    gateway_url: str | None = None,
 ) -> dict[str, Any]:
     """The whole loop; returns a report (also printed by the CLI)."""
     from router.registry import Registry
@@ -254,11 +262,9 @@ def run_loop(
     from training.dataset import load_jsonl, split
     from training.train import train
 
-    from app.config import resolve_secret
-
     if not cfg.router.registry:
         raise SystemExit("router.registry is not set in the config: nowhere to publish")
-    key = resolve_secret(cfg.router.signing_key) if cfg.router.signing_key else None
+    key = signing_key_or_exit(cfg)
     data_path, n_feedback = build_dataset(cfg, work_dir / "dataset.jsonl", traces_url, base_dataset)
     ds = load_jsonl(data_path)
     train_ds, heldout = split(ds, test_fraction=holdout, seed=seed) if len(ds) >= 4 else (ds, ds)
@@ -268,22 +274,96 @@ def run_loop(
     candidate = LearnedRouter.from_path(artifact, key)
     registry = Registry(cfg.router.registry)
     current = None
-    live = registry.latest_version() if cfg.router.artifact == "latest" else cfg.router.artifact
+    live, live_from = served_version(cfg, gateway_url)
+    if live is None and live_from == "config":
+        live = registry.latest_version() if cfg.router.artifact == "latest" else cfg.router.artifact
+    refused = None
     if live:
         try:
             current = LearnedRouter.load(cfg.router.registry, live, key)
-        except Exception as e:  # an unloadable live artifact loses to any working candidate
-            print(f"current artifact {live} cannot be loaded ({e}); comparing against nothing")
+        except Exception as e:  # the served artifact does not verify with this key: refuse, unless forced
+            refused = (f"the served artifact {live} cannot be loaded with this signing key ({type(e).__name__}: "
+                       f"{e}); a candidate signed with it would not load in the gateway either. Use the "
+                       "gateway's key (config router.signing_key, DOKA_SIGNING_KEY, or the data dir's "
+                       "signing.key), or --force to publish anyway")
     report: dict[str, Any] = {"dataset": str(data_path), "rows": len(ds), "feedback_rows": n_feedback,
+                              "served": {"version": live, "from": live_from},
                               **compare(candidate, current, heldout)}
+    if refused and not force:
+        report.update(better=False, published=None, refused=refused)
+        return report
     if not (report["better"] or force):
         report["published"] = None
         return report
+    previous_latest = registry.latest_version()
     version = registry.publish(artifact, set_latest=True, key=key)
     report["published"] = version
     if reconfigure:
         report["reconfigured_via"] = reconfigure_live(cfg, version, dashboard_url)
+        if live_from == "gateway":  # the gateway must serve it; if it cannot, put the previous one back
+            state = wait_served(cfg, gateway_url, version)
+            report["serving"] = state
+            if state != "ready" and live:  # never leave the live router degraded
+                if previous_latest:
+                    registry.set_latest(previous_latest)
+                reconfigure_live(cfg, live, dashboard_url)
+                report["rolled_back_to"] = live
     return report
+
+
+# ---------------------------------------------------------------- the served artifact, the key
+def signing_key_or_exit(cfg: DokaConfig) -> bytes:
+    """The one signing-key rule (router.reloader.router_signing_key: config, env, then the local
+    key file), or a one-line exit naming the three places to put one."""
+    from router.reloader import router_signing_key
+
+    key = router_signing_key(cfg)
+    if key is None:
+        raise SystemExit("doka: no artifact signing key: set router.signing_key in the config or "
+                         f"DOKA_SIGNING_KEY, or create {cfg.data_path('signing.key')} with `doka router bootstrap`")
+    return key
+
+
+def gateway_base(cfg: DokaConfig, explicit: str | None = None) -> str:
+    """The running gateway's base URL (`--gateway`, else server.host:port + route_prefix)."""
+    if explicit:
+        return explicit.rstrip("/")
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    return f"http://{host}:{cfg.server.port}{cfg.server.route_prefix.rstrip('/')}"
+
+
+def _router_status(cfg: DokaConfig, gateway_url: str | None) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        r = httpx.get(gateway_base(cfg, gateway_url) + "/health/readiness", timeout=10)
+        return (r.json().get("router") or {}) if r.status_code in (200, 503) else None
+    except Exception:
+        return None
+
+
+def served_version(cfg: DokaConfig, gateway_url: str | None = None) -> tuple[str | None, str]:
+    """(the artifact version the running gateway serves, "gateway"), or (None, "config") when no
+    gateway answers (then the config's artifact is the reference)."""
+    status = _router_status(cfg, gateway_url)
+    if status is None:
+        return None, "config"
+    return status.get("artifact_version"), "gateway"
+
+
+def wait_served(cfg: DokaConfig, gateway_url: str | None, version: str, timeout_s: float = 120) -> str:
+    """Wait until the gateway serves `version`: "ready", or the router state that stopped it."""
+    deadline = time.time() + timeout_s
+    state = "unknown"
+    while time.time() < deadline:
+        status = _router_status(cfg, gateway_url) or {}
+        state = status.get("state", "unknown")
+        if status.get("artifact_version") == version:
+            return "ready"
+        if state == "degraded" and not status.get("loading"):
+            return "degraded"
+        time.sleep(0.5)
+    return state
 
 
 # ---------------------------------------------------------------- CLI
@@ -303,7 +383,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dashboard", default=None, help="Ray dashboard URL for the Serve REST API (default http://127.0.0.1:8265)")
     p.add_argument("--address", default=None, help="Ray cluster to reconfigure (default: RAY_ADDRESS or auto)")
     p.add_argument("--no-reconfigure", action="store_true", help="publish only; leave the running app alone")
-    p.add_argument("--force", action="store_true", help="publish even if the candidate is not better")
+    p.add_argument("--force", action="store_true",
+                   help="publish even if the candidate is not better or the served artifact cannot be loaded")
+    p.add_argument("--gateway", default=None,
+                   help="the running gateway's URL, asked which artifact it serves (default: server.host:port)")
     p.set_defaults(handler=_main)
 
 
@@ -317,6 +400,9 @@ def _main(args: argparse.Namespace) -> int:
             ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
     report = run_loop(cfg, work_dir=work, traces_url=args.traces, base_dataset=args.base_dataset, family=args.family,
                       holdout=args.holdout, reconfigure=not args.no_reconfigure, dashboard_url=args.dashboard,
-                      force=args.force, config_path=args.config)
+                      force=args.force, config_path=args.config, gateway_url=args.gateway)
     print(json.dumps(report, indent=2, default=str))
+    if report.get("refused"):
+        print(f"doka: not published: {report['refused']}", file=sys.stderr)
+        return 1
     return 0
