@@ -584,3 +584,19 @@ class AccountsCore:
         return _ok({"buffered": len(self._buffer), "reservations": len(self._reservations),
                     "cached_keys": len(self._keys), "flush_failures": self.flush_failures,
                     "wire_batches": self._wire.batches if self._wire is not None else 0})
+
+    async def console_query(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        """A read query of the console (accounts.console_queries, by name), after a flush."""
+        from accounts.console_queries import QUERIES
+
+        async def run():
+            fn = QUERIES.get(name)
+            if fn is None:
+                raise bad_request(f"unknown console query {name!r}")
+            await self.flush()
+            try:
+                return await self._db(fn, **kwargs)
+            except (TypeError, ValueError) as e:
+                raise bad_request(str(e)) from e
+
+        return await self._admin(run())

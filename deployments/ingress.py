@@ -71,6 +71,9 @@ app = FastAPI(title="doka", description="OpenAI-compatible LLM gateway on Ray Se
 from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
 
 app.include_router(admin_router())
+from console.routes import console_router  # noqa: E402  (the operator console, docs/console.md)
+
+app.include_router(console_router())
 
 
 def _openapi() -> dict[str, Any]:
