@@ -7,13 +7,24 @@ a bounded slice, so pages stay fast on a large ledger (`python -m load.bench_con
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import threading
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Column, Float, MetaData, String, Table, func, literal, select, union_all
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from accounts.models import Key, LedgerEntry
+
+# Spend per (day, key, model) for days that are over (migration 0003); rebuilt lazily by `spend`.
+SPEND_DAILY = Table(
+    "doka_spend_daily", MetaData(),
+    Column("day", String(10), primary_key=True), Column("key_id", String(32), primary_key=True),
+    Column("model", String(200), primary_key=True), Column("requests", BigInteger), Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger), Column("cost_usd", Float),
+)
+_rollup_lock = threading.Lock()
 
 SPEND_GROUPS = ("key", "team", "model", "day")
 REQUEST_COLUMNS = ("id", "request_id", "key_id", "model_requested", "model", "prompt_tokens", "completion_tokens",
@@ -50,35 +61,76 @@ def request_rows(engine: Engine, request_id: str) -> list[dict[str, Any]]:
         return [_row(r) for r in conn.execute(stmt).mappings().all()]
 
 
+def rollup_cutoff(now: datetime | None = None) -> str:
+    """Days before this one are rolled up; yesterday and today are read live (late settlements)."""
+    now = now or datetime.now(timezone.utc)
+    return (now - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+def refresh_rollup(engine: Engine, cutoff: str) -> int:
+    """Roll up the finished days not yet in `doka_spend_daily` (one indexed pass); rows added."""
+    L = LedgerEntry
+    with _rollup_lock, engine.begin() as conn:
+        done = conn.execute(select(func.max(SPEND_DAILY.c.day))).scalar() or ""
+        if not conn.execute(select(L.day).where(L.day > done, L.day < cutoff).limit(1)).first():
+            return 0
+        key, model = func.coalesce(L.key_id, literal("")), func.coalesce(L.model, literal(""))
+        rows = select(L.day, key, model, func.count(L.id), func.coalesce(func.sum(L.prompt_tokens), 0),
+                      func.coalesce(func.sum(L.completion_tokens), 0), func.coalesce(func.sum(L.cost_usd), 0.0)) \
+            .where(L.day > done, L.day < cutoff).group_by(L.day, key, model)
+        try:
+            return conn.execute(SPEND_DAILY.insert().from_select(list(SPEND_DAILY.c.keys()), rows)).rowcount
+        except IntegrityError:  # another process rolled the same days up first
+            return 0
+
+
+def _spend_rows(cutoff: str, start: str | None, end: str | None, key_id: str | None):
+    """(day, key_id, model, requests, prompt, completion, cost): rollup before `cutoff`, ledger after."""
+    L, R = LedgerEntry, SPEND_DAILY.c
+    old = select(R.day, R.key_id, R.model, R.requests, R.prompt_tokens, R.completion_tokens, R.cost_usd) \
+        .where(R.day < cutoff)
+    key, model = func.coalesce(L.key_id, literal("")), func.coalesce(L.model, literal(""))
+    new = select(L.day.label("day"), key.label("key_id"), model.label("model"), func.count(L.id).label("requests"),
+                 func.sum(L.prompt_tokens).label("prompt_tokens"),
+                 func.sum(L.completion_tokens).label("completion_tokens"), func.sum(L.cost_usd).label("cost_usd")) \
+        .where(L.day >= cutoff).group_by(L.day, key, model)
+    if start:
+        old, new = old.where(R.day >= start), new.where(L.day >= start)
+    if end:
+        old, new = old.where(R.day <= end), new.where(L.day <= end)
+    if key_id:
+        old, new = old.where(R.key_id == key_id), new.where(L.key_id == key_id)
+    return union_all(old, new)
+
+
 def spend(engine: Engine, group_by: str, *, start: str | None = None, end: str | None = None,
           key_id: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-    """Requests, tokens and USD per key, team (through the key), model or day; days inclusive."""
+    """Requests, tokens and USD per key, team (through the key), model or day; days inclusive.
+
+    Finished days come from the rollup, the last two from the ledger (through its day index)."""
     if group_by not in SPEND_GROUPS:
         raise ValueError(f"group_by must be one of {SPEND_GROUPS}")
-    col = {"key": LedgerEntry.key_id, "team": Key.team, "model": LedgerEntry.model, "day": LedgerEntry.day}[group_by]
+    cutoff = rollup_cutoff()
+    refresh_rollup(engine, cutoff)
+    u = _spend_rows(cutoff, start, end, key_id).subquery()
+    col = {"key": u.c.key_id, "team": Key.team, "model": u.c.model, "day": u.c.day}[group_by]
     stmt = select(
         col.label("group"),
-        func.count(LedgerEntry.id).label("requests"),
-        func.coalesce(func.sum(LedgerEntry.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(LedgerEntry.completion_tokens), 0).label("completion_tokens"),
-        func.coalesce(func.sum(LedgerEntry.cost_usd), 0.0).label("cost_usd"),
-    )
+        func.coalesce(func.sum(u.c.requests), 0).label("requests"),
+        func.coalesce(func.sum(u.c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(u.c.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(u.c.cost_usd), 0.0).label("cost_usd"),
+    ).select_from(u)
     if group_by == "team":
-        stmt = stmt.select_from(LedgerEntry).outerjoin(Key, Key.id == LedgerEntry.key_id)
-    if start:
-        stmt = stmt.where(LedgerEntry.day >= start)
-    if end:
-        stmt = stmt.where(LedgerEntry.day <= end)
-    if key_id:
-        stmt = stmt.where(LedgerEntry.key_id == key_id)
-    order = col if group_by == "day" else func.sum(LedgerEntry.cost_usd).desc()
+        stmt = stmt.outerjoin(Key, Key.id == u.c.key_id)
+    order = col if group_by == "day" else func.sum(u.c.cost_usd).desc()
     stmt = stmt.group_by(col).order_by(order).limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(stmt).mappings().all()
     out = []
     for r in rows:
         p, c = int(r["prompt_tokens"]), int(r["completion_tokens"])
-        out.append({"group": r["group"], "requests": int(r["requests"]), "prompt_tokens": p, "completion_tokens": c,
+        out.append({"group": r["group"] or None, "requests": int(r["requests"]), "prompt_tokens": p, "completion_tokens": c,
                     "total_tokens": p + c, "cost_usd": float(r["cost_usd"])})
     return out
 

@@ -39,7 +39,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, raw_cols: se
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def bar_chart(points: Sequence[tuple[str, float]], *, title: str, unit: str = "", width: int = 640,
+def bar_chart(points: Sequence[tuple[str, float]], *, title: str, unit: str = "", width: int = 600,
               height: int = 180) -> str:
     """An inline SVG bar chart (one bar per label), with a title and the max value labelled."""
     if not points:

@@ -55,6 +55,44 @@ def test_bar_chart_is_inline_svg_with_escaped_labels():
     assert "no data" in bar_chart([], title="empty")
 
 
+def test_spend_rollup_matches_the_ledger(tmp_path):
+    """Finished days come from the rollup, the last two from the ledger: the sums must agree."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import insert
+
+    from accounts import console_queries as q
+    from accounts import db
+    from accounts.models import Key, LedgerEntry
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'acc.sqlite'}")
+    db.migrate(engine)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(insert(Key), [{"id": "k1", "key_hash": "h1", "key_hint": "x", "team": "red", "meta": {},
+                                    "models": []}])
+        rows = []
+        for i, age in enumerate((40, 40, 10, 1, 0, 0)):
+            t = now - timedelta(days=age)
+            rows.append({"request_id": f"r{i}", "key_id": "k1" if i % 3 else None, "model": "m1" if i % 2 else "m2",
+                         "prompt_tokens": 10 * i, "completion_tokens": i, "cost_usd": 0.5 * i, "status": 200,
+                         "created_at": t, "day": t.strftime("%Y-%m-%d")})
+        conn.execute(insert(LedgerEntry), rows)
+    by_team = {r["group"]: r for r in q.spend(engine, "team")}
+    assert by_team["red"]["requests"] == 4 and by_team[None]["requests"] == 2
+    assert abs(sum(r["cost_usd"] for r in by_team.values()) - 0.5 * sum(range(6))) < 1e-9
+    with engine.connect() as conn:
+        rolled = conn.exec_driver_sql("select count(*), sum(requests) from doka_spend_daily").one()
+    assert rolled[1] == 3  # the two 40-day-old rows and the 10-day-old one; the last two days stay live
+    assert q.refresh_rollup(engine, q.rollup_cutoff()) == 0  # nothing new to roll up
+    by_day = q.spend(engine, "day")
+    assert sum(r["requests"] for r in by_day) == 6 and by_day == sorted(by_day, key=lambda r: r["group"])
+    one = q.spend(engine, "model", key_id="k1", start=(now - timedelta(days=15)).strftime("%Y-%m-%d"))
+    assert sum(r["requests"] for r in one) == 3  # rows 2 (10 days ago), 4 and 5 (today); row 1 is too old
+    assert [r["request_id"] for r in q.recent_requests(engine, limit=2)] == ["r5", "r4"]
+    assert [r["model"] for r in q.request_rows(engine, "r3")] == ["m1"]
+
+
 # ------------------------------------------------------------------ through the gateway
 @pytest.fixture(scope="module")
 def gw(ray_cluster, mock_upstream, tmp_path_factory):
