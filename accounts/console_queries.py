@@ -135,4 +135,21 @@ def spend(engine: Engine, group_by: str, *, start: str | None = None, end: str |
     return out
 
 
-QUERIES = {"recent_requests": recent_requests, "request_rows": request_rows, "spend": spend}
+def auto_decisions(engine: Engine, *, start: str, limit_reasons: int = 20) -> dict[str, list[dict[str, Any]]]:
+    """What `auto` did since `start` (a day): requests, tokens and USD per day and answering model,
+    and the most frequent route reasons (reads through the day index)."""
+    L = LedgerEntry
+    where = (L.day >= start, L.model_requested == "auto")
+    by_day = select(L.day, L.model, func.count(L.id), func.coalesce(func.sum(L.prompt_tokens), 0),
+                    func.coalesce(func.sum(L.completion_tokens), 0), func.coalesce(func.sum(L.cost_usd), 0.0)) \
+        .where(*where).group_by(L.day, L.model).order_by(L.day, L.model)
+    reasons = select(L.route_reason, func.count(L.id).label("n")).where(*where) \
+        .group_by(L.route_reason).order_by(func.count(L.id).desc()).limit(limit_reasons)
+    with engine.connect() as conn:
+        days = [{"day": d, "model": m, "requests": int(n), "prompt_tokens": int(p), "completion_tokens": int(c),
+                 "cost_usd": float(cost)} for d, m, n, p, c, cost in conn.execute(by_day)]
+        why = [{"reason": r, "requests": int(n)} for r, n in conn.execute(reasons)]
+    return {"by_day_model": days, "reasons": why}
+
+
+QUERIES = {"auto_decisions": auto_decisions, "recent_requests": recent_requests, "request_rows": request_rows, "spend": spend}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable, Sequence
 
-NAV = (("keys", "Keys"), ("spend", "Spend"), ("requests", "Requests"))
+NAV = (("keys", "Keys"), ("spend", "Spend"), ("requests", "Requests"), ("routing", "Routing"), ("models", "Models"))
 
 
 def e(v: Any) -> str:

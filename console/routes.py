@@ -12,7 +12,7 @@ import asyncio
 import csv
 import hmac
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, quote
@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from accounts.errors import AccountsError
+from console import gateway_view
 from console import session as sess
 from console.pages import bar_chart, e, hidden_csrf, layout, money, table
 
@@ -388,6 +389,72 @@ async def request_detail(ctx: Ctx) -> Response:
     return ctx.page(f"Request {rid}", steps, "requests")
 
 
+# ------------------------------------------------------------------ models and routing
+def _no_ingress(ctx: Ctx, title: str, active: str) -> Response:
+    return ctx.page(title, '<p class="error">not running inside a gateway replica</p>', active, 503)
+
+
+@page()
+async def models_page(ctx: Ctx) -> Response:
+    ing = gateway_view.ingress()
+    if ing is None:
+        return _no_ingress(ctx, "Models", "models")
+    rows = []
+    for m in gateway_view.models(ing):
+        health = ('<span class="bad">cooling down</span>' if m["cooling_down"] else
+                  '<span class="ok">ok</span>' if m["served"] else '<span class="muted">not served here</span>')
+        last = "" if m["last_failure_s_ago"] is None else f'{m["last_failure_s_ago"]:.0f} s ago'
+        rows.append((m["model"], m["provider"], m["tier"], m["mode"], "yes" if m["auto_candidate"] else "",
+                     f'${m["input_usd_per_mtok"]:.3g} / ${m["output_usd_per_mtok"]:.3g}', f'{m["timeout_s"]:g} s',
+                     " → ".join(m["chain"]), health, last))
+    status = await gateway_view.router_status(ing)
+    body = (table(("model", "provider", "tier", "mode", "auto", "USD per 1M in/out", "timeout", "fallback chain",
+                   "health", "last failure"), rows, raw_cols={8}, cls="models")
+            + "<h2>Router</h2>" + table(("field", "value"), sorted(status.items()), cls="router"))
+    return ctx.page("Models", body, "models")
+
+
+@page()
+async def routing_page(ctx: Ctx) -> Response:
+    ing = gateway_view.ingress()
+    if ing is None:
+        return _no_ingress(ctx, "Routing", "routing")
+    q = ctx.request.query_params
+    start = q.get("start") or (datetime.now(timezone.utc) - timedelta(days=13)).strftime("%Y-%m-%d")
+    got = await _accounts().call("console_query", "auto_decisions", start=start)
+    rows = got["by_day_model"]
+    total = sum(r["requests"] for r in rows) or 1
+    share: dict[str, list[float]] = {}
+    for r in rows:
+        acc = share.setdefault(r["model"] or "(none)", [0, 0, 0, 0.0])
+        acc[0] += r["requests"]; acc[1] += r["prompt_tokens"]; acc[2] += r["completion_tokens"]; acc[3] += r["cost_usd"]
+    strong = gateway_view.strongest(ing)
+    actual = sum(v[3] for v in share.values())
+    if strong:
+        all_strong = sum(v[1] for v in share.values()) * strong[1] + sum(v[2] for v in share.values()) * strong[2]
+        saved = (f'<div class="card" id="saving">auto spent <b>{money(actual)}</b>; sending the same tokens to the '
+                 f'strongest candidate <b>{e(strong[0])}</b> would have cost <b>{money(all_strong)}</b>'
+                 + (f' (<b>{100 * (1 - actual / all_strong):.1f}%</b> saved)' if all_strong > 0 else "") + "</div>")
+    else:
+        saved = ""
+    per_day: dict[str, int] = {}
+    for r in rows:
+        per_day[r["day"]] = per_day.get(r["day"], 0) + r["requests"]
+    status = await gateway_view.router_status(ing)
+    body = (f'<form method="get" class="inline" action="{ctx.base}/routing"><label>since <input type="text" '
+            f'name="start" value="{e(start)}"></label><button>Show</button></form>{saved}'
+            + '<div class="charts">' + bar_chart(sorted(per_day.items()), title="auto requests per day")
+            + bar_chart([(m, v[0]) for m, v in sorted(share.items())], title="auto requests per model") + "</div>"
+            + "<h2>Share per model</h2>"
+            + table(("model", "requests", "share", "tokens", "USD"),
+                    [(m, v[0], f"{100 * v[0] / total:.1f}%", v[1] + v[2], money(v[3]))
+                     for m, v in sorted(share.items(), key=lambda kv: -kv[1][0])], cls="share")
+            + "<h2>Route reasons</h2>" + table(("reason", "requests"), [(r["reason"], r["requests"])
+                                                                       for r in got["reasons"]], cls="reasons")
+            + "<h2>Live router</h2>" + table(("field", "value"), sorted(status.items()), cls="router"))
+    return ctx.page("Routing", body, "routing")
+
+
 # ------------------------------------------------------------------ a key's own page
 @page(admin=False)
 async def me(ctx: Ctx) -> Response:
@@ -424,5 +491,7 @@ def console_router() -> APIRouter:
     r.add_api_route("/spend.csv", spend_csv, methods=["GET"])
     r.add_api_route("/requests", requests_page, methods=["GET"])
     r.add_api_route("/requests/{request_id}", request_detail, methods=["GET"])
+    r.add_api_route("/models", models_page, methods=["GET"])
+    r.add_api_route("/routing", routing_page, methods=["GET"])
     r.add_api_route("/me", me, methods=["GET"])
     return r

@@ -164,7 +164,7 @@ def test_a_plain_key_sees_only_its_own_page(gw):
         me = c.get("/me")
         assert me.status_code == 200 and own["key_id"] in me.text and "mock-gpt-3.5" in me.text
         assert other["key_id"] not in me.text
-        for path in ("/keys", "/spend", "/spend.csv", "/requests", f"/requests/x"):
+        for path in ("/keys", "/spend", "/spend.csv", "/requests", "/requests/x", "/routing", "/models"):
             r = c.get(path)
             assert r.status_code == 403, (path, r.status_code)
         token = _csrf(me.text)
@@ -205,6 +205,10 @@ def test_spend_csv_and_requests(gw):
         detail = c.get(f"/requests/{rid}")
         assert detail.status_code == 200 and "route reason" in detail.text and k["key_id"] in detail.text
         assert raw.headers["x-doka-route-reason"].split(" ")[0] in detail.text
+        routing = c.get("/routing")
+        assert routing.status_code == 200 and 'id="saving"' in routing.text and f"<td>{answered}</td>" in routing.text
+        models = c.get("/models")
+        assert models.status_code == 200 and "mock-gpt-3.5" in models.text and "fallback chain" in models.text
 
 
 # ------------------------------------------------------------------ in a real browser
@@ -226,8 +230,16 @@ def _driver():
 def browser():
     d = _driver()
     d.set_page_load_timeout(60)
+    d.implicitly_wait(10)  # elements of a page that is still loading after a click
     yield d
     d.quit()
+
+
+def _wait_url(driver, suffix: str) -> None:
+    """A click that submits a form returns before the next page: wait for it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith(suffix))
 
 
 def _shot(driver, name: str) -> None:
@@ -247,7 +259,7 @@ def test_browser_key_lifecycle(gw, browser):
     _shot(d, "login")
     d.find_element(By.ID, "key").send_keys(MASTER)
     d.find_element(By.ID, "signin").click()
-    assert d.current_url.endswith("/console/keys")
+    _wait_url(d, "/console/keys")
     assert not [c for c in d.get_cookies() if c["name"] == sess.COOKIE and not c["httpOnly"]]
     assert d.execute_script("return document.cookie").find(sess.COOKIE) == -1  # HttpOnly: scripts cannot read it
 
@@ -283,6 +295,12 @@ def test_browser_key_lifecycle(gw, browser):
     d.get(base + "/spend")
     assert d.find_elements(By.CSS_SELECTOR, "figure.chart svg rect") and "search" in d.page_source
     _shot(d, "spend")
+    d.get(base + "/routing")
+    assert answered in d.find_element(By.CSS_SELECTOR, "table.share").text
+    _shot(d, "routing")
+    d.get(base + "/models")
+    assert "mock-gpt-3.5" in d.find_element(By.CSS_SELECTOR, "table.models").text
+    _shot(d, "models")
 
     # a change without the CSRF token, sent from the signed-in page itself, is refused
     status = d.execute_async_script(
@@ -292,6 +310,7 @@ def test_browser_key_lifecycle(gw, browser):
 
     d.get(base + "/keys?q=browser-e2e")
     d.find_element(By.CSS_SELECTOR, "table.keys button.revoke").click()
+    _wait_url(d, "/console/keys")  # the POST's redirect: the revocation is done
     d.get(base + "/keys?q=browser-e2e&revoked=on")
     assert "revoked" in d.find_element(By.CSS_SELECTOR, "table.keys tbody").text
     with pytest.raises(openai.AuthenticationError):
@@ -310,7 +329,8 @@ def test_browser_plain_key_page(gw, browser):
     d.get(base + "/login")
     d.find_element(By.ID, "key").send_keys(k["key"])
     d.find_element(By.ID, "signin").click()
-    assert d.current_url.endswith("/console/me") and k["key_id"] in d.page_source
+    _wait_url(d, "/console/me")
+    assert k["key_id"] in d.page_source
     _shot(d, "me")
     d.get(base + "/keys")
     assert "admin only" in d.page_source
