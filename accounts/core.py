@@ -654,3 +654,19 @@ class AccountsCore:
                     "wire_batches": self._wire.batches if self._wire is not None else 0,
                     "rows_quarantined": self.rows_quarantined, "rows_dropped": self.rows_dropped,
                     "spool": str(self._spool.dir) if self._spool is not None else None})
+
+    async def console_query(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        """A read query of the console (accounts.console_queries, by name), after a flush."""
+        from accounts.console_queries import QUERIES
+
+        async def run():
+            fn = QUERIES.get(name)
+            if fn is None:
+                raise bad_request(f"unknown console query {name!r}")
+            await self.flush()
+            try:
+                return await self._db(fn, **kwargs)
+            except (TypeError, ValueError) as e:
+                raise bad_request(str(e)) from e
+
+        return await self._admin(run())

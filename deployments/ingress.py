@@ -76,6 +76,9 @@ from accounts.actor import master_key as configured_master_key  # noqa: E402
 from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
 
 app.include_router(admin_router())
+from console.routes import console_router  # noqa: E402  (the operator console, docs/console.md)
+
+app.include_router(console_router())
 
 
 def _openapi() -> dict[str, Any]:
