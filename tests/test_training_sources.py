@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.broad import difficulty_target, held_out_folds, scoring_pair
+from training.broad import canonical_task, difficulty_target, held_out_folds, scoring_pair
 from training.dataset import DatasetError, load_jsonl
 from training.sources import SOURCES, import_sources, read_source
 
@@ -89,12 +89,11 @@ def _combined(tmp_path: Path) -> Path:
 def test_broad_split_never_trains_on_a_held_out_prompt_or_its_duplicate(tmp_path: Path):
     ds = load_jsonl(_combined(tmp_path))
     folds = held_out_folds(ds, "task", min_test=1)
-    assert {f.name for f in folds} == {"arenabench:arena-bench-v1", "alpacaeval:alpaca_eval:koala", "llmrouter:natural_qa",
-                                       "llmrouter:trivia_qa", "routerdc:ceval", "routerdc:cmmlu"}
+    assert {f.name for f in folds} == {"arena-bench-v1", "alpaca_eval:koala", "natural_qa", "trivia_qa", "ceval", "cmmlu"}
     for f in folds:
         held = {ds.prompts[i] for i in f.test}
         assert not held & {ds.prompts[i] for i in f.train}
-    trivia = next(f for f in folds if f.name == "llmrouter:trivia_qa")
+    trivia = next(f for f in folds if f.name == "trivia_qa")
     # the routerdc duplicate of a trivia_qa prompt is dropped from that fold's training
     assert "shared prompt" not in {ds.prompts[i] for i in trivia.train}
     assert len(trivia.train) == len(ds) - len(trivia.test) - 1
@@ -119,3 +118,11 @@ def test_scoring_pair_prefers_gpt4_vs_mixtral_else_source_extremes(tmp_path: Pat
     tasks = np.array([e["task"] for e in ds.extra])
     assert scoring_pair(ds, np.flatnonzero(tasks == "arenabench:arena-bench-v1")) == ("gpt-4-1106-preview", "mixtral-8x7b-chat")
     assert scoring_pair(ds, np.flatnonzero(tasks == "llmrouter:trivia_qa")) == ("gemma-2-9b-it", "qwen2.5-7b-instruct")
+
+
+def test_one_task_from_several_sources_and_splits_is_held_out_together():
+    assert {canonical_task(t) for t in ("routerbench:arc-challenge", "llmrouter:arc_challenge",
+                                        "routerdc:arc_challenge_test", "routerdc:arc_challenge_train")} == {"arc_challenge"}
+    assert canonical_task("llmrouter:human_eval") == canonical_task("routerdc:humaneval_test") == "humaneval"
+    assert canonical_task("routerdc:MATH_prealgebra") == canonical_task("llmrouter:math") == "math"
+    assert canonical_task("routerdc:arc_easy_test") != canonical_task("routerdc:arc_challenge_test")
