@@ -214,7 +214,25 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
     return lambda Z: (Z @ W) @ (theta[jw] - theta[js]) + (bm[jw] - bm[js])
 
 
-DESIGNS: dict[str, Callable] = {"difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt}
+def _shipped(family: str, only_source: str | None = None) -> Callable:
+    """A family of router/families.py as `doka router train` fits it (raw [0, 1] scores, no task
+    standardisation), on the training fold (or only its `only_source` rows): what would ship."""
+
+    def design(X, ds, rows, strong, weak, tune=True):
+        from router.families import get_family
+
+        if only_source:
+            rows = rows[column(ds, "source")[rows] == only_source]
+        fam = get_family(family)
+        state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False)
+        js, jw = ds.labels.index(strong), ds.labels.index(weak)
+        return lambda Z: (lambda P: P[:, js] - P[:, jw])(fam.predict(state, Z))
+
+    return design
+
+
+DESIGNS: dict[str, Callable] = {"shipped_difficulty": _shipped("difficulty"),
+                                "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),"difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt}
 
 
 def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200) -> list[dict]:
