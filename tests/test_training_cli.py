@@ -216,3 +216,34 @@ def test_bootstrap_uses_seed_when_shared_data_missing(tmp_path, capsys, monkeypa
     assert main(args) == 0
     assert _json(capsys) == {"action": "kept", "version": first["version"], "registry": str(tmp_path / "reg")}
     assert Registry(str(tmp_path / "reg")).latest_version() == first["version"]
+
+
+def test_eval_flags_a_router_whose_scores_are_constant_on_the_data(tmp_path, capsys):
+    """A real trained router given prompts it cannot tell apart (one text, many labels) scores them
+    all the same: eval says so in the report and on stderr; on varied prompts it does not."""
+    art = tmp_path / "art"
+    assert main(["router", "train", "--family", "knn", "--data", str(SEED), "--out", str(art),
+                 "--param", "n_neighbors=10", "--quiet"]) == 0
+    capsys.readouterr()
+    same = [Record(id=i, prompt="Summarise this paragraph.", scores={"gpt-4-1106-preview": 1.0, "mixtral-8x7b-chat": float(i % 2)},
+                   costs={"gpt-4-1106-preview": 0.01, "mixtral-8x7b-chat": 0.001}) for i in range(30)]
+    data = write_jsonl(from_records(same), tmp_path / "same.jsonl")
+    pair = ["--strong", "gpt-4-1106-preview", "--weak", "mixtral-8x7b-chat"]
+    assert main(["router", "eval", "--artifact", str(art), "--data", str(data), "--bootstrap", "0"] + pair) == 0
+    out, err = capsys.readouterr()
+    assert "constant on all 30 prompts" in json.loads(out)["constant_scores"] and "warning: scores are constant" in err
+    assert main(["router", "eval", "--artifact", str(art), "--data", str(data), "--quiet"]) == 0
+    assert "constant" in _json(capsys)["constant_scores"]
+    assert main(["router", "eval", "--artifact", str(art), "--data", str(SEED), "--quiet"] + pair) == 0
+    assert _json(capsys)["constant_scores"] is None
+
+
+def test_constant_scores_catches_near_constant_and_passes_varied():
+    import numpy as np
+
+    from training.evaluate import constant_scores
+
+    assert constant_scores(np.full(100, 0.3) + 1e-14 * np.arange(100)).startswith("scores are constant")
+    assert "95%" in constant_scores(np.r_[np.zeros(95), np.linspace(0.1, 1, 5)])
+    assert constant_scores(np.linspace(0, 1, 100)) is None
+    assert constant_scores(np.c_[np.zeros(10), np.linspace(0, 1, 10)]) is None

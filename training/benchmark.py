@@ -4,6 +4,7 @@ evaluated on a test split (two-model APGR/CPT and multi-model AIQ), then leave-o
 rotation). Prints two markdown tables; each APGR carries its spread (± the router's bootstrap SE over
 prompt resamples, the random router's std over seeds).
 
+    python -m training.benchmark broad --data .doka/data/combined_all.jsonl   # 33+ tasks (training/broad.py)
     python -m training.benchmark --train .doka/data/routerbench/train.jsonl \
         --test .doka/data/routerbench/test.jsonl --out .doka/bench/routing
 """
@@ -39,6 +40,13 @@ def _apgr(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["broad"]:  # the many-task protocol: python -m training.benchmark broad --help
+        from training.broad import main as broad_main
+
+        return broad_main(argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default=".doka/data/routerbench/train.jsonl")
     ap.add_argument("--test", default=".doka/data/routerbench/test.jsonl")

@@ -1,4 +1,4 @@
-"""`doka router ...`: import-routerbench, train, eval, eval-cascade, calibrate, publish, bootstrap, versions.
+"""`doka router ...`: import-routerbench, import-sources, train, eval, eval-cascade, calibrate, publish, bootstrap, versions.
 
 Errors (bad data, unknown family, refused artifact) print one clear line and exit 2.
 """
@@ -68,6 +68,15 @@ def _import(args: argparse.Namespace) -> int:
     from training.routerbench import import_routerbench
 
     _print(import_routerbench(args.src, args.out))
+    return 0
+
+
+def _import_sources(args: argparse.Namespace) -> int:
+    from training.sources import SOURCES, import_sources
+
+    keys = [k for k, src in SOURCES.items() if src.permitted]
+    keys += [k for k in ("alpacaeval", "routerdc") if k in (args.opt_in or [])]
+    _print(import_sources(args.out, include=keys, more_dir=args.more, routerbench_dir=args.routerbench))
     return 0
 
 
@@ -224,6 +233,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--src", default=DEFAULT_ROUTERBENCH_DIR, help="folder with <task>_<split>.csv files")
     p.add_argument("--out", default=".doka/data/routerbench", help="output folder")
     p.set_defaults(handler=_run(_import))
+
+    from training.sources import DEFAULT_MORE_DIR
+
+    p = sub.add_parser("import-sources", help="RouterBench + ../shared/data/routing-more in one JSONL, labels on [0, 1] "
+                       "(docs/routing.md); non-commercial / unlicensed sources only with --opt-in")
+    p.add_argument("--routerbench", default=DEFAULT_ROUTERBENCH_DIR)
+    p.add_argument("--more", default=DEFAULT_MORE_DIR, help="the routing-more folder")
+    p.add_argument("--opt-in", nargs="*", choices=["alpacaeval", "routerdc"],
+                   help="also import alpacaeval (CC BY-NC 4.0) and/or routerdc (no licence stated)")
+    p.add_argument("--out", default=".doka/data/combined.jsonl")
+    p.set_defaults(handler=_run(_import_sources))
 
     p = sub.add_parser("train", help="train one router family and write a signed artifact")
     p.add_argument("--family", required=True, help="knn | mlp | svm | logreg | mf | difficulty | ensemble | gated")

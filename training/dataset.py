@@ -130,7 +130,7 @@ def load_jsonl(path: str | Path) -> Dataset:
     raw = p.read_bytes()
     records: list[Record] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(raw.decode("utf-8").split("\n"), start=1):  # not splitlines: prompts hold U+2028
         if not line.strip():
             continue
         try:

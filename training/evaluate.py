@@ -63,6 +63,34 @@ def only_task(ds: Dataset, task: str | None) -> Dataset:
     return ds.subset(keep)
 
 
+def constant_scores(scores: np.ndarray, share: float = 0.9) -> str | None:
+    """Why a router's scores on a dataset are (nearly) constant, or None. Nearly constant: one
+    value (to 6 significant digits) holds `share` of the prompts, or the spread is below float
+    noise; such a router cannot rank prompts, and its APGR (about 0.5) says nothing."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 2:
+        reasons = [constant_scores(s[:, j], share) for j in range(s.shape[1])]
+        return None if any(r is None for r in reasons) else "every model's " + reasons[0]
+    if len(s) < 2:
+        return None
+    scale = max(float(np.abs(s).max()), 1e-12)
+    if float(s.std()) <= 1e-9 * scale:
+        return f"scores are constant on all {len(s)} prompts (std {s.std():.2e})"
+    _, counts = np.unique(np.round(s / scale, 6), return_counts=True)
+    top = counts.max() / len(s)
+    if top >= share:
+        return f"scores are nearly constant: one value on {top:.0%} of {len(s)} prompts"
+    return None
+
+
+def _warn_constant(out: dict[str, Any], scores: np.ndarray) -> None:
+    why = constant_scores(scores)
+    out["constant_scores"] = why
+    if why:
+        print(f"warning: {why}; the router cannot tell these prompts apart, so its APGR/AIQ here is "
+              "what any fixed choice gets", file=sys.stderr)
+
+
 def evaluate(
     router: LearnedRouter,
     data: str | Path | Dataset,
@@ -103,6 +131,7 @@ def evaluate(
         sub = ds.subset(keep)
         P = predict_dataset(router, sub, progress)
         rep = two_model_report(P[:, ps] - P[:, pw], sub.scores[:, js], sub.scores[:, jw], num_thresholds, bootstrap)
+        _warn_constant(out, P[:, ps] - P[:, pw])
         out.update(mode="two-model", strong=strong, weak=weak, dropped=int((~keep).sum()), **rep)
         return out
 
@@ -129,6 +158,7 @@ def evaluate(
     sub = work.subset(keep)
     P = predict_dataset(router, sub, progress)[:, [router.labels.index(lab) for lab in labels]]
     belief = router.label_costs(labels)
+    _warn_constant(out, P)
     rep = multi_model_report(P, sub.scores[:, cols], sub.costs[:, cols], labels, belief)
     out.update(mode="multi-model", dropped=int((~keep).sum()), **rep)
     return out

@@ -1,0 +1,128 @@
+"""The routing-more importer: each source's label type maps onto [0, 1] as docs/routing.md says,
+provenance (task, source, label type, licence, cost) survives, and the broad split never puts a
+held-out task's prompt (or an exact duplicate of it from another source) into training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.broad import canonical_task, difficulty_target, held_out_folds, scoring_pair
+from training.dataset import DatasetError, load_jsonl
+from training.sources import SOURCES, import_sources, read_source
+
+
+def _row(id_, task, label_type, scores, costs=None, prompt=None):
+    return {"id": id_, "source": "x", "task": task, "prompt": prompt or f"prompt {id_}", "label_type": label_type,
+            "scores": scores, "est_costs": costs or {}}
+
+
+FIXTURES = {
+    "arenabench": [_row("a1", "arena-bench-v1", "gpt-4 judge score 1-10 (reference-guided)",
+                        {"gpt-4-1106-preview": 10.0, "mistralai/mixtral-8x7b-chat": 1.0, "claude-v1": 5.5},
+                        {"gpt-4-1106-preview": 0.01, "mistralai/mixtral-8x7b-chat": 0.0002})],
+    "alpacaeval": [_row("b1", "alpaca_eval:koala", "winprob_vs_gpt-4-1106-preview (gpt-4-turbo judge)",
+                        {"gpt-4-1106-preview": 0.5, "mistralai/mixtral-8x7b-chat": 0.25, "phi-2": 0.0},
+                        {"gpt-4-1106-preview": 0.016, "WizardLM-13B-V1.0(not RouterBench V1.2)": None})],
+    "llmrouter": [_row("c1", "natural_qa", "task metric (0/1 or F1)",
+                       {"qwen2.5-7b-instruct": 0.4, "gemma-2-9b-it": 1.0, "mistral-7b-instruct-v0.3": 0.0})],
+    "routerdc": [_row("d1", "ceval", "0/1 correctness (ceval/cmmlu: prob.)",
+                      {"mistralai/Mistral-7B-v0.1": 0.73, "meta-llama/Meta-Llama-3-8B": 1})],
+}
+
+EXPECTED = {
+    "arenabench": {"gpt-4-1106-preview": 1.0, "mixtral-8x7b-chat": 0.0, "claude-v1": 0.5},
+    "alpacaeval": {"gpt-4-1106-preview": 0.5, "mixtral-8x7b-chat": 0.25, "phi-2": 0.0},
+    "llmrouter": {"qwen2.5-7b-instruct": 0.4, "gemma-2-9b-it": 1.0, "mistral-7b-instruct-v0.3": 0.0},
+    "routerdc": {"mistralai/Mistral-7B-v0.1": 0.73, "meta-llama/Meta-Llama-3-8B": 1.0},
+}
+
+
+def _write(folder: Path, key: str, rows: list[dict]) -> None:
+    (folder / SOURCES[key].file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("key", sorted(FIXTURES))
+def test_each_label_type_maps_as_documented(tmp_path: Path, key: str):
+    _write(tmp_path, key, FIXTURES[key])
+    [rec] = read_source(SOURCES[key], more_dir=tmp_path)
+    assert rec.scores == pytest.approx(EXPECTED[key])
+    extra = rec.model_extra
+    assert extra["source"] == key and extra["task"] == f"{key}:{FIXTURES[key][0]['task']}"
+    assert extra["label_type"] == FIXTURES[key][0]["label_type"] and extra["licence"] == SOURCES[key].licence
+    want_costs = {k.rsplit("/", 1)[-1] if k.startswith("mistralai/") else k: v
+                  for k, v in FIXTURES[key][0]["est_costs"].items() if v is not None}
+    assert (rec.costs or {}) == want_costs
+
+
+def test_judge_score_outside_its_scale_is_refused(tmp_path: Path):
+    _write(tmp_path, "arenabench", [_row("a9", "arena-bench-v1", "judge", {"gpt-4-1106-preview": 11.0})])
+    with pytest.raises(DatasetError, match="outside"):
+        read_source(SOURCES["arenabench"], more_dir=tmp_path)
+
+
+def test_routerbench_rows_keep_task_source_and_cost():
+    recs = read_source(SOURCES["routerbench"])
+    assert recs and {r.model_extra["source"] for r in recs} == {"routerbench"}
+    assert {r.model_extra["task"] for r in recs} >= {"routerbench:mbpp", "routerbench:arc-challenge"} or \
+        all(r.model_extra["task"].startswith("routerbench:") for r in recs)
+    assert all(r.costs for r in recs[:50]) and all(set(r.scores.values()) <= {0.0, 1.0} for r in recs[:50])
+
+
+def _combined(tmp_path: Path) -> Path:
+    for k, rows in FIXTURES.items():
+        _write(tmp_path, k, rows)
+    # an exact duplicate prompt across sources, and enough rows per task for folds
+    extra = [_row(f"c{i}", "trivia_qa", "f1", {"qwen2.5-7b-instruct": i % 2, "gemma-2-9b-it": 1.0},
+                  prompt="shared prompt" if i == 2 else None) for i in range(2, 6)]
+    _write(tmp_path, "llmrouter", FIXTURES["llmrouter"] + extra)
+    _write(tmp_path, "routerdc", FIXTURES["routerdc"] + [
+        _row("d2", "cmmlu", "p", {"mistralai/Mistral-7B-v0.1": 0.1}, prompt="shared prompt")])
+    out = tmp_path / "combined.jsonl"
+    import_sources(out, include=["arenabench", "alpacaeval", "llmrouter", "routerdc"], more_dir=tmp_path)
+    return out
+
+
+def test_broad_split_never_trains_on_a_held_out_prompt_or_its_duplicate(tmp_path: Path):
+    ds = load_jsonl(_combined(tmp_path))
+    folds = held_out_folds(ds, "task", min_test=1)
+    assert {f.name for f in folds} == {"arena-bench-v1", "alpaca_eval:koala", "natural_qa", "trivia_qa", "ceval", "cmmlu"}
+    for f in folds:
+        held = {ds.prompts[i] for i in f.test}
+        assert not held & {ds.prompts[i] for i in f.train}
+    trivia = next(f for f in folds if f.name == "trivia_qa")
+    # the routerdc duplicate of a trivia_qa prompt is dropped from that fold's training
+    assert "shared prompt" not in {ds.prompts[i] for i in trivia.train}
+    assert len(trivia.train) == len(ds) - len(trivia.test) - 1
+    for f in held_out_folds(ds, "source", min_test=1):
+        assert not {ds.prompts[i] for i in f.test} & {ds.prompts[i] for i in f.train}
+
+
+def test_difficulty_target_is_standardised_per_task(tmp_path: Path):
+    ds = load_jsonl(_combined(tmp_path))
+    rows = np.arange(len(ds))
+    y = difficulty_target(ds, rows)
+    tasks = np.array([e["task"] for e in ds.extra])
+    for t in set(tasks):
+        m = tasks == t
+        assert abs(y[m].mean()) < 1e-9
+        if m.sum() > 1 and y[m].std() > 0:
+            assert y[m].std() == pytest.approx(1.0)
+
+
+def test_scoring_pair_prefers_gpt4_vs_mixtral_else_source_extremes(tmp_path: Path):
+    ds = load_jsonl(_combined(tmp_path))
+    tasks = np.array([e["task"] for e in ds.extra])
+    assert scoring_pair(ds, np.flatnonzero(tasks == "arenabench:arena-bench-v1")) == ("gpt-4-1106-preview", "mixtral-8x7b-chat")
+    assert scoring_pair(ds, np.flatnonzero(tasks == "llmrouter:trivia_qa")) == ("gemma-2-9b-it", "qwen2.5-7b-instruct")
+
+
+def test_one_task_from_several_sources_and_splits_is_held_out_together():
+    assert {canonical_task(t) for t in ("routerbench:arc-challenge", "llmrouter:arc_challenge",
+                                        "routerdc:arc_challenge_test", "routerdc:arc_challenge_train")} == {"arc_challenge"}
+    assert canonical_task("llmrouter:human_eval") == canonical_task("routerdc:humaneval_test") == "humaneval"
+    assert canonical_task("routerdc:MATH_prealgebra") == canonical_task("llmrouter:math") == "math"
+    assert canonical_task("routerdc:arc_easy_test") != canonical_task("routerdc:arc_challenge_test")
