@@ -57,13 +57,8 @@ def _known() -> dict[str, frozenset[str]]:
 
 
 KNOWN: dict[str, frozenset[str]] = _known()
-# Anthropic Messages' top-level parameters (the anthropic SDK is no runtime dependency of the
-# gateway, so they are listed; app/anthropic_api.py translates the ones it supports)
-KNOWN["messages"] = frozenset({
-    "model", "messages", "max_tokens", "system", "tools", "tool_choice", "stop_sequences", "temperature",
-    "top_p", "top_k", "stream", "metadata", "thinking", "service_tier", "container", "context_management",
-    "mcp_servers",
-})
+# Anthropic Messages bodies: app/anthropic_api.MessagesRequest is the allow-list itself
+# (extra="forbid", every field of the current Messages API), so it has no list here.
 DOKA_EXTENSION = "doka"  # doka's own routing options: read by the ingress, never sent upstream
 
 

@@ -488,8 +488,7 @@ class Ingress:
         Anthropic's message / SSE events.
         """
         raw = await self._read_json(request)
-        req = anthropic_api.validate(anthropic_api.MessagesRequest, raw)
-        refuse_unknown("messages", raw)  # answered in Anthropic's shape (`error_response`)
+        req = anthropic_api.validate(anthropic_api.MessagesRequest, raw)  # refuses unknown fields (Anthropic's shape)
         body = anthropic_api.to_chat(req)
         dialect = anthropic_api.MessagesDialect(req.model, prompt_tokens(body))
         return await self._serve(request, "chat", ChatCompletionRequest, body, dialect)
