@@ -93,6 +93,12 @@ def _accounts_app(cfg: DokaConfig) -> Application | None:
             f"install/database, or set accounts.require_keys: false for a keyless local run") from e
 
 
+def check_accounts(cfg: DokaConfig) -> None:
+    """Raise the ConfigError `build_app` would, before a cluster is started for nothing: `doka
+    run` deploys through the Serve controller, where it would surface only as a failed deploy."""
+    _accounts_app(cfg)
+
+
 def build_app(cfg: DokaConfig) -> Application:
     """The whole graph, with per-deployment options from `cfg.deployments`."""
     accounts = _accounts_app(cfg)  # first: a keyed gateway without accounts never gets built

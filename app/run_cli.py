@@ -119,10 +119,12 @@ def _descendants() -> list[Any]:
         return []
 
 
-def stop_everything(mocks: list[subprocess.Popen], started: list[Any], bound_s: float = STOP_BOUND_S) -> None:
+def stop_everything(mocks: list[subprocess.Popen], started: list[Any], bound_s: float = STOP_BOUND_S,
+                    spare: frozenset[int] = frozenset()) -> None:
     """Stop what this run started, within `bound_s`: the mock upstream, Serve, the Ray cluster,
     then any of our child processes still alive (Ray's dashboard and runtime-env agents can
-    outlive the raylet) get SIGTERM, then SIGKILL."""
+    outlive the raylet) get SIGTERM, then SIGKILL. Processes in `spare` were children before the
+    run began (an embedding caller's own Ray cluster, say): they are not ours to stop."""
     import psutil
 
     deadline = time.monotonic() + bound_s
@@ -140,7 +142,7 @@ def stop_everything(mocks: list[subprocess.Popen], started: list[Any], bound_s: 
             ray.shutdown()
         except Exception:
             pass
-    procs = {p.pid: p for p in [*started, *_descendants()]}
+    procs = {p.pid: p for p in [*started, *_descendants()] if p.pid not in spare}
     alive = [p for p in procs.values() if p.is_running()]
     for p in alive:
         try:
@@ -240,7 +242,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.setdefault(k, v)
     mocks: list[subprocess.Popen] = []
     started: list[Any] = []  # every process of this run, swept again at the end
+    spare = frozenset(p.pid for p in _descendants())  # not started by this run: never stopped by it
     try:
+        from app.lean_imports import skip_serve_pandas
+
+        skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
+        from app.graph import check_accounts
+
+        check_accounts(cfg)  # keys required but uncheckable: one line, exit 2, nothing started
         if not args.no_mock:
             mocks = start_mocks(cfg, args.mock_latency_ms)
             if mocks:
@@ -248,9 +257,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for model, where in unreachable_providers(cfg).items():
             print(f"doka: provider of {model} ({where}) is unreachable now; serving anyway, its tier fails over "
                   "until it answers")
-        from app.lean_imports import skip_serve_pandas
-
-        skip_serve_pandas()  # before the first `import ray.serve`: app/lean_imports.py
         import ray
         from ray import serve
 
@@ -283,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_everything(mocks, started)
+        stop_everything(mocks, started, spare=spare)
     print("doka: stopped (mock upstream, Serve app and the local Ray cluster are gone)", flush=True)
     return 0
 

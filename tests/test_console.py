@@ -1,6 +1,7 @@
 """The operator console: sessions and CSRF as units, then the pages through a real keyed gateway
 (httpx), then in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium),
-which also takes the screenshots in docs/console.md."""
+which also takes the screenshots in docs/console.md when DOKA_SCREENSHOTS=1 (a plain test run never
+writes into the tracked tree)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.keyed_gateway import keyed_gateway, new_key
 
 MASTER = "sk-master-console"
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+SCREENSHOTS = os.environ.get("DOKA_SCREENSHOTS") == "1"
 CHROMIUM = os.environ.get("DOKA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DOKA_CHROMEDRIVER", "/usr/bin/chromedriver")
 
@@ -243,6 +245,8 @@ def _wait_url(driver, suffix: str) -> None:
 
 
 def _shot(driver, name: str) -> None:
+    if not SCREENSHOTS:
+        return
     IMG.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.body.scrollHeight")
     driver.set_window_size(1360, min(max(600, height + 40), 2000))
