@@ -38,6 +38,10 @@ SKIP = {
     "locust -f load/locustfile.py": "a 20 s load run; tests/test_load_locust.py runs the same locustfile",
     'messages=[...])': "an illustration of the cascade headers (`[...]`), not a complete call",
     "kubectl": "needs a Kubernetes cluster",
+    'claude -p "': "the Claude Code CLI (npm) with your key in place of `<doka key>`; "
+                   "tests/test_agents_gateway.py runs that same CLI against a gateway",
+    "x-doka-route-reason: auto:weighted_round_robin;filtered=": "response headers shown, not a command; "
+                                                              "tests/test_agents_gateway.py asserts them",
 }
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from app.run_cli import STOP_BOUND_S, _listening
+from load.isolation import haproxy_env
 from tests.conftest import REPO, free_port, gateway_test_config
 from tests.router_deployment_support import GPT35, KEY, publish, train_artifact
 
@@ -50,7 +52,8 @@ def _start(tmp_path, with_missing_tiny: bool, registry=None) -> tuple[subprocess
         raw["fallbacks"]["local-demo"] = ["local-tiny", "mock-mixtral", "mock-gpt-4"]
     path = tmp_path / "doka.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "MOCK_API_KEY": "mock-key"}
+    # its own HAProxy ports: the session's cluster (inherited in os.environ) holds the others
+    env = {**os.environ, "MOCK_API_KEY": "mock-key", **haproxy_env(Path(f"/tmp/dkl-{free_port()}"))}
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run", "--config", str(path), "--no-dashboard",
                              "--num-cpus", "2", "--mock-latency-ms", "1"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
