@@ -45,6 +45,7 @@ class Family:
     fit: Callable[[np.ndarray, np.ndarray, dict[str, Any], bool], dict[str, Any]]
     predict: Callable[[dict[str, Any], np.ndarray], np.ndarray]
     doc: str
+    grouped: bool = False  # fit takes `groups=` (each record's task) as a keyword
 
 
 def _impute(Y: np.ndarray) -> np.ndarray:
@@ -235,6 +236,58 @@ def _predict_difficulty(state, X):
     return _clip(state["intercept"][None, :] + h[:, None] * state["slope"][None, :])
 
 
+# ---- task_difficulty ----
+def _group_index(groups: Any, n: int) -> np.ndarray:
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
+
+
+def _fit_task_difficulty(X, Y, p, progress, groups=None):
+    """Difficulty learned across tasks whose labels mean different things (0/1, F1, judge
+    scores, win rates): the ridge target is each prompt's mean score standardised within its task
+    (z-score), every task weighs the same, and each model's slope on the predicted difficulty
+    comes from within-task variation only (task means removed), so a task where a model is
+    simply better or worse overall never reads as "this model gains on easy prompts"."""
+    X = np.asarray(X, dtype=np.float64)
+    mask = ~np.isnan(Y)
+    rows = mask.any(axis=1)
+    g = _group_index(groups, len(X))
+    ease = np.full(len(X), np.nan)
+    ease[rows] = np.nanmean(np.where(mask, Y, np.nan)[rows], axis=1)
+    z = np.zeros(len(X))
+    w = np.zeros(len(X))
+    for k in np.unique(g[rows]):
+        m = rows & (g == k)
+        sd = float(ease[m].std())
+        z[m] = (ease[m] - ease[m].mean()) / (sd if sd > 1e-9 else 1.0)
+        w[m] = 1.0 / m.sum()
+    w = w / w[rows].mean()
+    Xr, zr, wr = X[rows], z[rows], w[rows]
+    mu_x = np.average(Xr, axis=0, weights=wr)
+    Xc = (Xr - mu_x) * np.sqrt(wr)[:, None]
+    coef = np.linalg.solve(Xc.T @ Xc + p["alpha"] * np.eye(X.shape[1]), Xc.T @ (zr * np.sqrt(wr)))
+    bias = float(np.average(zr, weights=wr) - mu_x @ coef)
+    h = X @ coef + bias
+    intercept, slope = np.zeros(Y.shape[1]), np.zeros(Y.shape[1])
+    for j in range(Y.shape[1]):
+        keep = mask[:, j]
+        y, hj, gj = Y[keep, j], h[keep], g[keep]
+        intercept[j] = float(y.mean()) if len(y) else 0.5
+        if len(y) < 5:
+            continue
+        yc, hc = y.copy(), hj.copy()
+        for k in np.unique(gj):  # within-task: remove each task's mean of both
+            m = gj == k
+            yc[m] -= yc[m].mean()
+            hc[m] -= hc[m].mean()
+        var = float(np.sum(hc * hc))
+        if var > 0:
+            slope[j] = float(np.sum(hc * yc) / var) * len(y) / (len(y) + p["shrink"])
+            intercept[j] -= slope[j] * float(hj.mean())
+    return {"coef": coef, "bias": np.array([bias]), "intercept": intercept, "slope": slope}
+
+
 # ---- ensemble ----
 def _fit_ensemble(X, Y, p, progress):
     members = [str(m) for m in p["members"]]
@@ -339,6 +392,9 @@ FAMILIES: dict[str, Family] = {
                  _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
     "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0}, _fit_difficulty, _predict_difficulty,
                          "shared prompt-difficulty regression, per-model quality linear in it"),
+    "task_difficulty": Family("task_difficulty", {"alpha": 10.0, "shrink": 20.0}, _fit_task_difficulty,
+                              _predict_difficulty, "difficulty standardised per task, for many tasks and label kinds",
+                              grouped=True),
     "ensemble": Family("ensemble", {"members": ["difficulty", "mlp", "knn"]}, _fit_ensemble, _predict_ensemble,
                        "mean of several families' per-model predictions"),
     "gated": Family("gated", {"gate_neighbors": 10, "outlier_share": 0.05, "max_bank": 5000}, _fit_gated, _predict_gated,
