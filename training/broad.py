@@ -214,25 +214,64 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
     return lambda Z: (Z @ W) @ (theta[jw] - theta[js]) + (bm[jw] - bm[js])
 
 
+_SHIPPED: dict[str, tuple[str, str | None]] = {}
+
+
+def _shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality."""
+    from router.families import get_family
+
+    family, only_source = _SHIPPED[design]
+    if only_source:
+        rows = rows[column(ds, "source")[rows] == only_source]
+    fam = get_family(family)
+    kw = {"groups": column(ds, "task")[rows]} if fam.grouped else {}
+    state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False, **kw)
+    return lambda Z: fam.predict(state, Z)
+
+
+def _pair_score(predict: Callable, ds: Dataset, strong: str, weak: str) -> Callable[[np.ndarray], np.ndarray]:
+    js, jw = ds.labels.index(strong), ds.labels.index(weak)
+    return lambda Z: (lambda P: P[:, js] - P[:, jw])(predict(Z))
+
+
 def _shipped(family: str, only_source: str | None = None) -> Callable:
     """A family of router/families.py as `doka router train` fits it (raw [0, 1] scores, no task
     standardisation), on the training fold (or only its `only_source` rows): what would ship."""
 
-    def design(X, ds, rows, strong, weak, tune=True):
-        from router.families import get_family
+    name = f"shipped_{family}" + (f"_{only_source}_only" if only_source else "")
+    _SHIPPED[name] = (family, only_source)
 
-        if only_source:
-            rows = rows[column(ds, "source")[rows] == only_source]
-        fam = get_family(family)
-        state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False)
-        js, jw = ds.labels.index(strong), ds.labels.index(weak)
-        return lambda Z: (lambda P: P[:, js] - P[:, jw])(fam.predict(state, Z))
+    def design(X, ds, rows, strong, weak, tune=True):
+        return _pair_score(_shipped_fit(name, X, ds, rows), ds, strong, weak)
 
     return design
 
 
+def design_pairwise(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndarray], np.ndarray]:
+    """Pairwise target: ridge on q(strong) - q(weak) over the training rows that label both
+    (task-weighted; alpha by inner grouped CV). Only where a source labels the pair elsewhere;
+    otherwise the difficulty design."""
+    js, jw = ds.labels.index(strong), ds.labels.index(weak)
+    ok = rows[~np.isnan(ds.scores[rows, js]) & ~np.isnan(ds.scores[rows, jw])]
+    tasks = column(ds, "task")[ok]
+    if len(ok) < 200 or len(set(tasks)) < 3:
+        return design_difficulty(X, ds, rows, strong, weak, tune)
+    y = ds.scores[ok, js] - ds.scores[ok, jw]
+    w = _task_weights(tasks)
+    alpha = _inner_alpha(X[ok], y, tasks, w) if tune and len(set(tasks)) >= 4 else 10.0
+    coef, b = _ridge(X[ok], y, alpha, w)
+    return lambda Z: Z @ coef + b
+
+
 DESIGNS: dict[str, Callable] = {"shipped_difficulty": _shipped("difficulty"),
-                                "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),"difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt}
+                                "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),
+                                "shipped_mf": _shipped("mf"),
+                                "shipped_task_difficulty": _shipped("task_difficulty"),
+                                "difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt,
+                                "pairwise": design_pairwise}
+# fitted once per fold, whatever pair a held-out task is scored on (the shipped families predict every model)
+PAIR_FREE = {"shipped_difficulty", "shipped_difficulty_routerbench_only", "shipped_mf", "shipped_task_difficulty"}
 
 
 def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200) -> list[dict]:
@@ -242,6 +281,7 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
     out = []
     for f in folds:
         fitted: dict[tuple[str, str], Callable] = {}
+        pair_free = None
         for task in sorted(set(tasks[f.test])):
             rows = f.test[tasks[f.test] == task]
             strong, weak = scoring_pair(ds, rows)
@@ -251,7 +291,12 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
             if len(keep) < 30 or qs.mean() == qw.mean():
                 continue
             if (strong, weak) not in fitted:
-                fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
+                if design in PAIR_FREE:
+                    if pair_free is None:
+                        pair_free = _shipped_fit(design, X, ds, f.train)
+                    fitted[(strong, weak)] = _pair_score(pair_free, ds, strong, weak)
+                else:
+                    fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
             score = fitted[(strong, weak)](X[keep])
             rep = two_model_report(score, qs, qw, bootstrap=bootstrap)
             r = rep["router"]
