@@ -166,26 +166,32 @@ def design_difficulty(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndar
 
 def design_pair_heads(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndarray], np.ndarray]:
     """Per-model heads: one ridge per model on its per-task standardised score (rows it labels);
-    the score is head(weak) - head(strong) where both models have heads, else the difficulty head."""
+    the score is sd(strong) * head(strong) - sd(weak) * head(weak) (sd: the model's mean
+    within-task spread in training, back to the [0, 1] scale) plus half the difficulty score,
+    where both models have heads, else the difficulty design."""
     S = model_targets(ds, rows)
     tasks = column(ds, "task")[rows]
-    heads = {}
+    heads, spread = {}, {}
     for m in (strong, weak):
         j = ds.labels.index(m)
         ok = ~np.isnan(S[:, j])
         if ok.sum() >= 200 and len(set(tasks[ok])) >= 3:
             heads[m] = _ridge(X[rows][ok], S[ok, j], 10.0, _task_weights(tasks[ok]))
+            raw = ds.scores[rows[ok], j]
+            spread[m] = float(np.mean([raw[tasks[ok] == t].std() for t in set(tasks[ok])]))
     diff = design_difficulty(X, ds, rows, strong, weak, tune)
     if len(heads) < 2:
         return diff
     (cs, bs), (cw, bw) = heads[strong], heads[weak]
-    return lambda Z: (Z @ cw + bw) - (Z @ cs + bs) + 0.5 * diff(Z)
+    ss, sw = spread[strong], spread[weak]
+    # (the first pass returned head(weak) - head(strong): an inverted score, in-sample APGR < 0.5)
+    return lambda Z: ss * (Z @ cs + bs) - sw * (Z @ cw + bw) + 0.5 * diff(Z)
 
 
 def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int = 200) -> Callable[[np.ndarray], np.ndarray]:
     """IRT / matrix factorisation: score(prompt, model) = <theta_m, W x> + b_m + (v . x), fit by
     full-batch gradient steps on every labelled (prompt, model) pair (per-task standardised);
-    routed on predicted(weak) - predicted(strong)."""
+    routed on predicted(strong) - predicted(weak) (the first pass had it inverted)."""
     S = model_targets(ds, rows)
     Xr = X[rows]
     mask = ~np.isnan(S)
@@ -211,7 +217,7 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
             m2[i] = b2 * m2[i] + (1 - b2) * g * g
             params[i] -= lr * (m1[i] / (1 - b1**t)) / (np.sqrt(m2[i] / (1 - b2**t)) + 1e-8)
     js, jw = ds.labels.index(strong), ds.labels.index(weak)
-    return lambda Z: (Z @ W) @ (theta[jw] - theta[js]) + (bm[jw] - bm[js])
+    return lambda Z: (Z @ W) @ (theta[js] - theta[jw]) + (bm[js] - bm[jw])
 
 
 _SHIPPED: dict[str, tuple[str, str | None]] = {}
