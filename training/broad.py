@@ -23,8 +23,10 @@ import numpy as np
 
 from training.dataset import Dataset, load_jsonl
 from training.metrics import two_model_report
+from training.sources import SOURCES
 
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-chat"
+PERMITTED = tuple(k for k, s in SOURCES.items() if s.permitted)  # what bootstrap trains on without an opt-in
 BROAD_FEATURIZER_ID = "minilm-l6-v2@t64"
 
 
@@ -220,16 +222,16 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
     return lambda Z: (Z @ W) @ (theta[js] - theta[jw]) + (bm[js] - bm[jw])
 
 
-_SHIPPED: dict[str, tuple[str, str | None]] = {}
+_SHIPPED: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
 
 def _shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality."""
     from router.families import get_family
 
-    family, only_source = _SHIPPED[design]
-    if only_source:
-        rows = rows[column(ds, "source")[rows] == only_source]
+    family, only = _SHIPPED[design]
+    if only:
+        rows = rows[np.isin(column(ds, "source")[rows], only)]
     fam = get_family(family)
     kw = {"groups": column(ds, "task")[rows]} if fam.grouped else {}
     state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False, **kw)
@@ -241,12 +243,13 @@ def _pair_score(predict: Callable, ds: Dataset, strong: str, weak: str) -> Calla
     return lambda Z: (lambda P: P[:, js] - P[:, jw])(predict(Z))
 
 
-def _shipped(family: str, only_source: str | None = None) -> Callable:
+def _shipped(family: str, only_source: str | None = None, name: str | None = None,
+             sources: tuple[str, ...] | None = None) -> Callable:
     """A family of router/families.py as `doka router train` fits it (raw [0, 1] scores, no task
     standardisation), on the training fold (or only its `only_source` rows): what would ship."""
 
-    name = f"shipped_{family}" + (f"_{only_source}_only" if only_source else "")
-    _SHIPPED[name] = (family, only_source)
+    name = name or f"shipped_{family}" + (f"_{only_source}_only" if only_source else "")
+    _SHIPPED[name] = (family, sources or ((only_source,) if only_source else None))
 
     def design(X, ds, rows, strong, weak, tune=True):
         return _pair_score(_shipped_fit(name, X, ds, rows), ds, strong, weak)
@@ -274,10 +277,13 @@ DESIGNS: dict[str, Callable] = {"shipped_difficulty": _shipped("difficulty"),
                                 "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),
                                 "shipped_mf": _shipped("mf"),
                                 "shipped_task_difficulty": _shipped("task_difficulty"),
+                                # trained only on what `doka router bootstrap` may use without an opt-in
+                                "shipped_task_difficulty_permitted": _shipped("task_difficulty", name="shipped_task_difficulty_permitted",
+                                                                              sources=PERMITTED),
                                 "difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt,
                                 "pairwise": design_pairwise}
 # fitted once per fold, whatever pair a held-out task is scored on (the shipped families predict every model)
-PAIR_FREE = {"shipped_difficulty", "shipped_difficulty_routerbench_only", "shipped_mf", "shipped_task_difficulty"}
+PAIR_FREE = set(_SHIPPED)
 
 
 def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200) -> list[dict]:
@@ -323,6 +329,19 @@ def summary(rows: list[dict]) -> dict:
             "tasks_200_ci_below_0.5": big_below}
 
 
+def paired_difference(a: list[dict], b: list[dict]) -> dict:
+    """Design a minus design b over the held-out tasks both scored: mean per-task APGR gain, its
+    SE over tasks, a 95% interval and the win count; the bar for "beats" (a gain whose interval
+    excludes 0), since the medians of near-random designs move by noise."""
+    bb = {r["held_out"]: r["apgr"] for r in b}
+    d = np.array([r["apgr"] - bb[r["held_out"]] for r in a if r["held_out"] in bb])
+    if not len(d):
+        return {"tasks": 0}
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"tasks": int(len(d)), "mean_gain": float(d.mean()), "se": se,
+            "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)], "wins": int((d > 0).sum())}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| held out | n | pair | APGR ± SE | 95% interval |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -340,7 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--featurizer", default=BROAD_FEATURIZER_ID)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", default=".doka/bench/broad")
+    ap.add_argument("--compare", nargs=2, metavar="RESULTS.json:PROTOCOL/DESIGN",
+                    help="only compare two earlier runs' rows task by task (A minus B), e.g. "
+                         ".doka/bench/b1/results.json:task/pairwise .doka/bench/b2/results.json:task/difficulty")
     args = ap.parse_args(argv)
+    if args.compare:
+        rows = []
+        for spec in args.compare:
+            path, key = spec.rsplit(":", 1)
+            rows.append(json.loads(Path(path).read_text())[key]["folds"])
+        print(json.dumps(paired_difference(*rows), indent=1))
+        return 0
     from training.embeddings import embed_texts
 
     ds = load_jsonl(args.data)
