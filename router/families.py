@@ -227,12 +227,52 @@ def _fit_difficulty(X, Y, p, progress):
             # least squares slope, shrunk toward 0 (the model's prior) as evidence is thin
             slope[j] = float(np.mean((hj - hj.mean()) * (y - y.mean())) / var) * len(y) / (len(y) + p["shrink"])
             intercept[j] -= slope[j] * float(hj.mean())
-    return {"coef": np.asarray(ridge.coef_, dtype=np.float64), "bias": np.array([float(ridge.intercept_)]),
-            "intercept": intercept, "slope": slope}
+    state = {"coef": np.asarray(ridge.coef_, dtype=np.float64), "bias": np.array([float(ridge.intercept_)]),
+             "intercept": intercept, "slope": slope}
+    if p.get("link", "linear") == "logistic":
+        state.update(_logistic_lines(h, Y, mask, p["shrink"]))
+    return state
+
+
+def _logistic_lines(h: np.ndarray, Y: np.ndarray, mask: np.ndarray, shrink: float, iters: int = 25) -> dict[str, np.ndarray]:
+    """Per model, quality = sigmoid(a + b * h) (2PL IRT on the predicted difficulty h), fitted by
+    Newton steps on the (fractional) cross-entropy, b shrunk toward 0 as the linear slope is.
+    Unlike a line clipped to [0, 1], it never saturates to one value: on a task easier (or
+    harder) than anything seen, two models' predicted qualities still differ by prompt, where the
+    clipped line gave both 1.0 (a constant score, e.g. 91% of AlpacaEval chat prompts)."""
+    a, b = np.zeros(Y.shape[1]), np.zeros(Y.shape[1])
+    for j in range(Y.shape[1]):
+        keep = mask[:, j]
+        y, x = Y[keep, j], h[keep]
+        if len(y) < 5:
+            a[j] = _logit(float(y.mean()) if len(y) else 0.5)
+            continue
+        lam_b = shrink * float(np.var(x)) * 0.25 + 1e-9
+        lam_a = 1e-3 * len(y)  # keeps a finite for a model that is always (or never) right
+        w = np.array([_logit(float(y.mean())), 0.0])
+        for _ in range(iters):
+            q = _sigmoid(w[0] + w[1] * x)
+            r = q - y
+            g = np.array([r.sum() + lam_a * w[0], (r * x).sum() + lam_b * w[1]])
+            v = q * (1 - q)
+            H = np.array([[v.sum() + lam_a, (v * x).sum()], [(v * x).sum(), (v * x * x).sum() + lam_b]])
+            step = np.linalg.solve(H, g)
+            w = w - step
+            if np.abs(step).max() < 1e-8:
+                break
+        a[j], b[j] = w
+    return {"logit_intercept": a, "logit_slope": b}
+
+
+def _logit(q: float) -> float:
+    q = min(max(q, 1e-3), 1 - 1e-3)
+    return float(np.log(q / (1 - q)))
 
 
 def _predict_difficulty(state, X):
     h = np.asarray(X, dtype=np.float64) @ state["coef"] + state["bias"][0]
+    if "logit_slope" in state:  # link: logistic (artifacts from before it carry only the line)
+        return _sigmoid(state["logit_intercept"][None, :] + h[:, None] * state["logit_slope"][None, :])
     return _clip(state["intercept"][None, :] + h[:, None] * state["slope"][None, :])
 
 
@@ -356,7 +396,7 @@ def predict_gated(state: dict[str, Any], X: np.ndarray) -> tuple[np.ndarray, np.
     """A gated artifact's predictions and which prompts took the ensemble's path (the gate is
     computed once for both: the routing span reports it as `router.familiar`)."""
     X = np.asarray(X, dtype=np.float64)
-    P = _predict_difficulty({k: state[f"difficulty_{k}"] for k in ("coef", "bias", "intercept", "slope")}, X)
+    P = _predict_difficulty({k[len("difficulty_"):]: v for k, v in state.items() if k.startswith("difficulty_")}, X)
     near = familiar(state, X)
     if not near.any():  # novel traffic costs difficulty + the gate only
         return P, near
@@ -390,7 +430,7 @@ FAMILIES: dict[str, Family] = {
                      _predict_per_label(proba=True), "one logistic regression per model"),
     "mf": Family("mf", {"rank": 32, "epochs": 300, "learning_rate": 0.01, "l2": 1e-4, "random_state": 0},
                  _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
-    "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0}, _fit_difficulty, _predict_difficulty,
+    "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0, "link": "logistic"}, _fit_difficulty, _predict_difficulty,
                          "shared prompt-difficulty regression, per-model quality linear in it"),
     "task_difficulty": Family("task_difficulty", {"alpha": 10.0, "shrink": 20.0}, _fit_task_difficulty,
                               _predict_difficulty, "difficulty standardised per task, for many tasks and label kinds",
