@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from training.dataset import Dataset, load_jsonl
+from training.evaluate import constant_scores
 from training.metrics import two_model_report
 from training.sources import SOURCES
 
@@ -316,7 +317,8 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                 continue
             out.append({"fold": str(f.name), "held_out": str(task), "n": int(len(keep)), "pair": f"{strong} vs {weak}",
                         "apgr": r["apgr"], "se": r.get("apgr_se"), "ci95": r.get("apgr_ci95"),
-                        "score_std": float(np.std(score)), "random": rep["random"]["apgr"]})
+                        "score_std": float(np.std(score)), "constant": constant_scores(score),
+                        "random": rep["random"]["apgr"]})
     return out
 
 
@@ -326,7 +328,7 @@ def summary(rows: list[dict]) -> dict:
         return {"median": float("nan"), "mean": float("nan"), "worst": float("nan"), "folds": 0, "tasks_200_ci_below_0.5": []}
     big_below = [str(r["held_out"]) for r in rows if r["n"] >= 200 and r["ci95"] and r["ci95"][1] < 0.5]
     return {"median": float(np.median(a)), "mean": float(a.mean()), "worst": float(a.min()), "folds": len(a),
-            "tasks_200_ci_below_0.5": big_below}
+            "tasks_200_ci_below_0.5": big_below, "constant_scores": [str(r["held_out"]) for r in rows if r.get("constant")]}
 
 
 def paired_difference(a: list[dict], b: list[dict]) -> dict:
@@ -385,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{by}/{d}"] = {"summary": s, "folds": rows}
             print(f"\n## leave-one-{by}-out, {d}: median {s['median']:.3f}, mean {s['mean']:.3f}, worst "
                   f"{s['worst']:.3f} over {s['folds']} folds; 200+ prompts with 95% CI below 0.5: "
-                  f"{s['tasks_200_ci_below_0.5'] or 'none'}\n\n{markdown(rows)}", flush=True)
+                  f"{s['tasks_200_ci_below_0.5'] or 'none'}; (nearly) constant scores on: "
+                  f"{s['constant_scores'] or 'none'}\n\n{markdown(rows)}", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 
