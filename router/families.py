@@ -211,6 +211,9 @@ def _predict_mf(state, X):
 def _fit_difficulty(X, Y, p, progress):
     from sklearn.linear_model import Ridge
 
+    if p.get("link", "linear") not in ("linear", "logistic"):
+        raise FamilyError(f"difficulty link must be 'logistic' or 'linear', got {p['link']!r}")
+
     mask = ~np.isnan(Y)
     rows = mask.any(axis=1)
     ease = np.nanmean(np.where(mask, Y, np.nan)[rows], axis=1)  # mean score over the models scored

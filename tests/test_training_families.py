@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from router.families import FAMILIES, familiar, get_family
+from router.families import FAMILIES, FamilyError, familiar, get_family
 from router.featurizer import get_featurizer
 from training.embeddings import embed_texts
 from training.metrics import random_router_metrics, two_model_report
@@ -170,3 +170,15 @@ def test_task_difficulty_artifact_routes_through_the_engine(tmp_path):
     P = router.predict(held)
     gain = P[:, 0] - P[:, 1]
     assert gain[0] > gain[1] + 0.05  # the hard unseen prompt gets the strong model's larger gain
+
+
+def test_difficulty_link_is_checked_and_linear_still_fits():
+    X, Y, _, _, _ = _two_scale_tasks()
+    fam = get_family("difficulty")
+    with pytest.raises(FamilyError, match="link"):
+        fam.fit(X, Y, {**fam.defaults, "link": "logistc"}, False)
+    line = fam.fit(X, Y, {**fam.defaults, "link": "linear"}, False)
+    assert "logit_slope" not in line  # the clipped line, as artifacts from before the logistic link
+    curve = fam.fit(X, Y, dict(fam.defaults), False)
+    P = fam.predict(curve, X)
+    assert 0 < P.min() and P.max() < 1  # a logistic curve never saturates to exactly 0 or 1
