@@ -394,8 +394,14 @@ class StatsFeaturizer:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        stats = (prompt_stats(texts) - _STATS_MEAN) * _STATS_SCALE
-        return np.hstack([self.base.embed(texts), stats]).astype(np.float32)
+        return self.extend(self.base.embed(texts), texts)
+
+    def extend(self, base_vectors: np.ndarray, texts: list[str]) -> np.ndarray:
+        """The base embedding of `texts` with their scaled statistics appended: `embed` is this on
+        `base.embed(texts)`; training calls it on cached base vectors (training.embeddings), so
+        train and serve featurize through the same code."""
+        stats = (prompt_stats(list(texts)) - _STATS_MEAN) * _STATS_SCALE
+        return np.hstack([np.asarray(base_vectors, dtype=np.float32), stats]).astype(np.float32)
 
 
 def runs_inline(featurizer: Featurizer) -> bool:

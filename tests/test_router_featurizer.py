@@ -71,3 +71,19 @@ def test_static_featurizer_reads_head_and_tail_of_long_prompts():
     ids = static.token_ids(["start " + "filler " * 50_000 + "the real question at the end"])[0]
     assert len(ids) == 64
     assert "question at the end" in static._tok.decode(ids[-8:]) and "start" in static._tok.decode(ids[:2])
+
+
+def test_stats_features_from_the_embedding_cache_are_the_served_features(tmp_path):
+    """Training reads `<base>+stats` as cached base vectors + `StatsFeaturizer.extend`; the router
+    serves `StatsFeaturizer.embed`. One function: the two are identical, cold and warm cache."""
+    from training.embeddings import EmbeddingCache, embed_texts
+
+    feat = get_featurizer("hashing-64+stats")
+    texts = TEXTS + ["def f(x):\n    return x + 1\n", "Solve 3 * 4 = ?"]
+    cold = embed_texts(texts, feat, progress=False, cache_root=tmp_path)
+    base_cache = EmbeddingCache(feat.base, tmp_path)
+    assert len(base_cache.load()) == len(set(texts))  # the base vectors were cached (what warm reads)
+    warm = embed_texts(texts, feat, progress=False, cache_root=tmp_path)
+    served = feat.embed(texts)
+    assert cold.shape == (len(texts), feat.dim) == served.shape
+    assert np.array_equal(cold, served) and np.array_equal(warm, served)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from router.families import FAMILIES, familiar, get_family
+from router.families import FAMILIES, FamilyError, familiar, get_family
 from router.featurizer import get_featurizer
 from training.embeddings import embed_texts
 from training.metrics import random_router_metrics, two_model_report
@@ -108,3 +108,77 @@ def test_a_gate_that_cannot_tell_its_own_prompts_apart_calls_every_prompt_novel(
     difficulty = fit_state("difficulty", X, Y, resolve_params(get_family("difficulty"), None), progress=False)
     assert np.abs(get_family("gated").predict(gated, X) - get_family("difficulty").predict(difficulty, X)).max() < 1e-9
 
+
+
+def _two_scale_tasks(n: int = 400, d: int = 16, seed: int = 0):
+    """Two tasks with labels of different kinds: task `a` 0/1, task `b` a judge-like score near
+    the top of the scale whose prompts sit along another direction `u`. Within each task the
+    ease is X @ w; across tasks `u` only marks the task (its level), not an easier prompt."""
+    rng = np.random.default_rng(seed)
+    w, u = np.eye(d)[0], np.eye(d)[1]
+    X = rng.normal(size=(2 * n, d))
+    groups = np.array(["a"] * n + ["b"] * n)
+    X[groups == "b"] += 3.0 * u
+    ease = X @ w
+    Y = np.full((2 * n, 2), np.nan)
+    a, b = groups == "a", groups == "b"
+    Y[a, 0] = (ease[a] + rng.normal(0, 0.5, a.sum()) > -0.5).astype(float)  # strong
+    Y[a, 1] = (ease[a] + rng.normal(0, 0.5, a.sum()) > 0.5).astype(float)   # weak
+    Y[b, 0] = np.clip(0.9 + 0.02 * ease[b], 0, 1)
+    Y[b, 1] = np.clip(0.85 + 0.05 * ease[b], 0, 1)
+    return X, Y, groups, w, u
+
+
+def test_task_difficulty_learns_within_task_ease_not_the_task_level():
+    X, Y, groups, w, u = _two_scale_tasks()
+    fam = get_family("task_difficulty")
+    assert fam.grouped
+    state = fit_state("task_difficulty", X, Y, dict(fam.defaults), progress=False, groups=groups)
+    coef = state["coef"]
+    assert coef @ w > 5 * abs(coef @ u)  # the ease direction, not the direction that marks task b
+    plain = fit_state("difficulty", X, Y, dict(FAMILIES["difficulty"].defaults), progress=False)
+    assert abs(plain["coef"] @ u) > abs(coef @ u)  # raw mean scores read task b's level as "easy"
+    # held-out prompts: predictions follow their ease and are not constant
+    Xt, _, gt, _, _ = _two_scale_tasks(seed=1)
+    P = fam.predict(state, Xt)
+    assert P.shape == (len(Xt), 2) and np.ptp(P[:, 0] - P[:, 1]) > 0.05
+    assert np.corrcoef(Xt @ coef, Xt @ w)[0, 1] > 0.9
+
+
+def test_task_difficulty_artifact_routes_through_the_engine(tmp_path):
+    """`doka router train --family task_difficulty` on a dataset with `task` groups: the signed
+    artifact (npz) loads, records its featurizer, and scores held-out prompts non-constantly."""
+    from router.runtime import LearnedRouter
+    from training.dataset import Record, from_records
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(240):
+        task = ["math", "trivia", "code"][i % 3]
+        hard = i % 2 == 0
+        prompt = f"{task} question {i}: " + ("prove the general case for all n " * 4 if hard else "what is 2+2")
+        s = {"model-a": float(rng.random() < (0.6 if hard else 0.95)), "model-b": float(rng.random() < (0.1 if hard else 0.9))}
+        recs.append(Record(id=f"q{i}", prompt=prompt, scores=s, costs={"model-a": 0.01, "model-b": 0.001}, task=task))
+    ds = from_records(recs)
+    path = train(ds, "task_difficulty", tmp_path / "art", featurizer_id="hashing-256+stats", signing_key="k",
+                 holdout=0.0, progress=False)
+    assert (path / "model.npz").exists()
+    router = LearnedRouter.from_path(path, "k")
+    assert router.metadata["featurizer"]["id"] == "hashing-256+stats" == router.featurizer.id
+    held = ["poetry question 1: prove the general case for all n " * 4, "poetry question 2: what is 2+2"]
+    P = router.predict(held)
+    gain = P[:, 0] - P[:, 1]
+    assert gain[0] > gain[1] + 0.05  # the hard unseen prompt gets the strong model's larger gain
+
+
+def test_difficulty_link_is_checked_and_linear_still_fits():
+    X, Y, _, _, _ = _two_scale_tasks()
+    fam = get_family("difficulty")
+    with pytest.raises(FamilyError, match="link"):
+        fam.fit(X, Y, {**fam.defaults, "link": "logistc"}, False)
+    line = fam.fit(X, Y, {**fam.defaults, "link": "linear"}, False)
+    assert "logit_slope" not in line  # the clipped line, as artifacts from before the logistic link
+    curve = fam.fit(X, Y, dict(fam.defaults), False)
+    P = fam.predict(curve, X)
+    assert 0 < P.min() and P.max() < 1  # a logistic curve never saturates to exactly 0 or 1

@@ -147,3 +147,28 @@ def test_eval_reports_how_much_of_the_number_is_the_sample(splits, default_artif
     assert 0 < rnd["apgr_std"] < 0.2
     assert f"APGR {router['apgr']:.3f} on {rep['n']} prompts (bootstrap SE {router['apgr_se']:.3f}" in out.err
     assert f"a random router {rnd['apgr']:.3f} +- {rnd['apgr_std']:.3f}" in out.err
+
+
+def test_default_router_scores_are_not_constant_on_tasks_it_never_saw(rotations, default_artifact):
+    """The bootstrap family ranks prompts of a task it was not trained on (each leave-one-task-out
+    rotation) and of every routing-more source (RouterBench-trained, as bootstrap trains it)."""
+    from training.evaluate import constant_scores
+    from training.sources import DEFAULT_MORE_DIR, SOURCES
+
+    def gap(router, prompts):
+        P = router.predict(prompts)
+        return P[:, router.labels.index(STRONG)] - P[:, router.labels.index(WEAK)]
+
+    for fold, router in rotations:
+        assert constant_scores(gap(router, fold.test.prompts[:200])) is None, fold.task
+    router = LearnedRouter.from_path(default_artifact, KEY)
+    checked = 0
+    for src in SOURCES.values():
+        path = Path(DEFAULT_MORE_DIR) / src.file
+        if not src.file or not path.exists():
+            continue
+        with open(path) as f:
+            prompts = [json.loads(line)["prompt"] for _, line in zip(range(100), f)]
+        assert constant_scores(gap(router, prompts)) is None, src.key
+        checked += 1
+    assert checked == 4 or not Path(DEFAULT_MORE_DIR).is_dir()

@@ -126,3 +126,33 @@ def test_one_task_from_several_sources_and_splits_is_held_out_together():
     assert canonical_task("llmrouter:human_eval") == canonical_task("routerdc:humaneval_test") == "humaneval"
     assert canonical_task("routerdc:MATH_prealgebra") == canonical_task("llmrouter:math") == "math"
     assert canonical_task("routerdc:arc_easy_test") != canonical_task("routerdc:arc_challenge_test")
+
+
+def test_every_broad_design_calls_the_strong_model_where_it_gains(monkeypatch):
+    """Sign check for every design of the broad benchmark: fitted on data where the strong model's
+    advantage grows with a feature, each one's in-sample APGR is well above random (the first
+    pass's irt and pair_heads returned weak - strong and scored below 0.5 in-sample)."""
+    from training.broad import DESIGNS
+    from training.dataset import Record, from_records
+    from training.metrics import two_model_report
+
+    rng = np.random.default_rng(0)
+    recs, X = [], []
+    for t in range(4):
+        for i in range(250):
+            x = rng.normal(size=8)
+            hard = x[0]
+            s = float(hard + rng.normal(0, 0.5) < 2.0)   # strong: right unless very hard
+            w = float(hard + rng.normal(0, 0.5) < -0.2)  # weak: right only on easy prompts
+            m = float(hard + rng.normal(0, 0.5) < 0.4)
+            recs.append(Record(id=f"t{t}-{i}", prompt=f"t{t} p{i}", task=f"routerbench:task{t}", source="routerbench",
+                               scores={"gpt-4-1106-preview": s, "mixtral-8x7b-chat": w, "mid": m}))
+            X.append(x)
+    ds, X = from_records(recs), np.array(X)
+    rows = np.arange(len(ds))
+    task0 = rows[:250]
+    js, jw = ds.labels.index("gpt-4-1106-preview"), ds.labels.index("mixtral-8x7b-chat")
+    for name, design in DESIGNS.items():
+        score = design(X, ds, rows, "gpt-4-1106-preview", "mixtral-8x7b-chat")(X[task0])
+        apgr = two_model_report(score, ds.scores[task0, js], ds.scores[task0, jw], bootstrap=0)["router"]["apgr"]
+        assert apgr > 0.58, (name, apgr)

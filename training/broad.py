@@ -22,9 +22,12 @@ from typing import Callable
 import numpy as np
 
 from training.dataset import Dataset, load_jsonl
+from training.evaluate import constant_scores
 from training.metrics import two_model_report
+from training.sources import SOURCES
 
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-chat"
+PERMITTED = tuple(k for k, s in SOURCES.items() if s.permitted)  # what bootstrap trains on without an opt-in
 BROAD_FEATURIZER_ID = "minilm-l6-v2@t64"
 
 
@@ -166,26 +169,32 @@ def design_difficulty(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndar
 
 def design_pair_heads(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndarray], np.ndarray]:
     """Per-model heads: one ridge per model on its per-task standardised score (rows it labels);
-    the score is head(weak) - head(strong) where both models have heads, else the difficulty head."""
+    the score is sd(strong) * head(strong) - sd(weak) * head(weak) (sd: the model's mean
+    within-task spread in training, back to the [0, 1] scale) plus half the difficulty score,
+    where both models have heads, else the difficulty design."""
     S = model_targets(ds, rows)
     tasks = column(ds, "task")[rows]
-    heads = {}
+    heads, spread = {}, {}
     for m in (strong, weak):
         j = ds.labels.index(m)
         ok = ~np.isnan(S[:, j])
         if ok.sum() >= 200 and len(set(tasks[ok])) >= 3:
             heads[m] = _ridge(X[rows][ok], S[ok, j], 10.0, _task_weights(tasks[ok]))
+            raw = ds.scores[rows[ok], j]
+            spread[m] = float(np.mean([raw[tasks[ok] == t].std() for t in set(tasks[ok])]))
     diff = design_difficulty(X, ds, rows, strong, weak, tune)
     if len(heads) < 2:
         return diff
     (cs, bs), (cw, bw) = heads[strong], heads[weak]
-    return lambda Z: (Z @ cw + bw) - (Z @ cs + bs) + 0.5 * diff(Z)
+    ss, sw = spread[strong], spread[weak]
+    # (the first pass returned head(weak) - head(strong): an inverted score, in-sample APGR < 0.5)
+    return lambda Z: ss * (Z @ cs + bs) - sw * (Z @ cw + bw) + 0.5 * diff(Z)
 
 
 def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int = 200) -> Callable[[np.ndarray], np.ndarray]:
     """IRT / matrix factorisation: score(prompt, model) = <theta_m, W x> + b_m + (v . x), fit by
     full-batch gradient steps on every labelled (prompt, model) pair (per-task standardised);
-    routed on predicted(weak) - predicted(strong)."""
+    routed on predicted(strong) - predicted(weak) (the first pass had it inverted)."""
     S = model_targets(ds, rows)
     Xr = X[rows]
     mask = ~np.isnan(S)
@@ -211,28 +220,71 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
             m2[i] = b2 * m2[i] + (1 - b2) * g * g
             params[i] -= lr * (m1[i] / (1 - b1**t)) / (np.sqrt(m2[i] / (1 - b2**t)) + 1e-8)
     js, jw = ds.labels.index(strong), ds.labels.index(weak)
-    return lambda Z: (Z @ W) @ (theta[jw] - theta[js]) + (bm[jw] - bm[js])
+    return lambda Z: (Z @ W) @ (theta[js] - theta[jw]) + (bm[js] - bm[jw])
 
 
-def _shipped(family: str, only_source: str | None = None) -> Callable:
+_SHIPPED: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality."""
+    from router.families import get_family
+
+    family, only = _SHIPPED[design]
+    if only:
+        rows = rows[np.isin(column(ds, "source")[rows], only)]
+    fam = get_family(family)
+    kw = {"groups": column(ds, "task")[rows]} if fam.grouped else {}
+    state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False, **kw)
+    return lambda Z: fam.predict(state, Z)
+
+
+def _pair_score(predict: Callable, ds: Dataset, strong: str, weak: str) -> Callable[[np.ndarray], np.ndarray]:
+    js, jw = ds.labels.index(strong), ds.labels.index(weak)
+    return lambda Z: (lambda P: P[:, js] - P[:, jw])(predict(Z))
+
+
+def _shipped(family: str, only_source: str | None = None, name: str | None = None,
+             sources: tuple[str, ...] | None = None) -> Callable:
     """A family of router/families.py as `doka router train` fits it (raw [0, 1] scores, no task
     standardisation), on the training fold (or only its `only_source` rows): what would ship."""
 
-    def design(X, ds, rows, strong, weak, tune=True):
-        from router.families import get_family
+    name = name or f"shipped_{family}" + (f"_{only_source}_only" if only_source else "")
+    _SHIPPED[name] = (family, sources or ((only_source,) if only_source else None))
 
-        if only_source:
-            rows = rows[column(ds, "source")[rows] == only_source]
-        fam = get_family(family)
-        state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False)
-        js, jw = ds.labels.index(strong), ds.labels.index(weak)
-        return lambda Z: (lambda P: P[:, js] - P[:, jw])(fam.predict(state, Z))
+    def design(X, ds, rows, strong, weak, tune=True):
+        return _pair_score(_shipped_fit(name, X, ds, rows), ds, strong, weak)
 
     return design
 
 
+def design_pairwise(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndarray], np.ndarray]:
+    """Pairwise target: ridge on q(strong) - q(weak) over the training rows that label both
+    (task-weighted; alpha by inner grouped CV). Only where a source labels the pair elsewhere;
+    otherwise the difficulty design."""
+    js, jw = ds.labels.index(strong), ds.labels.index(weak)
+    ok = rows[~np.isnan(ds.scores[rows, js]) & ~np.isnan(ds.scores[rows, jw])]
+    tasks = column(ds, "task")[ok]
+    if len(ok) < 200 or len(set(tasks)) < 3:
+        return design_difficulty(X, ds, rows, strong, weak, tune)
+    y = ds.scores[ok, js] - ds.scores[ok, jw]
+    w = _task_weights(tasks)
+    alpha = _inner_alpha(X[ok], y, tasks, w) if tune and len(set(tasks)) >= 4 else 10.0
+    coef, b = _ridge(X[ok], y, alpha, w)
+    return lambda Z: Z @ coef + b
+
+
 DESIGNS: dict[str, Callable] = {"shipped_difficulty": _shipped("difficulty"),
-                                "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),"difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt}
+                                "shipped_difficulty_routerbench_only": _shipped("difficulty", "routerbench"),
+                                "shipped_mf": _shipped("mf"),
+                                "shipped_task_difficulty": _shipped("task_difficulty"),
+                                # trained only on what `doka router bootstrap` may use without an opt-in
+                                "shipped_task_difficulty_permitted": _shipped("task_difficulty", name="shipped_task_difficulty_permitted",
+                                                                              sources=PERMITTED),
+                                "difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt,
+                                "pairwise": design_pairwise}
+# fitted once per fold, whatever pair a held-out task is scored on (the shipped families predict every model)
+PAIR_FREE = set(_SHIPPED)
 
 
 def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200) -> list[dict]:
@@ -242,6 +294,7 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
     out = []
     for f in folds:
         fitted: dict[tuple[str, str], Callable] = {}
+        pair_free = None
         for task in sorted(set(tasks[f.test])):
             rows = f.test[tasks[f.test] == task]
             strong, weak = scoring_pair(ds, rows)
@@ -251,7 +304,12 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
             if len(keep) < 30 or qs.mean() == qw.mean():
                 continue
             if (strong, weak) not in fitted:
-                fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
+                if design in PAIR_FREE:
+                    if pair_free is None:
+                        pair_free = _shipped_fit(design, X, ds, f.train)
+                    fitted[(strong, weak)] = _pair_score(pair_free, ds, strong, weak)
+                else:
+                    fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
             score = fitted[(strong, weak)](X[keep])
             rep = two_model_report(score, qs, qw, bootstrap=bootstrap)
             r = rep["router"]
@@ -259,7 +317,8 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                 continue
             out.append({"fold": str(f.name), "held_out": str(task), "n": int(len(keep)), "pair": f"{strong} vs {weak}",
                         "apgr": r["apgr"], "se": r.get("apgr_se"), "ci95": r.get("apgr_ci95"),
-                        "score_std": float(np.std(score)), "random": rep["random"]["apgr"]})
+                        "score_std": float(np.std(score)), "constant": constant_scores(score),
+                        "random": rep["random"]["apgr"]})
     return out
 
 
@@ -269,7 +328,20 @@ def summary(rows: list[dict]) -> dict:
         return {"median": float("nan"), "mean": float("nan"), "worst": float("nan"), "folds": 0, "tasks_200_ci_below_0.5": []}
     big_below = [str(r["held_out"]) for r in rows if r["n"] >= 200 and r["ci95"] and r["ci95"][1] < 0.5]
     return {"median": float(np.median(a)), "mean": float(a.mean()), "worst": float(a.min()), "folds": len(a),
-            "tasks_200_ci_below_0.5": big_below}
+            "tasks_200_ci_below_0.5": big_below, "constant_scores": [str(r["held_out"]) for r in rows if r.get("constant")]}
+
+
+def paired_difference(a: list[dict], b: list[dict]) -> dict:
+    """Design a minus design b over the held-out tasks both scored: mean per-task APGR gain, its
+    SE over tasks, a 95% interval and the win count; the bar for "beats" (a gain whose interval
+    excludes 0), since the medians of near-random designs move by noise."""
+    bb = {r["held_out"]: r["apgr"] for r in b}
+    d = np.array([r["apgr"] - bb[r["held_out"]] for r in a if r["held_out"] in bb])
+    if not len(d):
+        return {"tasks": 0}
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"tasks": int(len(d)), "mean_gain": float(d.mean()), "se": se,
+            "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)], "wins": int((d > 0).sum())}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -289,7 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--featurizer", default=BROAD_FEATURIZER_ID)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", default=".doka/bench/broad")
+    ap.add_argument("--compare", nargs=2, metavar="RESULTS.json:PROTOCOL/DESIGN",
+                    help="only compare two earlier runs' rows task by task (A minus B), e.g. "
+                         ".doka/bench/b1/results.json:task/pairwise .doka/bench/b2/results.json:task/difficulty")
     args = ap.parse_args(argv)
+    if args.compare:
+        rows = []
+        for spec in args.compare:
+            path, key = spec.rsplit(":", 1)
+            rows.append(json.loads(Path(path).read_text())[key]["folds"])
+        print(json.dumps(paired_difference(*rows), indent=1))
+        return 0
     from training.embeddings import embed_texts
 
     ds = load_jsonl(args.data)
@@ -305,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{by}/{d}"] = {"summary": s, "folds": rows}
             print(f"\n## leave-one-{by}-out, {d}: median {s['median']:.3f}, mean {s['mean']:.3f}, worst "
                   f"{s['worst']:.3f} over {s['folds']} folds; 200+ prompts with 95% CI below 0.5: "
-                  f"{s['tasks_200_ci_below_0.5'] or 'none'}\n\n{markdown(rows)}", flush=True)
+                  f"{s['tasks_200_ci_below_0.5'] or 'none'}; (nearly) constant scores on: "
+                  f"{s['constant_scores'] or 'none'}\n\n{markdown(rows)}", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -30,9 +30,17 @@ def label_costs(ds: Dataset, config_path: str | None = None, per_call: dict[str,
     return {lab: (None if np.isnan(v) else float(v)) for lab, v in zip(ds.labels, means)}
 
 
-def fit_state(family_name: str, X: np.ndarray, Y: np.ndarray, params: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+def task_groups(ds: Dataset) -> np.ndarray | None:
+    """Each record's `task` (None when the dataset has none): what a grouped family standardises by."""
+    if not ds.extra or not any("task" in e for e in ds.extra):
+        return None
+    return np.array([str(e.get("task", "")) for e in ds.extra])
+
+
+def fit_state(family_name: str, X: np.ndarray, Y: np.ndarray, params: dict[str, Any], progress: bool = True,
+              groups: np.ndarray | None = None) -> dict[str, Any]:
     family = get_family(family_name)
-    state = family.fit(X, Y, params, progress)
+    state = family.fit(X, Y, params, progress, groups=groups) if family.grouped else family.fit(X, Y, params, progress)
     return {"family": family_name, **state}
 
 
@@ -60,13 +68,14 @@ def train(
     X = embed_texts(ds.prompts, featurizer, use_ray=use_ray, progress=progress)
     Y = ds.scores
     costs = label_costs(ds, config_path, per_call_costs)
+    groups = task_groups(ds)
 
     metrics: dict[str, Any] = {}
     if holdout > 0 and len(ds) >= 20:
         order = np.random.default_rng(seed).permutation(len(ds))
         cut = int(round(len(ds) * (1 - holdout)))
         tr, te = np.sort(order[:cut]), np.sort(order[cut:])
-        st = fit_state(family, X[tr], Y[tr], hp, progress)
+        st = fit_state(family, X[tr], Y[tr], hp, progress, None if groups is None else groups[tr])
         P = fam.predict(st, X[te])
         S = Y[te]
         known = ~np.isnan(S)
@@ -80,7 +89,7 @@ def train(
             metrics["holdout"].update(
                 aiq=rep["router"]["aiq"], oracle_aiq=rep["oracle"]["aiq"], zero_router_aiq=rep["zero_router_aiq"]
             )
-    state = fit_state(family, X, Y, hp, progress)
+    state = fit_state(family, X, Y, hp, progress, groups)
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     digest = hashlib.sha256(
