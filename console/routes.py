@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from accounts.errors import AccountsError
-from console import gateway_view
+from console import gateway_view, router_versions
 from console import session as sess
 from console.pages import bar_chart, e, hidden_csrf, layout, money, table
 
@@ -416,6 +416,10 @@ async def models_page(ctx: Ctx) -> Response:
 
 @page()
 async def routing_page(ctx: Ctx) -> Response:
+    return await _routing(ctx)
+
+
+async def _routing(ctx: Ctx, note: str | None = None, error: str | None = None, code: int = 200) -> Response:
     ing = gateway_view.ingress()
     if ing is None:
         return _no_ingress(ctx, "Routing", "routing")
@@ -451,8 +455,52 @@ async def routing_page(ctx: Ctx) -> Response:
                      for m, v in sorted(share.items(), key=lambda kv: -kv[1][0])], cls="share")
             + "<h2>Route reasons</h2>" + table(("reason", "requests"), [(r["reason"], r["requests"])
                                                                        for r in got["reasons"]], cls="reasons")
-            + "<h2>Live router</h2>" + table(("field", "value"), sorted(status.items()), cls="router"))
-    return ctx.page("Routing", body, "routing")
+            + "<h2>Live router</h2>" + table(("field", "value"), sorted(status.items()), cls="router")
+            + await _versions_section(ctx, ing, status.get("artifact_version")))
+    flash = (f'<p class="error" id="flash">{e(error)}</p>' if error else
+             f'<p class="ok" id="flash">{e(note)}</p>' if note else "")
+    return ctx.page("Routing", flash + body, "routing", code)
+
+
+async def _versions_section(ctx: Ctx, ing: Any, live: str | None) -> str:
+    """The registry's versions side by side, a promote button on each, and a roll-back to the one before."""
+    registry = ing.cfg.router.registry
+    if not registry:
+        return '<h2>Router versions</h2><p class="muted">no registry configured (router.registry)</p>'
+    try:
+        rows, back = await asyncio.gather(asyncio.to_thread(router_versions.versions, registry, live),
+                                          asyncio.to_thread(router_versions.rollback_target, registry, live))
+    except Exception as err:  # an unreachable registry is shown, not a 500
+        return f'<h2>Router versions</h2><p class="error">registry {e(registry)}: {e(err)}</p>'
+
+    def button(version: str, label: str, ident: str) -> str:
+        return (f'<form method="post" class="inline" action="{ctx.base}/routing/promote">{hidden_csrf(ctx.csrf)}'
+                f'<input type="hidden" name="version" value="{e(version)}"><button id="{e(ident)}">{e(label)}</button>'
+                "</form>")
+
+    table_rows = [(r["version"], "live" if r["live"] else "", "latest" if r["latest"] else "", r["family"],
+                   r["created"], r["featurizer"], r["training_rows"], r["metrics"],
+                   "" if r["live"] else button(r["version"], "Promote", f"promote-{r['version']}"))
+                  for r in rows]
+    rollback = (f'<p>{button(back, f"Roll back to {back}", "rollback")}</p>' if back else "")
+    return ("<h2>Router versions</h2>" + rollback
+            + table(("version", "live", "latest", "family", "created", "featurizer", "training rows",
+                     "evaluation", ""), table_rows, raw_cols={8}, cls="versions"))
+
+
+@page(change=True)
+async def promote_version(ctx: Ctx, form: dict[str, str]) -> Response:
+    """Pin the live router to a registry version (promote, or roll back to an earlier one)."""
+    ing = gateway_view.ingress()
+    if ing is None:
+        return _no_ingress(ctx, "Routing", "routing")
+    version = form.get("version", "")
+    try:
+        done = await asyncio.to_thread(router_versions.promote, ing.cfg, version)
+    except router_versions.PromoteRefused as err:
+        return await _routing(ctx, error=str(err), code=err.status)
+    return await _routing(ctx, note=f"router pinned to {done['version']} (through {done['via']} reconfigure); "
+                                    "replicas load it in place")
 
 
 # ------------------------------------------------------------------ a key's own page
@@ -493,5 +541,6 @@ def console_router() -> APIRouter:
     r.add_api_route("/requests/{request_id}", request_detail, methods=["GET"])
     r.add_api_route("/models", models_page, methods=["GET"])
     r.add_api_route("/routing", routing_page, methods=["GET"])
+    r.add_api_route("/routing/promote", promote_version, methods=["POST"])
     r.add_api_route("/me", me, methods=["GET"])
     return r

@@ -91,6 +91,20 @@ class Registry:
             return []
         return sorted(n for n in names if not n.startswith(".") and _valid(n))
 
+    def read_file(self, version: str, name: str, max_bytes: int) -> bytes:
+        """One small file of a version (metadata.json, signature.json) for display, never for loading:
+        nothing here is verified, and a file over `max_bytes` is refused unread."""
+        if name not in (METADATA_FILE, SIGNATURE_FILE):
+            raise RegistryError(f"registry files readable for display: {METADATA_FILE}, {SIGNATURE_FILE}")
+        path = self._p("versions", _version(version), name)
+        size = self.fs.size(path)
+        if size is not None and size > max_bytes:
+            raise RegistryError(f"registry {self.url} version {version}: {name} is {size} bytes (> {max_bytes})")
+        raw = self.fs.cat_file(path)
+        if len(raw) > max_bytes:
+            raise RegistryError(f"registry {self.url} version {version}: {name} is over {max_bytes} bytes")
+        return raw
+
     def resolve(self, version: str = LATEST, key: bytes | str | None = None) -> Path:
         """A local folder holding that version's files (fetched into the cache if remote).
 

@@ -139,7 +139,7 @@ def reconfigure_live(cfg: DokaConfig, version: str, dashboard_url: str | None = 
     user_config = {**router_user_config(new_cfg), **({"published": version} if follows_latest else {})}
 
     # this process's own cluster first (a Ray job's driver, or a test): no dashboard needed
-    local = _local_declarative_apps() if dashboard_url is None else {}
+    local = local_declarative_apps() if dashboard_url is None else {}
     deployed = local if app_name in local else _declarative_apps(dashboard_url)
     if deployed is not None and app_name in deployed:
         apps = list(deployed.values())
@@ -167,7 +167,7 @@ def reconfigure_live(cfg: DokaConfig, version: str, dashboard_url: str | None = 
     return "serve.run"
 
 
-def _local_declarative_apps() -> dict[str, dict[str, Any]]:
+def local_declarative_apps() -> dict[str, dict[str, Any]]:
     """Like `_declarative_apps`, through this process's own Serve controller connection (no dashboard)."""
     try:
         import ray
