@@ -328,6 +328,46 @@ class _Lookups:
     auto: tuple[str, ...]
 
 
+class OIDCConfig(_Strict):
+    """Console single sign-on: OpenID Connect authorization code with PKCE against one issuer.
+
+    Only subjects or groups on the allow-lists get an admin session; everyone else is refused."""
+
+    issuer: str = Field(description="the issuer URL; https, or http only on a loopback address (a local test issuer)")
+    client_id: str = Field(min_length=1)
+    client_secret: str | None = Field(
+        None, description="`os.environ/NAME`; none for a public client (PKCE alone)")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    redirect_uri: str | None = Field(
+        None, description="the callback URL registered at the issuer (https://HOST/console/sso/callback); "
+        "default: derived from the request (set it behind a proxy)")
+    admin_subjects: list[str] = Field(default_factory=list, description="`sub` claims given an admin session")
+    admin_groups: list[str] = Field(default_factory=list, description="groups given an admin session")
+    groups_claim: str = Field("groups", description="the ID token claim that lists the user's groups")
+    label: str = Field("Sign in with SSO", description="the sign-in button's text")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(v)
+        loopback = u.hostname in ("127.0.0.1", "localhost", "::1")
+        if u.scheme != "https" and not (u.scheme == "http" and loopback) or not u.hostname:
+            raise ValueError(f"console.oidc.issuer {v!r}: use an https URL (http only on a loopback address)")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _someone_allowed(self) -> "OIDCConfig":
+        if not self.admin_subjects and not self.admin_groups:
+            raise ValueError("console.oidc: list admin_subjects or admin_groups (nobody is admitted by default)")
+        return self
+
+
+class ConsoleConfig(_Strict):
+    oidc: OIDCConfig | None = Field(None, description="single sign-on for the console; off when absent")
+
+
 class DokaConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model_list: list[ModelEntry] = Field(min_length=1)
@@ -342,6 +382,7 @@ class DokaConfig(_Strict):
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @field_validator("model_list")
     @classmethod

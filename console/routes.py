@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from accounts.errors import AccountsError
-from console import gateway_view, router_versions
+from console import gateway_view, oidc, router_versions
 from console import session as sess
 from console.pages import bar_chart, e, hidden_csrf, layout, money, table
 
@@ -135,6 +135,9 @@ def _login_page(base: str, error: str | None = None, status: int = 200) -> HTMLR
             f'placeholder="master key, admin key or your virtual key"></label><button id="signin">Sign in</button>'
             f'</form><p class="muted">The master key or an admin key opens every page; any other key sees its '
             f'own usage.</p></div>')
+    sso = _oidc_config()
+    if sso is not None:
+        body += f'<div class="card"><a class="button" id="sso" href="{base}/sso/start">{e(sso.label)}</a></div>'
     return HTMLResponse(layout(base, "Sign in", body), status_code=status)
 
 
@@ -168,6 +171,67 @@ async def login(request: Request) -> Response:
     r = RedirectResponse(f"{base}/{'keys' if s.admin else 'me'}", status_code=303)
     r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
                  samesite="strict", secure=request.url.scheme == "https")
+    return r
+
+
+# ------------------------------------------------------------------ single sign-on (OpenID Connect)
+def _oidc_config() -> Any | None:
+    ing = gateway_view.ingress()
+    return ing.cfg.console.oidc if ing is not None else None
+
+
+def _sso_refused(base: str, err: oidc.SSOError) -> HTMLResponse:
+    return _login_page(base, f"single sign-on: {err}", err.status)
+
+
+async def sso_start(request: Request) -> Response:
+    """Send the browser to the issuer (authorization code + PKCE), the pending login in a cookie."""
+    base = _base(request)
+    cfg = _oidc_config()
+    if cfg is None:
+        return PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404)
+    try:
+        secret = _secret()
+        redirect_uri = cfg.redirect_uri or f"{request.url.scheme}://{request.url.netloc}{base}/sso/callback"
+        url, pending = await oidc.client_for(cfg).start(redirect_uri)
+    except Refused as r:
+        return r.response
+    except oidc.SSOError as err:
+        return _sso_refused(base, err)
+    r = RedirectResponse(url, status_code=303)
+    # Lax, not Strict: the issuer's redirect back is a cross-site navigation that must carry it
+    r.set_cookie(oidc.PENDING_COOKIE, oidc.seal(pending, secret), max_age=oidc.PENDING_TTL_S, path=base,
+                 httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    return r
+
+
+async def sso_callback(request: Request) -> Response:
+    """The issuer's redirect back: state checked, code redeemed, ID token verified, allow-list applied."""
+    base = _base(request)
+    cfg = _oidc_config()
+    if cfg is None:
+        return PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404)
+    try:
+        secret = _secret()
+        pending = oidc.unseal(request.cookies.get(oidc.PENDING_COOKIE), secret)
+        who = await oidc.client_for(cfg).finish(pending, dict(request.query_params))
+        if not oidc.allowed(cfg, who):
+            raise oidc.SSOError(f"{who.name or who.subject} is not on the console's admin allow-list", 403)
+    except Refused as r:
+        return r.response
+    except (oidc.SSOError, ValueError) as err:
+        r = _sso_refused(base, err if isinstance(err, oidc.SSOError) else oidc.SSOError(str(err)))
+        r.delete_cookie(oidc.PENDING_COOKIE, path=base)
+        return r
+    s = sess.new_session("admin", f"sso:{who.name or who.subject}")
+    # a page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that began
+    # at the issuer is cross-site; this page's own navigation to the console is same-site
+    target = f"{base}/keys"
+    r = HTMLResponse(f'<!doctype html><meta http-equiv="refresh" content="0;url={e(target)}">'
+                     f'<p>Signed in. <a href="{e(target)}">Continue</a></p>')
+    r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
+                 samesite="strict", secure=request.url.scheme == "https")
+    r.delete_cookie(oidc.PENDING_COOKIE, path=base)
     return r
 
 
@@ -530,6 +594,8 @@ def console_router() -> APIRouter:
     r.add_api_route("/login", login_form, methods=["GET"])
     r.add_api_route("/login", login, methods=["POST"])
     r.add_api_route("/logout", logout, methods=["POST"])
+    r.add_api_route("/sso/start", sso_start, methods=["GET"])
+    r.add_api_route("/sso/callback", sso_callback, methods=["GET"])
     r.add_api_route("/static/{name}", static, methods=["GET"])
     r.add_api_route("/keys", keys, methods=["GET"])
     r.add_api_route("/keys", create_key, methods=["POST"])
