@@ -168,10 +168,8 @@ async def login(request: Request) -> Response:
             return _login_page(base, "unknown, revoked or expired key", 401)
         role = "admin" if (info.get("metadata") or {}).get("role") == "admin" else "key"
         s = sess.new_session(role, info.get("key_alias") or info["key_id"], key_id=info["key_id"])
-    r = RedirectResponse(f"{base}/{'keys' if s.admin else 'me'}", status_code=303)
-    r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
-                 samesite="strict", secure=request.url.scheme == "https")
-    return r
+    return _with_session(RedirectResponse(f"{base}/{'keys' if s.admin else 'me'}", status_code=303), request, base,
+                         s, secret)
 
 
 # ------------------------------------------------------------------ single sign-on (OpenID Connect)
@@ -184,20 +182,30 @@ def _sso_refused(base: str, err: oidc.SSOError) -> HTMLResponse:
     return _login_page(base, f"single sign-on: {err}", err.status)
 
 
-async def sso_start(request: Request) -> Response:
-    """Send the browser to the issuer (authorization code + PKCE), the pending login in a cookie."""
-    base = _base(request)
+def _sso_setup(request: Request) -> tuple[str, Any, bytes]:
+    """(console base path, the OIDC config, the session secret), or Refused (404 when SSO is off)."""
     cfg = _oidc_config()
     if cfg is None:
-        return PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404)
+        raise Refused(PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404))
+    return _base(request), cfg, _secret()
+
+
+def _with_session(r: Response, request: Request, base: str, s: sess.Session, secret: bytes) -> Response:
+    r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
+                 samesite="strict", secure=request.url.scheme == "https")
+    return r
+
+
+async def sso_start(request: Request) -> Response:
+    """Send the browser to the issuer (authorization code + PKCE), the pending login in a cookie."""
     try:
-        secret = _secret()
+        base, cfg, secret = _sso_setup(request)
         redirect_uri = cfg.redirect_uri or f"{request.url.scheme}://{request.url.netloc}{base}/sso/callback"
         url, pending = await oidc.client_for(cfg).start(redirect_uri)
     except Refused as r:
         return r.response
     except oidc.SSOError as err:
-        return _sso_refused(base, err)
+        return _sso_refused(_base(request), err)
     r = RedirectResponse(url, status_code=303)
     # Lax, not Strict: the issuer's redirect back is a cross-site navigation that must carry it
     r.set_cookie(oidc.PENDING_COOKIE, oidc.seal(pending, secret), max_age=oidc.PENDING_TTL_S, path=base,
@@ -208,11 +216,8 @@ async def sso_start(request: Request) -> Response:
 async def sso_callback(request: Request) -> Response:
     """The issuer's redirect back: state checked, code redeemed, ID token verified, allow-list applied."""
     base = _base(request)
-    cfg = _oidc_config()
-    if cfg is None:
-        return PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404)
     try:
-        secret = _secret()
+        base, cfg, secret = _sso_setup(request)
         pending = oidc.unseal(request.cookies.get(oidc.PENDING_COOKIE), secret)
         who = await oidc.client_for(cfg).finish(pending, dict(request.query_params))
         if not oidc.allowed(cfg, who):
@@ -227,10 +232,8 @@ async def sso_callback(request: Request) -> Response:
     # a page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that began
     # at the issuer is cross-site; this page's own navigation to the console is same-site
     target = f"{base}/keys"
-    r = HTMLResponse(f'<!doctype html><meta http-equiv="refresh" content="0;url={e(target)}">'
-                     f'<p>Signed in. <a href="{e(target)}">Continue</a></p>')
-    r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
-                 samesite="strict", secure=request.url.scheme == "https")
+    r = _with_session(HTMLResponse(f'<!doctype html><meta http-equiv="refresh" content="0;url={e(target)}">'
+                                   f'<p>Signed in. <a href="{e(target)}">Continue</a></p>'), request, base, s, secret)
     r.delete_cookie(oidc.PENDING_COOKIE, path=base)
     return r
 
