@@ -632,10 +632,11 @@ class AccountsCore:
         return _ok({m: r.to_dict() for m, r in self.plimits.used_up(models, time.time()).items()})
 
     async def provider_remaining(self) -> dict[str, Any]:
-        """What is left per limited model and limit in the current windows (/metrics)."""
+        """What is left per limited model and limit in the current windows, and the calls in
+        flight per model (/metrics)."""
         if self.plimits.limits:
             await self._load_provider_usage()
-        return _ok(self.plimits.remaining(time.time()))
+        return _ok({"windows": self.plimits.remaining(time.time()), "in_flight": self.plimits.in_flight()})
 
     # ---------------------------------------------------------------- admin
     async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:

@@ -32,6 +32,8 @@ def _gauges() -> dict[str, Any]:
                                      ["model", "limit"])
         _GAUGES["reset"] = Gauge("doka_provider_limit_reset_seconds",
                                  "seconds until the provider limit's current window resets", ["model", "limit"])
+        _GAUGES["in_flight"] = Gauge("doka_provider_limit_in_flight",
+                                     "calls to a limited model admitted and not yet settled", ["model"])
     return _GAUGES
 
 
@@ -108,14 +110,16 @@ class ProviderGate:
     async def export_metrics(self) -> None:
         """Set the /metrics gauges from the core's counts; the accounts core down leaves them as they were."""
         try:
-            rows = await self.accounts._hot("provider_remaining", batched=False)
+            got = await self.accounts._hot("provider_remaining", batched=False)
         except Exception as e:  # never fail a scrape over it
             log.debug("provider limits: remaining not read: %r", e)
             return
         g = _gauges()
-        for r in rows:
+        for r in got["windows"]:
             g["remaining"].labels(r["model"], r["limit"]).set(r["remaining"])
             g["reset"].labels(r["model"], r["limit"]).set(r["reset_s"])
+        for model, n in got["in_flight"].items():
+            g["in_flight"].labels(model).set(n)
 
 
 def tokens_of(usage: dict[str, Any] | None) -> int:

@@ -227,6 +227,13 @@ class ProviderLimiter:
     def open_holds(self) -> int:
         return len(self._holds)
 
+    def in_flight(self) -> dict[str, int]:
+        """Open holds per limited model: calls admitted and not yet settled."""
+        out = dict.fromkeys(self.limits, 0)
+        for h in self._holds.values():
+            out[h.model] += 1
+        return out
+
 
 def _naive_utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)

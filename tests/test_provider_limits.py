@@ -119,7 +119,7 @@ def test_counts_survive_an_accounts_core_restart_over_the_same_database(tmp_path
 
     async def second() -> tuple[list, dict, dict]:
         core = AccountsCore(url, provider_limits=limits, settle_interval_s=60)
-        remaining = (await core.provider_remaining())["ok"]
+        remaining = (await core.provider_remaining())["ok"]["windows"]
         ok = (await core.provider_admit("groq", 100))["ok"]
         refused = (await core.provider_admit("groq", 100))["ok"]
         await core.close()
