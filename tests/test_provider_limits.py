@@ -151,3 +151,36 @@ def test_config_takes_limits_and_refuses_bad_ones_clearly() -> None:
         parse_config(_raw({"rpw": 10}))
     with pytest.raises(ConfigError, match="needs accounts.require_keys"):
         parse_config(_raw({"rpd": 10}, require_keys=False))
+
+
+def test_holds_of_a_lost_ingress_replica_are_closed_by_the_core_sweep(tmp_path) -> None:
+    import time
+
+    from accounts.core import AccountsCore
+
+    async def run() -> tuple[dict, list]:
+        core = AccountsCore(f"sqlite:///{tmp_path / 'doka.db'}", provider_limits={"m": {"rpd": 10, "tpd": 500}},
+                            settle_interval_s=60, owner_lease_s=1.0)
+        await core.provider_admit("m", 120, "lost-replica")
+        core._owners["lost-replica"] = time.monotonic() - 5  # silent past its lease
+        core._sweep_reservations()
+        stats = (await core.stats())["ok"]
+        left = (await core.provider_remaining())["ok"]
+        await core.close()
+        return stats, left
+
+    stats, left = asyncio.run(run())
+    assert stats["provider_holds"] == 0
+    assert {r["limit"]: r["remaining"] for r in left["windows"]} == {"rpd": 9, "tpd": 380}  # its worst case
+    assert left["in_flight"] == {"m": 0}
+
+
+def test_the_429_names_the_limits_and_retries_at_the_soonest_reset() -> None:
+    from app.errors import provider_limit_exceeded
+
+    e = provider_limit_exceeded([{"model": "a", "limit": "rpd", "retry_after": 3600.2, "used": 5, "allowed": 5},
+                                 {"model": "b", "limit": "rpm", "retry_after": 12.5, "used": 30, "allowed": 30}], [])
+    assert e.status == 429 and e.headers["retry-after"] == "13"
+    body = e.body()["error"]
+    assert (body["type"], body["code"]) == ("rate_limit_error", "provider_limit_exceeded")
+    assert "a rpd 5/5" in body["message"] and "b rpm 30/30" in body["message"]
