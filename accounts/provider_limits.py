@@ -76,6 +76,7 @@ class Refusal:
     retry_after: float
     used: int
     allowed: int
+    needed: int = 1  # what this request asked of the limit (tokens: its worst case)
 
     @property
     def reason(self) -> str:
@@ -83,7 +84,7 @@ class Refusal:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "limit": self.limit, "retry_after": self.retry_after,
-                "used": self.used, "allowed": self.allowed}
+                "used": self.used, "allowed": self.allowed, "needed": self.needed}
 
 
 @dataclass
@@ -119,9 +120,9 @@ class ProviderLimiter:
             if allowed is None:
                 continue
             w = self._window(model, period, now)
-            used = w.count(what)
-            if used + (1 if what == "requests" else tokens) > allowed or (what == "tokens" and used >= allowed):
-                r = Refusal(model, name, max(w.end - now, 0.0), used, int(allowed))
+            used, needed = w.count(what), (1 if what == "requests" else tokens)
+            if used + needed > allowed or (what == "tokens" and used >= allowed):
+                r = Refusal(model, name, max(w.end - now, 0.0), used, int(allowed), needed)
                 if worst is None or r.retry_after > worst.retry_after:
                     worst = r
         return worst

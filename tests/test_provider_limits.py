@@ -184,3 +184,13 @@ def test_the_429_names_the_limits_and_retries_at_the_soonest_reset() -> None:
     body = e.body()["error"]
     assert (body["type"], body["code"]) == ("rate_limit_error", "provider_limit_exceeded")
     assert "a rpd 5/5" in body["message"] and "b rpm 30/30" in body["message"]
+
+
+def test_a_request_bigger_than_a_token_limit_is_told_to_lower_max_tokens() -> None:
+    from app.errors import provider_limit_exceeded
+
+    lim = ProviderLimiter({"groq": {"tpm": 6000}})
+    refused = lim.admit("groq", 8000, 0.0)
+    assert isinstance(refused, Refusal) and refused.needed == 8000
+    e = provider_limit_exceeded([refused.to_dict()], [])
+    assert "may use up to 8000 tokens, more than groq's tpm of 6000: lower max_tokens" in e.message
