@@ -1195,5 +1195,7 @@ class Ingress:
                                 "fallbacks": self.cfg.chain_for(name)[1:]}
                 if name in self._caps:
                     info["doka"]["capabilities"] = self._caps[name]
+                if mi.limits is not None:  # the provider's limits (the counts: /metrics)
+                    info["doka"]["limits"] = mi.limits.model_dump(exclude_none=True)
             data.append(info)
         return {"object": "list", "data": data}

@@ -125,6 +125,8 @@ def test_a_used_up_parallel_model_is_a_429_with_retry_after_at_the_providers_res
     assert rows[0]["status"] == 429 and rows[0]["model_requested"] == "mock-free"
     left = remaining(gw)
     assert left[("mock-free", "rpd")] == 0 and left[("mock-free", "rpm")] >= 100 - FREE_RPD  # a minute may roll
+    assert c.models.retrieve("mock-free").model_extra["doka"]["limits"] == {
+        "rpd": FREE_RPD, "rpm": 100, "reset_timezone": "America/Los_Angeles"}
 
 
 def in_flight(gw, model: str, wait_s: float) -> float:
