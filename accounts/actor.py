@@ -44,6 +44,8 @@ def core_kwargs(cfg: Any) -> dict[str, Any]:
         "settle_interval_s": cfg.accounts.settle_interval_s,
         "owner_lease_s": cfg.accounts.reservation_lease_s,
         "spool_dir": spool_dir(cfg),
+        "provider_limits": {m.model_name: m.model_info.limits.model_dump() for m in cfg.model_list
+                            if m.model_info.limits is not None},
     }
 
 

@@ -23,6 +23,7 @@ from accounts import db
 from accounts.errors import AccountsError, bad_request, forbidden, not_found, unauthorized, unavailable
 from accounts.keys import KEY_PREFIX, KeyLimits, hash_key, key_hint, new_key, new_key_id, public_key_info
 from accounts.meter import KeyMeter, Reservation, period_start, to_naive_utc
+from accounts.provider_limits import Hold, ProviderLimiter
 from accounts.spool import LedgerSpool
 
 log = logging.getLogger("doka.accounts")
@@ -93,6 +94,7 @@ class AccountsCore:
         reservation_ttl_s: float = 600.0,
         owner_lease_s: float = 30.0,
         spool_dir: str | None = None,
+        provider_limits: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.url = db.normalize_url(database_url)
         self.engine = db.make_engine(self.url)
@@ -122,6 +124,10 @@ class AccountsCore:
             self._buffer = self._spool.recover()
             if self._buffer:
                 log.warning("accounts: %d ledger rows recovered from the spool", len(self._buffer))
+        # provider limits per model (accounts.provider_limits): counted here, for every replica
+        self.plimits = ProviderLimiter(provider_limits or {})
+        self._plimits_loaded = not self.plimits.limits
+        self._plimits_loading: asyncio.Future | None = None
         self._closed = False
         self._wire: Any = None  # accounts.wire.WireServer, started by serve_wire
         self._last_batch: dict[str, tuple[int | None, asyncio.Future]] = {}  # client -> (seq, its answers)
@@ -183,6 +189,9 @@ class AccountsCore:
                          res.request_id, False)
         if orphans:
             log.warning("accounts: closed %d reservations of lost ingress replicas", len(orphans))
+        lost_holds = self.plimits.orphaned(dead, cutoff, now)
+        if lost_holds:
+            log.warning("accounts: settled %d provider-limit holds of lost ingress replicas", len(lost_holds))
 
     async def serve_wire(self) -> dict[str, Any]:
         """Start (once) the socket the ingress sends its batches over (accounts.wire); its address.
@@ -218,6 +227,7 @@ class AccountsCore:
             self._flush_lock = asyncio.Lock()
         assert self._flush_lock is not None
         async with self._flush_lock:
+            await self._flush_provider_usage()
             rows, self._buffer = self._buffer, []
             covered = self._spool.rotate() if self._spool is not None else []
             if not rows:
@@ -243,6 +253,17 @@ class AccountsCore:
                 self._spool.discard(covered)
             return _ok(len(rows) - len(refused))
 
+    async def _flush_provider_usage(self) -> None:
+        """Write the provider windows that changed (absolute counts: a repeat is harmless)."""
+        rows = self.plimits.dirty()
+        if not rows:
+            return
+        try:
+            await self._db(db.save_provider_usage, rows)
+        except Exception as e:  # outage: keep them for the next flush
+            self.plimits.mark_dirty(rows)
+            log.warning("provider usage flush failed (%d windows kept): %r", len(rows), e)
+
     def _keep(self, rows: list[dict[str, Any]]) -> None:
         """Put unwritten rows back in front of the buffer, dropping (and counting) past MAX_BUFFER."""
         self._buffer = rows + self._buffer
@@ -263,6 +284,12 @@ class AccountsCore:
 
     def __ray_shutdown__(self) -> None:
         """Graceful actor exit: write what is still buffered."""
+        rows = self.plimits.dirty()
+        if rows:
+            try:
+                db.save_provider_usage(self.engine, rows)
+            except Exception:
+                log.exception("final provider usage flush failed")
         if self._buffer:
             try:
                 if self._spool is not None:
@@ -551,6 +578,66 @@ class AccountsCore:
         if self._spool is not None:
             await self._spool.sync_async()
 
+    # ---------------------------------------------------------------- provider limits
+    async def _load_provider_usage(self) -> None:
+        """Once: the current windows' counts from the database, so a restart resets no limit.
+
+        A database that is down leaves the counts at what this process saw (admission goes on:
+        a limit must not take the gateway down) and the load is tried again on the next call.
+        """
+        if self._plimits_loaded:
+            return
+        if self._plimits_loading is not None:
+            return await asyncio.shield(self._plimits_loading)
+        fut = self._plimits_loading = asyncio.get_running_loop().create_future()
+        try:
+            rows = await self._db(db.load_provider_usage, self.plimits.wanted(time.time()))
+            self.plimits.load(rows, time.time())
+            self._plimits_loaded = True
+        except Exception as e:
+            log.warning("accounts: provider usage not loaded (%r); counting from what this process saw", e)
+        finally:
+            self._plimits_loading = None
+            fut.set_result(None)
+
+    async def provider_admit(self, model: str, tokens: int, owner: str | None = None) -> dict[str, Any]:
+        """Hold one call to `model` (and `tokens`, its worst case) within its provider limits.
+
+        `{"ok": {"hold": id}}`, `{"ok": {"refused": {...limit, retry_after...}}}`, or
+        `{"ok": {}}` for a model without limits. Decided with no await between check and hold.
+        """
+        if self.plimits.limited(model):
+            await self._load_provider_usage()
+        if owner is not None:
+            self._owners[owner] = time.monotonic()
+        got = self.plimits.admit(model, tokens, time.time(), owner)
+        if got is None:
+            return _ok({})
+        if isinstance(got, Hold):
+            return _ok({"hold": got.id})
+        return _ok({"refused": got.to_dict()})
+
+    async def provider_settle(self, hold_id: str, tokens: int) -> dict[str, Any]:
+        """The call was made: count it with the tokens it used. False: closed already."""
+        return _ok(self.plimits.settle(hold_id, tokens, time.time()))
+
+    async def provider_release(self, hold_id: str) -> dict[str, Any]:
+        """The call was never made: drop the hold. False: closed already."""
+        return _ok(self.plimits.release(hold_id, time.time()))
+
+    async def provider_used_up(self, models: list[str]) -> dict[str, Any]:
+        """Which of `models` cannot take a request now ({model: refusal}); for `auto`'s candidates."""
+        if any(self.plimits.limited(m) for m in models):
+            await self._load_provider_usage()
+        return _ok({m: r.to_dict() for m, r in self.plimits.used_up(models, time.time()).items()})
+
+    async def provider_remaining(self) -> dict[str, Any]:
+        """What is left per limited model and limit in the current windows, and the calls in
+        flight per model (/metrics)."""
+        if self.plimits.limits:
+            await self._load_provider_usage()
+        return _ok({"windows": self.plimits.remaining(time.time()), "in_flight": self.plimits.in_flight()})
+
     # ---------------------------------------------------------------- admin
     async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:
         if key:
@@ -653,6 +740,7 @@ class AccountsCore:
                     "cached_keys": len(self._keys), "flush_failures": self.flush_failures,
                     "wire_batches": self._wire.batches if self._wire is not None else 0,
                     "rows_quarantined": self.rows_quarantined, "rows_dropped": self.rows_dropped,
+                    "provider_holds": self.plimits.open_holds(),
                     "spool": str(self._spool.dir) if self._spool is not None else None})
 
     async def console_query(self, name: str, **kwargs: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import make_url
 
-from accounts.models import Key, LedgerEntry, utcnow
+from accounts.models import Key, LedgerEntry, ProviderUsage, utcnow
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _migrate_lock = threading.Lock()
@@ -253,3 +253,25 @@ def request_owned_by(engine: Engine, request_id: str, key_id: str) -> bool:
             .limit(1))
     with engine.connect() as conn:
         return conn.execute(stmt).first() is not None
+
+
+# ---- provider limits (accounts.provider_limits) ----
+def save_provider_usage(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert each window's totals (the core sends absolute counts, so a repeat is harmless)."""
+    with engine.begin() as conn:
+        for r in rows:
+            key = (ProviderUsage.model == r["model"], ProviderUsage.period == r["period"],
+                   ProviderUsage.window_start == r["window_start"])
+            done = conn.execute(update(ProviderUsage).where(*key).values(requests=r["requests"], tokens=r["tokens"]))
+            if done.rowcount == 0:
+                conn.execute(insert(ProviderUsage).values(**r))
+
+
+def load_provider_usage(engine: Engine, wanted: Sequence[tuple[str, str, datetime]]) -> list[dict[str, Any]]:
+    """The persisted totals of the given (model, period, window start) windows."""
+    if not wanted:
+        return []
+    cond = or_(*((ProviderUsage.model == m) & (ProviderUsage.period == p) & (ProviderUsage.window_start == s)
+                 for m, p, s in wanted))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(ProviderUsage).where(cond))]

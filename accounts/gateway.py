@@ -26,6 +26,7 @@ from accounts.errors import AccountsError, unavailable
 from accounts.estimate import StreamMeter
 from accounts.request_ids import correlation_id_of
 from accounts.limits import limits_by_model, widest
+from accounts.provider_gate import ProviderGate
 
 log = logging.getLogger("ray.serve")
 _CURRENT: "GatewayAccounts | None" = None  # this replica's seam, for the admin routes
@@ -132,6 +133,9 @@ class GatewayAccounts:
         self.owner = uuid.uuid4().hex  # this replica, as the owner of the reservations it opens
         self.settle_retry_s = cfg.accounts.settle_retry_s
         self.heartbeat_s = cfg.accounts.reservation_lease_s / 4
+        limited = {m.model_name for m in cfg.model_list if m.model_info.limits is not None}
+        # provider limits (accounts.provider_gate): asked per tier by the ingress's chain loop
+        self.providers = ProviderGate(self.accounts, limited, self.owner, self.limits) if limited else None
         self._heartbeat: asyncio.Task | None = None
         _CURRENT = self
 

@@ -73,3 +73,16 @@ class LedgerEntry(Base):
         Index("ix_doka_ledger_day", "day"),
         Index("ux_doka_ledger_row_uid", "row_uid", unique=True),
     )
+
+
+class ProviderUsage(Base):
+    """What doka sent a limited model in one provider window (accounts.provider_limits), so a
+    restart does not hand a used-up free tier a fresh allowance."""
+
+    __tablename__ = "doka_provider_usage"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)  # minute | day
+    window_start: Mapped[datetime] = mapped_column(DateTime, primary_key=True)  # naive UTC
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -42,6 +42,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ProviderLimits(_Strict):
+    """A provider's own limits on one model (a free tier's 6,000 requests a day, say).
+
+    Why: LiteLLM does not enforce them, so without this a used-up tier is found out by its 429.
+    doka counts every call to the model in the accounts core (shared by all ingress replicas,
+    persisted in the accounts database) and skips the tier before it fails. Minute windows
+    are fixed clock minutes; day windows are the provider's calendar day in `reset_timezone`.
+    Token limits are admitted against the request's worst case and settled with its usage.
+    """
+
+    rpm: int | None = Field(None, gt=0, description="requests per clock minute")
+    tpm: int | None = Field(None, gt=0, description="tokens (prompt + completion) per clock minute")
+    rpd: int | None = Field(None, gt=0, description="requests per day (the provider's day, see reset_timezone)")
+    tpd: int | None = Field(None, gt=0, description="tokens (prompt + completion) per day")
+    reset_timezone: str = Field(
+        "UTC", description="IANA time zone in which the provider's day starts (e.g. America/Los_Angeles)")
+
+    @field_validator("reset_timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {name!r} (use an IANA name such as UTC or America/Los_Angeles)") from e
+        return name
+
+    @model_validator(mode="after")
+    def _some(self) -> "ProviderLimits":
+        if self.rpm is None and self.tpm is None and self.rpd is None and self.tpd is None:
+            raise ValueError("limits: set at least one of rpm, tpm, rpd, tpd")
+        return self
+
+
 class ModelInfo(_Strict):
     """Gateway-side facts about one model: tier, timeout, price, visibility."""
 
@@ -63,6 +98,11 @@ class ModelInfo(_Strict):
     max_output_tokens: int | None = Field(
         None, gt=0, description="the most tokens one completion may have; unset: LiteLLM's model info, "
         "else 4096 (what admission holds per choice when a request sets no max_tokens)")
+
+    limits: ProviderLimits | None = Field(
+        None, description="the provider's request/token limits per minute and per day (app/config.py "
+        "ProviderLimits); a used-up model is skipped by its chain and by `auto`, and a request for it "
+        "alone is a 429 with Retry-After at the window's reset. Needs accounts.require_keys")
 
     allow_client_params: list[str] = Field(
         default_factory=list, description="request-body parameters beyond the endpoint's OpenAI ones that "
@@ -416,6 +456,10 @@ class DokaConfig(_Strict):
                     raise ValueError(f"cascade {name!r}: {role} {getattr(c, role)!r} is not a chat model of model_list")
             if len({c.weak, c.verifier, c.strong}) < 3:
                 raise ValueError(f"cascade {name!r}: weak, verifier and strong must be three different models")
+        limited = [m.model_name for m in self.model_list if m.model_info.limits is not None]
+        if limited and not self.accounts.require_keys:
+            raise ValueError(f"model_info.limits on {', '.join(limited)} needs accounts.require_keys: true "
+                             "(provider limits are counted by the accounts core all ingress replicas share)")
         novel = self.router.novel_cascade
         if novel is not None and novel not in self.cascades:
             raise ValueError(f"router.novel_cascade {novel!r} is not a cascade; cascades: "

@@ -132,3 +132,21 @@ class UpstreamError(Exception):
     def is_client_error(self) -> bool:
         """The request itself was refused: trying another tier would not help."""
         return self.status in CLIENT_ERROR_STATUSES
+
+
+def provider_limit_exceeded(refusals: list[dict[str, Any]], tiers: list[str]) -> OpenAIError:
+    """429 when every model a request could go to has used up a provider limit
+    (accounts.provider_limits): Retry-After is the soonest of their resets, so a client that
+    waits that long finds one of them open again."""
+    soonest = min(r["retry_after"] for r in refusals)
+    what = ", ".join(f"{r['model']} {r['limit']} {r['used']}/{r['allowed']}" for r in refusals)
+    hint = "retry after the window resets"
+    too_big = [r for r in refusals if r.get("needed", 1) > r["allowed"]]
+    if too_big:  # waiting does not help: the request's own worst case is over the limit
+        r = too_big[0]
+        hint = (f"this request may use up to {r['needed']} tokens, more than {r['model']}'s {r['limit']} "
+                f"of {r['allowed']}: lower max_tokens")
+    return OpenAIError(429, f"Provider limit reached ({what}); {hint}",
+                       type="rate_limit_error", code="provider_limit_exceeded",
+                       headers={"retry-after": str(max(1, math.ceil(soonest))),
+                                "x-doka-tiers-tried": ",".join(tiers)})

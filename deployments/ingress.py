@@ -37,10 +37,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from accounts import provider_gate
 from accounts.estimate import prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
+                        provider_limit_exceeded,
                         model_not_allowed, unknown_model, upstream_exhausted)
 from app.request_params import refuse_unknown
 from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, check_params, prompt_text,
@@ -297,13 +299,15 @@ class _Attempt:
     verifier), charged with it. `usage`: a stream's usage when known before it starts (a
     replayed answer), so the ledger has it even if the client asked for none or left early."""
 
-    __slots__ = ("result", "model", "reason", "tried", "side", "usage")
+    __slots__ = ("result", "model", "reason", "tried", "side", "usage", "hold")
 
     def __init__(self, result: Any, model: str, reason: str, tried: list[str],
-                 side: list[tuple[str, dict]] | None = None, usage: dict | None = None) -> None:
+                 side: list[tuple[str, dict]] | None = None, usage: dict | None = None,
+                 hold: str | None = None) -> None:
         self.result, self.model, self.reason, self.tried = result, model, reason, tried
         self.side = side if side is not None else []
         self.usage = usage
+        self.hold = hold  # a stream's provider-limit hold (accounts.provider_gate), settled with it
 
 
 class _EarlyRoute:
@@ -421,6 +425,8 @@ class Ingress:
         # `router.placement: ingress` (no handle bound): the router runs in this replica
         self._router = router if router is not None else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
+        # provider limits (accounts.provider_gate): None when no model has `model_info.limits`
+        self._plimits = getattr(self._accounts, "providers", None)
         self._metrics_master = configured_master_key(cfg)  # per-key series on /metrics: this key only
         self._auto = cfg.server.auto_model
         self._max_body = cfg.server.max_body_bytes
@@ -453,6 +459,8 @@ class Ingress:
         the accounts replica replaced; the settle then waits for the new one instead of being lost.
         """
         pending = [t for t in getattr(self, "_settling", ()) if not t.done()]
+        if getattr(self, "_plimits", None) is not None:
+            pending += self._plimits.pending()
         if pending:
             logger.info("ingress: waiting for %d ledger settlements before exiting", len(pending))
             await asyncio.wait(pending, timeout=self.cfg.deployments.ingress.graceful_shutdown_timeout_s)
@@ -573,6 +581,8 @@ class Ingress:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         tenant = metrics_caller_is_master(request.headers, self._metrics_master)
+        if self._plimits is not None:  # doka_provider_limit_remaining: the core's counts, now
+            await self._plimits.export_metrics()
         doka_metrics, _ = self._obs.metrics_body(tenant=tenant)  # doka_* gateway metrics + the process defaults
         return Response(doka_metrics + generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -784,6 +794,7 @@ class Ingress:
             if not candidates:
                 raise model_not_allowed(f"this key may use none of the {self._auto!r} candidates", permitted)
         candidates, filtered = self._capable(candidates, needs, self._auto)
+        candidates, used_up = await self._open(candidates)
         if early is not None and early.candidates != candidates:
             early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
             early = None
@@ -804,6 +815,9 @@ class Ingress:
                 decision = {**decision, "cascade": self._novel}
             routing.decided(decision)
         note = f";filtered={capabilities.describe(filtered)}" if filtered else ""
+        if used_up:
+            note += ";skipped=" + ",".join(f"{m}:provider_limit_{r['limit']}"
+                                           for m, r in used_up.items())
         if filtered:
             decision = {**decision, "reason": f"{decision.get('reason', '')}; not capable: "
                                               f"{capabilities.describe(filtered)}"}
@@ -812,6 +826,19 @@ class Ingress:
         chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
         chain, _ = self._capable(chain, needs, requested)  # its fallback tiers: the capable ones
         return chain, f"auto:{decision['strategy']}{note}", decision
+
+    async def _open(self, candidates: list[str]) -> tuple[list[str], dict[str, dict]]:
+        """`auto`'s candidates without the models whose provider limit is used up (and those,
+        with why); a 429 with Retry-After at the soonest reset when none is left."""
+        if self._plimits is None:
+            return candidates, {}
+        used_up = await self._plimits.used_up(candidates)
+        if not used_up:
+            return candidates, {}
+        kept = [c for c in candidates if c not in used_up]
+        if not kept:
+            raise provider_limit_exceeded(list(used_up.values()), [])
+        return kept, used_up
 
     def _capable(self, models: list[str], needs: capabilities.Needs,
                  requested: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -851,15 +878,27 @@ class Ingress:
         tried: list[str] = []
         last_error, timed_out, last_status = "no tier available", False, None
         retry_after: float | None = None  # set while the last failed tier is in its cooldown
+        skipped: list[str] = []  # tiers whose provider limit is used up: `model:provider_limit_rpd`
+        refusals: list[dict] = []
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
+            tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
+            hold: str | None = None
+            if backend is not None and self._plimits is not None and self._plimits.limited(model):
+                got = await self._plimits.admit(model, tier_body)
+                if isinstance(got, dict):  # used up: the next tier, before any call
+                    skipped.append(f"{model}:provider_limit_{got['limit']}")
+                    refusals.append(got)
+                    continue
+                hold = got
             tried.append(model)
             if backend is None:
                 last_error, timed_out = f"{model}: not deployed", False
                 continue
             timeout = self._timeouts[model]
-            reason = base_reason if i == 0 else f"fallback:tier{i + 1}"
-            tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
+            reason = (base_reason if i == 0 else f"fallback:tier{i + 1}") + (
+                f";skipped={','.join(skipped)}" if skipped else "")
+            used = 0  # tokens the call used, for the provider-limit hold (0: failed, nothing charged)
             try:
                 if stream:
                     it = getattr(backend, f"{kind}_stream")(model, tier_body, timeout)
@@ -869,9 +908,11 @@ class Ingress:
                     except BaseException:
                         await it.aclose()
                         raise
-                    return _Attempt((first, it), model, reason, tried)
+                    att, hold = _Attempt((first, it), model, reason, tried, hold=hold), None  # the stream settles it
+                    return att
                 call = getattr(backend, kind)  # chat, completion or embedding
                 result = await asyncio.wait_for(call(model, tier_body, timeout), timeout)
+                used = provider_gate.tokens_of(result.get("usage") if isinstance(result, dict) else None)
                 return _Attempt(result, model, reason, tried)
             except StopAsyncIteration:
                 return _Attempt((None, None), model, reason, tried)
@@ -896,7 +937,14 @@ class Ingress:
                     logger.warning("ingress: tier %s failed: %r", model, e)
                     last_error, timed_out, last_status = f"{model}: {type(err).__name__}: {err}", False, None
                     retry_after = None
+            finally:  # every call made is counted once: its usage on an answer, 0 on error or cancel
+                if hold is not None:
+                    self._plimits.settle(hold, used)
             self._router.report.remote(model, False)
+        if refusals and not tried:  # every tier used up: the client may come back at the reset
+            raise provider_limit_exceeded(refusals, tried)
+        if skipped:
+            last_error += f" (skipped: {','.join(skipped)})"
         raise upstream_exhausted(tried, last_error, timed_out, last_status, retry_after)
 
     async def _run_cascade(self, kind: str, body: dict[str, Any], name: str, chain: list[str], stream: bool,
@@ -990,7 +1038,7 @@ class Ingress:
             finally:
                 if once.claim():
                     self._start_settle(grant, request_id, requested, att.model, att.usage, 499, started, att.reason,
-                                       True, att.side)
+                                       True, att.side, hold=att.hold)
                     if it is not None:
                         await it.aclose()  # stop the upstream call
 
@@ -1034,7 +1082,7 @@ class Ingress:
             # must not take the ledger row with it (the settle itself is shielded from cancellation)
             if once.claim():
                 await self._settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
-                                   att.side)
+                                   att.side, hold=att.hold)
             yield dialect.end()
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             status = 499
@@ -1047,7 +1095,7 @@ class Ingress:
         finally:
             if once.claim():  # cut short (error, client gone): charge what was delivered
                 self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
-                                   att.side)
+                                   att.side, hold=att.hold)
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
@@ -1068,8 +1116,9 @@ class Ingress:
 
     async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
                       status: int, started: float, reason: str | None, stream: bool,
-                      side: list[tuple[str, dict]] | None = None) -> None:
-        task = self._start_settle(grant, request_id, requested, model, usage, status, started, reason, stream, side)
+                      side: list[tuple[str, dict]] | None = None, hold: str | None = None) -> None:
+        task = self._start_settle(grant, request_id, requested, model, usage, status, started, reason, stream, side,
+                                  hold)
         if task is None:
             return
         try:
@@ -1079,15 +1128,21 @@ class Ingress:
 
     def _start_settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
                       status: int, started: float, reason: str | None, stream: bool,
-                      side: list[tuple[str, dict]] | None = None) -> asyncio.Task | None:
+                      side: list[tuple[str, dict]] | None = None, hold: str | None = None) -> asyncio.Task | None:
         """Record the request and start its ledger settlement as a task of its own.
 
         Not tied to the request's coroutine: a stream's generator may be cancelled or never
         resumed once the client has `[DONE]`, and the ledger row must not go with it. The
         replica's __del__ waits for unfinished settlements on graceful shutdown. `side`: the
-        other calls made for it (a cascade's), added to its tokens and cost.
+        other calls made for it (a cascade's), added to its tokens and cost. `hold`: a stream's
+        provider-limit hold, settled here with the tokens the stream used (once: callers claim `_Once`).
         """
         usage = usage or {}
+        if hold is not None and self._plimits is not None:
+            used = provider_gate.tokens_of(usage)
+            if not used and stream and getattr(grant, "meter", None) is not None:
+                used = provider_gate.tokens_of(grant.meter.usage())  # cut off before usage: what was delivered
+            self._plimits.settle(hold, used)
         keyed = not isinstance(self._accounts, NoAccounts)
         # keys off and one call: nothing to add up (the observer prices the answer itself)
         p, c, cost = self._charge(grant, model, usage, stream, side) if keyed or side else (0, 0, None)
@@ -1140,5 +1195,7 @@ class Ingress:
                                 "fallbacks": self.cfg.chain_for(name)[1:]}
                 if name in self._caps:
                     info["doka"]["capabilities"] = self._caps[name]
+                if mi.limits is not None:  # the provider's limits (the counts: /metrics)
+                    info["doka"]["limits"] = mi.limits.model_dump(exclude_none=True)
             data.append(info)
         return {"object": "list", "data": data}
