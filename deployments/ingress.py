@@ -10,8 +10,9 @@ in this replica for external providers (`egress.placement: ingress`, the default
 hop), else one handle call to the Egress or a vLLM deployment. `auto` adds one router
 decision: in this replica by default (`router.placement: ingress`), else one call to the Router
 deployment. Each tier of a chain gets its own `model_info.timeout`; a failed or timed-out tier
-moves on to the next. A stream may fall back only until its first chunk was sent; after that a
-failure ends it with an OpenAI error event.
+moves on to the next. A stream may fall back only until its first chunk was sent (a tier that
+misses its `first_token_timeout_s` is left too); after that a failure, or a gap past the tier's
+`stream_idle_timeout_s`, ends it with an OpenAI error event (deployments/stalls.py).
 
 Seams for other parts (kept in one place each):
   * accounts: `self._accounts.authorize(...)` before the call, `settle(...)` after it
@@ -50,6 +51,7 @@ from deployments.cascade import agree, replay
 from deployments.egress import EgressService
 from deployments.egress_paths import egress_homes
 from deployments.router import InProcessRouter
+from deployments import stalls
 from observability.gateway import Observability
 
 try:
@@ -418,6 +420,7 @@ class Ingress:
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
+        self._stalls = stalls.tier_timeouts(cfg)  # first-token and idle timeouts of streams
         # `router.placement: ingress` (no handle bound): the router runs in this replica
         self._router = router if router is not None else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
@@ -851,6 +854,7 @@ class Ingress:
         tried: list[str] = []
         last_error, timed_out, last_status = "no tier available", False, None
         retry_after: float | None = None  # set while the last failed tier is in its cooldown
+        missed_first: list[str] = []  # tiers left for their first-token timeout (route reason)
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
             tried.append(model)
@@ -858,14 +862,14 @@ class Ingress:
                 last_error, timed_out = f"{model}: not deployed", False
                 continue
             timeout = self._timeouts[model]
-            reason = base_reason if i == 0 else f"fallback:tier{i + 1}"
+            reason = base_reason if i == 0 else stalls.fallback_reason(i + 1, missed_first)
             tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
             try:
                 if stream:
                     it = getattr(backend, f"{kind}_stream")(model, tier_body, timeout)
                     it = it.__aiter__()
                     try:
-                        first = await asyncio.wait_for(it.__anext__(), timeout)
+                        first = await stalls.first_chunk(it, model, self._stalls.get(model), timeout)
                     except BaseException:
                         await it.aclose()
                         raise
@@ -875,6 +879,9 @@ class Ingress:
                 return _Attempt(result, model, reason, tried)
             except StopAsyncIteration:
                 return _Attempt((None, None), model, reason, tried)
+            except stalls.FirstTokenTimeout as e:
+                last_error, timed_out = str(e), True
+                missed_first.append(model)
             except asyncio.TimeoutError:
                 last_error, timed_out = f"{model}: no answer within {timeout:g}s", True
             except asyncio.CancelledError:
@@ -1012,6 +1019,7 @@ class Ingress:
         usage: dict | None = att.usage
         status = 200
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
+        timed: AsyncIterator[dict] | None = None
         try:
             if first is not None:
                 usage = first.get("usage") or usage
@@ -1019,7 +1027,9 @@ class Ingress:
                 if not strip_usage or (first := _without_usage(first)) is not None:
                     yield encode(first)
             if it is not None:
-                async for chunk in it:
+                idle = self._stalls[att.model].idle if att.model in self._stalls else None
+                timed = stalls.chunks(it, att.model, idle)  # raises StreamStalled past `idle`
+                async for chunk in timed:
                     _rename_model(chunk, att.model)
                     observe(chunk)
                     if chunk.get("usage"):
@@ -1039,6 +1049,10 @@ class Ingress:
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             status = 499
             raise
+        except stalls.StreamStalled as e:  # the tier went quiet: end the stream, charge what was sent
+            status = stalls.STALLED_STATUS
+            logger.warning("ingress: %s", e)
+            yield dialect.error(e.error())
         except Exception as e:
             err = _unwrap(e)
             status = err.status if isinstance(err, UpstreamError) else 502
@@ -1048,6 +1062,8 @@ class Ingress:
             if once.claim():  # cut short (error, client gone): charge what was delivered
                 self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
                                    att.side)
+            if timed is not None:
+                await timed.aclose()
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
