@@ -73,3 +73,42 @@ def test_chunks_end_with_stream_stalled_only_when_the_upstream_is_slow():
 def test_fallback_reason():
     assert stalls.fallback_reason(2, []) == "fallback:tier2"
     assert stalls.fallback_reason(3, ["a", "b"]) == "fallback:tier3:first_token_timeout=a+b"
+
+
+def test_a_cancellation_from_outside_is_not_taken_for_a_stall():
+    async def main():
+        async def consume():
+            async for _ in stalls.chunks(_source(0, 5), "a", 10):
+                pass
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert asyncio.run(main()) == "cancelled"
+
+
+def test_an_upstream_that_turns_the_cancellation_into_its_own_error_still_reads_as_a_stall():
+    async def wrapping():
+        yield {"i": 0}
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            raise RuntimeError("client library: request aborted") from None
+        yield {"i": 1}
+
+    async def main():
+        got = []
+        try:
+            async for c in stalls.chunks(wrapping(), "a", 0.1):
+                got.append(c["i"])
+        except stalls.StreamStalled:
+            return got, asyncio.current_task().cancelling()
+        return got, None
+
+    assert asyncio.run(main()) == ([0], 0)  # stalled, and no cancellation left pending on the task
