@@ -3,8 +3,9 @@
 Why: `auto`, chains and cascades used to pick by quality and cost only, so a tool-calling
 request could land on a local model started without a tool parser and come back as vLLM's 400.
 Each model now declares its capabilities (`resolve`: the config's `model_info.supports_*`,
-`context_window`, `max_output_tokens` where set; else LiteLLM's model info for a model it knows;
-else vLLM's engine settings for a local model), each request states its needs (`needs_of`, read
+`context_window`, `max_output_tokens` where set; else LiteLLM's model info for a model it knows
+(never looked up for an Ollama model: LiteLLM would ask a server for it); else vLLM's engine
+settings for a local model), each request states its needs (`needs_of`, read
 from the OpenAI chat body every endpoint is translated to), and the ingress keeps only the
 candidates and tiers that can serve it (`missing`). Unknown counts as able: only a capability
 known to be absent filters a model out. Ray-free, so the rules have fast unit tests.
@@ -24,6 +25,7 @@ logger = logging.getLogger("ray.serve")
 
 # the names a request's needs are reported by (route reason, 400 message)
 TOOLS, PARALLEL, VISION, JSON, CONTEXT = "tools", "parallel_tool_calls", "vision", "response_format", "context_window"
+OLLAMA_PREFIXES = ("ollama/", "ollama_chat/")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,10 @@ def resolve(entry: ModelEntry, lookup: Callable[[str], dict[str, Any] | None] = 
     if entry.provider == "vllm":
         base = _vllm_capabilities(entry)
     else:
-        info = lookup(str(entry.litellm_params.get("model", "")))
+        model = str(entry.litellm_params.get("model", ""))
+        # LiteLLM's info for an Ollama model is a POST to an Ollama server's /api/show at LiteLLM's
+        # default address (not this model's api_base), made while the graph is built: declare instead
+        info = None if model.startswith(OLLAMA_PREFIXES) else lookup(model)
         base = _from_litellm(info) if info else Capabilities()
     mi = entry.model_info
     declared = {"tools": mi.supports_tools, "parallel_tool_calls": mi.supports_parallel_tool_calls,

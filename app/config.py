@@ -88,6 +88,14 @@ class ModelInfo(_Strict):
     weight: float = Field(1.0, ge=0, description="weight for the weighted round-robin strategy")
     route_label: str | None = Field(None, description="the name a trained router artifact uses for this model")
     max_retries: int = Field(0, ge=0)
+    first_token_timeout_s: float | None = Field(
+        None, gt=0, description="a streamed request moves to the chain's next tier when this tier sends "
+        "no first chunk within this many seconds (route reason `fallback:tierN:first_token_timeout=<model>`); "
+        "unset: the tier's `timeout`. Never more than `timeout`")
+    stream_idle_timeout_s: float | None = Field(
+        None, gt=0, description="once a stream's first chunk has reached the client, a gap of more than "
+        "this many seconds between chunks ends it with an OpenAI error event (code `stream_stalled`), "
+        "charged for what was delivered; unset: the tier's `timeout`")
     mode: Literal["chat", "embedding"] = Field(
         "chat", description="what the model serves: chat (chat/completions, messages, responses) or "
         "embedding (/v1/embeddings only; never an `auto` candidate)")
@@ -153,6 +161,10 @@ class VLLMParams(_Strict):
         "unset: ray.serve.llm's default (50 ms, or RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)")
 
 
+# LiteLLM providers of servers the operator runs: zero USD unless model_info sets a price
+SELF_HOSTED_PREFIXES = ("ollama/", "ollama_chat/", "hosted_vllm/")
+
+
 class ModelEntry(_Strict):
     model_name: str = Field(min_length=1)
     provider: Literal["litellm", "vllm"] = "litellm"
@@ -168,10 +180,19 @@ class ModelEntry(_Strict):
             raise ValueError(f"model {self.model_name!r}: litellm_params.model is required")
         return self
 
+    @property
+    def self_hosted(self) -> bool:
+        """Served on the operator's own machines: a `provider: vllm` model, or a LiteLLM model of an
+        Ollama or vLLM server (`ollama/`, `ollama_chat/`, `hosted_vllm/`)."""
+        model = str(self.litellm_params.get("model", ""))
+        return self.provider == "vllm" or model.startswith(SELF_HOSTED_PREFIXES)
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD of one call at the configured prices; a self-hosted model with none costs 0,
+        any other model with none is unpriced (None)."""
         info = self.model_info
         if info.input_cost_per_token is None and info.output_cost_per_token is None:
-            return None
+            return 0.0 if self.self_hosted else None
         return prompt_tokens * (info.input_cost_per_token or 0.0) + completion_tokens * (
             info.output_cost_per_token or 0.0
         )

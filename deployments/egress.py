@@ -42,6 +42,7 @@ from app.config import DokaConfig, ModelEntry, parse_config, resolve_secret  # n
 from app.errors import UpstreamError  # noqa: E402
 from app.request_params import KNOWN, provider_body  # noqa: E402
 from deployments.egress_paths import is_passthrough  # noqa: E402
+from deployments.ollama import register_ollama_models  # noqa: E402
 from deployments.provider_errors import provider_errors  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
@@ -114,6 +115,7 @@ class EgressCore:
         litellm.suppress_debug_info = True
         self.cfg = cfg
         self.entries: dict[str, ModelEntry] = {m.model_name: m for m in cfg.model_list if m.provider == "litellm"}
+        register_ollama_models(cfg)  # else LiteLLM asks an Ollama server about them on every call
         self.router = litellm.Router(
             model_list=litellm_model_list(cfg),
             num_retries=0,  # the ingress owns fallbacks; per-model retries happen here, below

@@ -10,8 +10,9 @@ in this replica for external providers (`egress.placement: ingress`, the default
 hop), else one handle call to the Egress or a vLLM deployment. `auto` adds one router
 decision: in this replica by default (`router.placement: ingress`), else one call to the Router
 deployment. Each tier of a chain gets its own `model_info.timeout`; a failed or timed-out tier
-moves on to the next. A stream may fall back only until its first chunk was sent; after that a
-failure ends it with an OpenAI error event.
+moves on to the next. A stream may fall back only until its first chunk was sent (a tier that
+misses its `first_token_timeout_s` is left too); after that a failure, or a gap past the tier's
+`stream_idle_timeout_s`, ends it with an OpenAI error event (deployments/stalls.py).
 
 Seams for other parts (kept in one place each):
   * accounts: `self._accounts.authorize(...)` before the call, `settle(...)` after it
@@ -52,6 +53,7 @@ from deployments.cascade import agree, replay
 from deployments.egress import EgressService
 from deployments.egress_paths import egress_homes
 from deployments.router import InProcessRouter
+from deployments import stalls
 from observability.gateway import Observability
 
 try:
@@ -422,6 +424,7 @@ class Ingress:
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
+        self._stalls = stalls.tier_timeouts(cfg)  # first-token and idle timeouts of streams
         # `router.placement: ingress` (no handle bound): the router runs in this replica
         self._router = router if router is not None else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
@@ -880,6 +883,7 @@ class Ingress:
         retry_after: float | None = None  # set while the last failed tier is in its cooldown
         skipped: list[str] = []  # tiers whose provider limit is used up: `model:provider_limit_rpd`
         refusals: list[dict] = []
+        missed_first: list[str] = []  # tiers left for their first-token timeout (route reason)
         for i, model in enumerate(chain):
             backend = self._backends.get(model)
             tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
@@ -896,7 +900,7 @@ class Ingress:
                 last_error, timed_out = f"{model}: not deployed", False
                 continue
             timeout = self._timeouts[model]
-            reason = (base_reason if i == 0 else f"fallback:tier{i + 1}") + (
+            reason = (base_reason if i == 0 else stalls.fallback_reason(i + 1, missed_first)) + (
                 f";skipped={','.join(skipped)}" if skipped else "")
             used = 0  # tokens the call used, for the provider-limit hold (0: failed, nothing charged)
             try:
@@ -904,7 +908,7 @@ class Ingress:
                     it = getattr(backend, f"{kind}_stream")(model, tier_body, timeout)
                     it = it.__aiter__()
                     try:
-                        first = await asyncio.wait_for(it.__anext__(), timeout)
+                        first = await stalls.first_chunk(it, model, self._stalls.get(model), timeout)
                     except BaseException:
                         await it.aclose()
                         raise
@@ -916,6 +920,9 @@ class Ingress:
                 return _Attempt(result, model, reason, tried)
             except StopAsyncIteration:
                 return _Attempt((None, None), model, reason, tried)
+            except stalls.FirstTokenTimeout as e:
+                last_error, timed_out = str(e), True
+                missed_first.append(model)
             except asyncio.TimeoutError:
                 last_error, timed_out = f"{model}: no answer within {timeout:g}s", True
             except asyncio.CancelledError:
@@ -1060,6 +1067,7 @@ class Ingress:
         usage: dict | None = att.usage
         status = 200
         observe = getattr(grant, "observe", None) or (lambda chunk: None)  # accounts counts delivered tokens
+        timed: AsyncIterator[dict] | None = None
         try:
             if first is not None:
                 usage = first.get("usage") or usage
@@ -1067,7 +1075,9 @@ class Ingress:
                 if not strip_usage or (first := _without_usage(first)) is not None:
                     yield encode(first)
             if it is not None:
-                async for chunk in it:
+                idle = self._stalls[att.model].idle if att.model in self._stalls else None
+                timed = stalls.chunks(it, att.model, idle)  # raises StreamStalled past `idle`
+                async for chunk in timed:
                     _rename_model(chunk, att.model)
                     observe(chunk)
                     if chunk.get("usage"):
@@ -1087,6 +1097,10 @@ class Ingress:
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             status = 499
             raise
+        except stalls.StreamStalled as e:  # the tier went quiet: end the stream, charge what was sent
+            status = stalls.STALLED_STATUS
+            logger.warning("ingress: %s", e)
+            yield dialect.error(e.error())
         except Exception as e:
             err = _unwrap(e)
             status = err.status if isinstance(err, UpstreamError) else 502
@@ -1096,6 +1110,8 @@ class Ingress:
             if once.claim():  # cut short (error, client gone): charge what was delivered
                 self._start_settle(grant, request_id, requested, att.model, usage, status, started, att.reason, True,
                                    att.side, hold=att.hold)
+            if timed is not None:
+                await timed.aclose()
             if it is not None:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 

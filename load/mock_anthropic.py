@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import MockState, answer_words, dumps, sample_args, split_text, wants_tool
+from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, split_text, wants_tool
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
@@ -118,7 +118,7 @@ def routes(state: MockState) -> list[Route]:
             return error(401, "x-api-key header is required")
         model = str(body.get("model", "unknown"))
         fault = await state.gate(model, body, api="anthropic")
-        if fault not in ("none", "drop"):
+        if fault in HTTP_FAULTS:
             msg = "Overloaded" if fault == "529" else f"mock fault {fault} for {model}"
             return error(int(fault), msg)
         content, stop = _content(model, body, state.settings.chunks)
@@ -127,7 +127,7 @@ def routes(state: MockState) -> list[Route]:
                    "usage": _usage(_prompt(body), content)}
         if body.get("stream"):
             events = stream_events(message, state.settings.chunks)
-            return StreamingResponse(state.paced(events, fault == "drop"), media_type="text/event-stream")
+            return StreamingResponse(state.paced(events, fault), media_type="text/event-stream")
         state.counts["completed"] += 1
         return Response(dumps(message), media_type="application/json")
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import MockState, answer_words, dumps, sample_args, split_text, wants_tool
+from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, split_text, wants_tool
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -62,7 +62,7 @@ def routes(state: MockState) -> list[Route]:
             return error(401, "no api key supplied")
         model = str(body["model"])
         fault = await state.gate(model, body, api="cohere")
-        if fault not in ("none", "drop"):
+        if fault in HTTP_FAULTS:
             return error(int(fault), f"mock fault {fault} for {model}")
         text, calls, finish = _answer(model, body, state.settings.chunks)
         n_in = max(1, len(" ".join(_text(m.get("content")) for m in body["messages"]).split()))
@@ -94,6 +94,6 @@ def routes(state: MockState) -> list[Route]:
                  "arguments": call["function"]["arguments"]}]}}))
             events.append(_sse({"type": "tool-call-end", "index": i}))
         events.append(_sse({"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}}))
-        return StreamingResponse(state.paced(events, fault == "drop"), media_type="text/event-stream")
+        return StreamingResponse(state.paced(events, fault), media_type="text/event-stream")
 
     return [Route("/v2/chat", chat, methods=["POST"])]

@@ -15,10 +15,14 @@ from typing import Any, AsyncIterator, Iterable
 
 from pydantic import BaseModel, Field
 
-# "none", an HTTP status the provider answers with, "timeout" (never answers) or "drop"
-# (the connection breaks mid-stream). 529 is Anthropic's "overloaded".
+# "none", an HTTP status the provider answers with, "timeout" (never answers), "drop" (the
+# connection breaks mid-stream), "stall" (a stream sends its first chunk, then nothing, the
+# connection open) or "silent" (a stream's headers go out, then nothing). 529 is Anthropic's
+# "overloaded". A plain (non-streamed) request with "stall" or "silent" never answers.
 HTTP_FAULTS = ("400", "401", "429", "500", "502", "503", "529")
-FAULTS = ("none", *HTTP_FAULTS, "timeout", "drop")
+STALL_FAULTS = ("stall", "silent")
+FAULTS = ("none", *HTTP_FAULTS, "timeout", "drop", *STALL_FAULTS)
+STALL_S = 3600.0  # how long a stalled stream (or an unanswered request) waits: longer than any test
 
 
 class MockSettings(BaseModel):
@@ -74,11 +78,13 @@ class MockState:
         self.last_body.clear()
         self.fault_credit.clear()
 
-    async def gate(self, model: str, body: Any, api: str = "openai") -> str:
+    async def gate(self, model: str, body: Any, api: str = "openai", stream: bool | None = None) -> str:
         """Count and record one request, then wait out latency and faults.
 
         Returns the fault that applies: an HTTP_FAULTS status the caller answers with in its
-        own error shape, "drop" (break the stream) or "none". A "timeout" never returns.
+        own error shape, "drop" / "stall" / "silent" (for `paced`) or "none". A "timeout" never
+        returns, nor does a stall fault on a plain request (`stream`: whether the answer is
+        streamed; unset: the body's `stream` flag).
         """
         self.counts["requests"] += 1
         if api != "openai":
@@ -90,27 +96,38 @@ class MockState:
         if fault in HTTP_FAULTS:
             self.counts[f"fault_{fault}"] += 1
             return fault
+        if stream is None:
+            stream = isinstance(body, dict) and bool(body.get("stream"))
+        if fault in STALL_FAULTS and not stream:
+            fault = "timeout"
         if fault == "timeout":
             self.counts["fault_timeout"] += 1
             try:
-                await asyncio.sleep(3600)
+                await asyncio.sleep(STALL_S)
             finally:
                 self.counts["timeout_abandoned"] += 1
         if s.latency_ms:
             await asyncio.sleep(s.latency_ms / 1000)
         return fault
 
-    async def paced(self, events: Iterable[bytes], drop: bool) -> AsyncIterator[bytes]:
-        """Send SSE events with the configured pacing; counts a stream the client left as cancelled.
+    async def paced(self, events: Iterable[bytes], fault: str | bool) -> AsyncIterator[bytes]:
+        """Send stream events with the configured pacing; counts a stream the client left as cancelled.
 
-        `drop`: break the connection halfway (after at least one event), as a failing provider does.
+        `fault` "drop" (or True): break the connection halfway (after at least one event), as a
+        failing provider does; "stall": send the first event, then nothing (connection open);
+        "silent": send nothing at all (the headers are out). Other values: no fault.
         """
         events = list(events)
+        drop = fault is True or fault == "drop"
+        stall_at = {"stall": 1, "silent": 0}.get(fault) if isinstance(fault, str) else None
         interval = self.settings.chunk_interval_ms / 1000
         self.counts["streams_started"] += 1
         finished = False
         try:
             for i, event in enumerate(events):
+                if stall_at is not None and i == stall_at:
+                    self.counts[f"fault_{fault}"] += 1
+                    await asyncio.sleep(STALL_S)  # until the client gives up (cancelled below)
                 if drop and i == max(1, len(events) // 2):
                     self.counts["fault_drop"] += 1
                     finished = True

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import MockState, answer_words, dumps, sample_args, split_text, wants_tool
+from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, split_text, wants_tool
 
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -100,8 +100,8 @@ def routes(state: MockState) -> list[Route]:
             return error(400, "contents is required")
         if not request.headers.get("x-goog-api-key") and not request.query_params.get("key"):
             return error(401, "API key not valid. Please pass a valid API key.")
-        fault = await state.gate(model, body, api="gemini")
-        if fault not in ("none", "drop"):
+        fault = await state.gate(model, body, api="gemini", stream=method == "streamGenerateContent")
+        if fault in HTTP_FAULTS:
             msg = "The model is overloaded. Please try again later." if fault in ("503", "529") else \
                 f"mock fault {fault} for {model}"
             return error(int(fault), msg)
@@ -116,6 +116,6 @@ def routes(state: MockState) -> list[Route]:
             state.counts["completed"] += 1
             return Response(dumps(chunks), media_type="application/json")
         events = [b"data: " + dumps(c) + b"\r\n\r\n" for c in chunks]
-        return StreamingResponse(state.paced(events, fault == "drop"), media_type="text/event-stream")
+        return StreamingResponse(state.paced(events, fault), media_type="text/event-stream")
 
     return [Route(f"/{version}/models/{{target:path}}", generate, methods=["POST"]) for version in ("v1beta", "v1")]

@@ -1,14 +1,17 @@
 """The mock providers' server: the "external models" for tests, `make run` and benches.
 
 This module is the OpenAI-compatible one and the app that mounts all of them on one port:
-Anthropic Messages (load/mock_anthropic.py), Gemini (load/mock_gemini.py) and Cohere v2 chat
-(load/mock_cohere.py) share its settings, faults and counters (load/mock_core.py), so LiteLLM's
-translation to each provider's own wire format runs for real against one process.
+Anthropic Messages (load/mock_anthropic.py), Gemini (load/mock_gemini.py), Cohere v2 chat
+(load/mock_cohere.py) and Ollama's native API (load/mock_ollama.py: NDJSON streams) share its
+settings, faults and counters (load/mock_core.py), so LiteLLM's translation to each
+provider's own wire format runs for real against one process.
 
 The OpenAI mock answers `/v1/chat/completions` and `/v1/completions` (plain and SSE streaming, with usage;
 tool calls when a request offers tools and asks for one) and `/v1/embeddings` (deterministic
-vectors, float or base64; load/mock_openai_extras.py) after a configurable latency, and injects faults per model name: HTTP 400/401/429/5xx/529, a timeout
-(never answers), or a connection dropped mid-stream. It counts what it saw, including streams
+vectors, float or base64; load/mock_openai_extras.py) after a configurable latency, and injects
+faults per model name: HTTP 400/401/429/5xx/529, a timeout (never answers), a connection
+dropped mid-stream, or a stream that stalls after its first chunk (`stall`) or before it
+(`silent`). It counts what it saw, including streams
 the client closed early, so tests can assert that a gateway cancelled its upstream call.
 
 It is a bare Starlette app on uvicorn (uvloop + httptools) so it is never the bottleneck of
@@ -30,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import FAULTS, MockSettings, MockState, answer_words, dumps, split_text
+from load.mock_core import FAULTS, HTTP_FAULTS, MockSettings, MockState, answer_words, dumps, split_text
 from load.mock_openai_extras import embeddings_payload, tool_call, tool_call_chunks
 from load.mock_script import scripted_refusal, scripted_turn
 
@@ -60,7 +63,7 @@ def _error(status: int, message: str, etype: str) -> JSONResponse:
 
 def build_app(settings: MockSettings | None = None) -> Starlette:
     """One app for every mock provider: OpenAI's routes here, the others from their modules."""
-    from load import mock_anthropic, mock_cohere, mock_gemini
+    from load import mock_anthropic, mock_cohere, mock_gemini, mock_ollama
 
     state = MockState(settings or MockSettings())
 
@@ -72,7 +75,7 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
             return _error(400, "malformed JSON", "invalid_request_error")
         model = str(body.get("model", "unknown"))
         fault = await state.gate(model, body)
-        if fault not in ("none", "drop"):
+        if fault in HTTP_FAULTS:
             etype = {"429": "rate_limit_error", "400": "invalid_request_error",
                      "401": "authentication_error"}.get(fault, "server_error")
             return _error(int(fault), f"mock fault {fault} for {model}", etype)
@@ -104,7 +107,7 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
             events = _stream_events(kind, model, rid, created, words, usage, body, call)
-            return StreamingResponse(state.paced(events, fault == "drop"), media_type="text/event-stream")
+            return StreamingResponse(state.paced(events, fault), media_type="text/event-stream")
         state.counts["completed"] += 1
         text = "".join(words)
         if kind == "chat":
@@ -171,6 +174,7 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         *mock_anthropic.routes(state),
         *mock_gemini.routes(state),
         *mock_cohere.routes(state),
+        *mock_ollama.routes(state),
     ])
     from load.mock_recorder import RequestRecorder
 

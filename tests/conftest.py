@@ -86,6 +86,12 @@ class MockUpstream:
             return httpx.post(f"{self.url}/_mock/state", json=patch, timeout=5).json()
         return httpx.get(f"{self.url}/_mock/state", timeout=5).json()
 
+    def last(self, model: str) -> dict[str, Any]:
+        """The last request body `model` received, as the provider saw it."""
+        r = httpx.get(f"{self.url}/_mock/last/{model}", timeout=5)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def reset(self, latency_ms: float = 5) -> None:
         self.state(faults={}, latency_ms=latency_ms, chunks=8, chunk_interval_ms=0, fault_rate=1.0, answers={},
                    reset_counts=True)

@@ -22,7 +22,7 @@ def test_config_check_ok_on_default():
     r = _doka("config", "check", str(DEFAULT_CONFIG_PATH))
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout and "default: mock-mixtral -> mock-gpt-4" in r.stdout
-    assert "local-demo: local-tiny -> mock-mixtral -> mock-gpt-4" in r.stdout
+    assert "local-demo: local-tiny -> mock-ollama -> mock-gpt-4" in r.stdout
     assert "verified: mock-mixtral + mock-gpt-3.5 -> mock-gpt-4" in r.stdout
 
 
@@ -34,7 +34,7 @@ def test_the_demo_model_is_never_auto_or_a_default_tier():
     tiny = cfg.model("local-tiny")
     assert tiny is not None and tiny.model_info.parallel and not tiny.model_info.route_label
     assert "local-tiny" not in cfg.auto_candidates() and "local-tiny" not in cfg.chain_for("default")
-    assert cfg.chain_for("local-tiny") == ["local-tiny", "mock-mixtral", "mock-gpt-4"]
+    assert cfg.chain_for("local-tiny") == ["local-tiny", "mock-ollama", "mock-gpt-4"]
 
 
 def test_a_cascade_names_three_different_chat_models_and_no_taken_name():

@@ -83,7 +83,8 @@ def test_router_path_models_have_an_egress_of_their_own(app):
     assert "EgressTranslated" in deployments and "Egress" not in deployments
     heavy = {m.model_name for m in parse_config(app.raw).model_list
              if m.provider == "litellm" and uses_router_path(m.litellm_params)}
-    assert heavy == {"mock-command-r"}  # Anthropic and Gemini take the direct translation
+    # Anthropic and Gemini take the direct translation; Cohere and Ollama LiteLLM's Router path
+    assert heavy == {"mock-command-r", "mock-ollama"}
 
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini", "mock-command-r"])

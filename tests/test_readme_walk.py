@@ -52,7 +52,7 @@ def _with_demo_model(raw: dict) -> None:
                                  "model_info": {"tier": "local", "timeout": 3, "parallel": True},
                                  "vllm": {"model_source": "/nonexistent/tiny-llama",
                                           "placement_group_config": {"bundles": [{"CPU": 1}]}}})
-    raw["fallbacks"]["local-demo"] = ["local-tiny", "mock-mixtral", "mock-gpt-4"]
+    raw["fallbacks"]["local-demo"] = ["local-tiny", "mock-ollama", "mock-gpt-4"]
 
 
 def _blocks() -> list[tuple[int, str, str]]:
