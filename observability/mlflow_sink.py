@@ -198,7 +198,7 @@ class MlflowSink:
         from mlflow.tracking import MlflowClient  # feedback for a request another replica served
 
         found = MlflowClient(self.tracking_uri).search_traces(
-            experiment_ids=[self.experiment_id], filter_string=f"tag.`doka.request_id` = '{request_id}'",
+            locations=[self.experiment_id], filter_string=f"tag.`doka.request_id` = '{request_id}'",
             max_results=1, include_spans=False)
         return found[0].info.trace_id if found else None
 
