@@ -251,9 +251,20 @@ class MlflowSink:
         return {"sent": self.sent, "dropped": self.dropped, "failed": self.failed, "queued": self._queue.qsize(),
                 "experiment_id": self.experiment_id}
 
-    def shutdown(self) -> None:
-        self.flush()
-        self._put(_STOP)
+    def shutdown(self, flush_timeout_s: float = 10.0) -> None:
+        if flush_timeout_s > 0:
+            self.flush(flush_timeout_s)
+        while True:  # make room for the stop marker: what is still queued is dropped
+            try:
+                self._queue.put_nowait(_STOP)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self._queue.task_done()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
 
 
 __all__ = ["MlflowSink", "mlflow_configured", "mlflow_importable", "span_attributes"]

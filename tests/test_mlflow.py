@@ -146,6 +146,7 @@ def test_sink_off_by_default_and_never_raises_on_a_dead_server(monkeypatch):
         sink.send(_record(f"dead-{i}"), prompt="p", output="o")
     assert _wait(lambda: sink.failed >= 1, 30), sink.stats()
     assert sink.sent == 0
+    sink.shutdown(flush_timeout_s=0)
 
 
 # -- the gateway ------------------------------------------------------------------------------
