@@ -337,10 +337,23 @@ class AccountsConfig(_Strict):
         "Must outlive the Accounts replica (a persistent volume on Kubernetes)")
 
 
+class MlflowTracingConfig(_Strict):
+    """`observability.mlflow`: each gateway request becomes an MLflow trace (off when absent)."""
+
+    tracking_uri: str = Field(..., description="MLflow tracking server URI (http://host:5000, sqlite:///..., "
+                              "databricks); `os.environ/MLFLOW_TRACKING_URI` reads it from the environment")
+    experiment: str = Field("doka-gateway", description="experiment the traces go to (created if missing)")
+    enabled: bool = True
+    queue_size: int = Field(10_000, ge=1, description="requests waiting to be sent; more are dropped (counted, "
+                            "never blocking a request)")
+
+
 class ObservabilityConfig(_Strict):
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint; env OTEL_EXPORTER_OTLP_ENDPOINT")
     service_name: str = "doka"
     langfuse: bool = Field(True, description="send to Langfuse when LANGFUSE_* env vars are set")
+    mlflow: MlflowTracingConfig | None = Field(
+        None, description="send each request as an MLflow trace (tracking_uri, experiment); off by default")
     redact_prompts: bool = False
     traces_url: str | None = Field(None, description="trace store dir or fsspec URL; default data_dir/traces")
     store_prompts: bool = True

@@ -19,6 +19,7 @@ from app.config import DokaConfig
 from observability.feedback import FeedbackIn, FeedbackStore, parse_feedback
 from observability.langfuse_sink import LangfuseSink
 from observability.metrics import GatewayMetrics
+from observability.mlflow_sink import MlflowSink
 from observability.trace_store import TraceRecord, TraceStore, prompt_for_store, prompt_text, traces_root
 from observability.tracing import AttemptSpan, RequestSpan, RoutingSpan, Tracing
 
@@ -247,6 +248,7 @@ class Observability:
         self.traces = TraceStore(root)
         self.feedback = FeedbackStore(root)
         self.langfuse = LangfuseSink.from_env(ocfg)
+        self.mlflow = MlflowSink.from_config(ocfg)
         self._open: OrderedDict[str, RequestObservation] = OrderedDict()
 
     def wrap_backends(self, backends: dict[str, Any]) -> dict[str, Any]:
@@ -329,6 +331,11 @@ class Observability:
                 self.langfuse.send(record, prompt=prompt, output=output_text)
             except Exception as e:  # Langfuse trouble must never fail a request
                 print(f"doka langfuse: {e!r}", flush=True)
+        if self.mlflow is not None:
+            try:  # a queue put: the MLflow calls run on the sink's own thread
+                self.mlflow.send(record, prompt=prompt, output=output_text)
+            except Exception as e:
+                print(f"doka mlflow: {e!r}", flush=True)
 
     def add_feedback(self, payload: Any, key_id: str | None = None) -> tuple[int, dict[str, Any]]:
         """Handle a `POST /v1/feedback` body: (status code, JSON body)."""
@@ -341,6 +348,11 @@ class Observability:
                 self.langfuse.score(parsed.request_id, parsed.score, parsed.comment)
             except Exception as e:
                 print(f"doka langfuse: {e!r}", flush=True)
+        if self.mlflow is not None:
+            try:
+                self.mlflow.score(parsed.request_id, parsed.score, parsed.comment)
+            except Exception as e:
+                print(f"doka mlflow: {e!r}", flush=True)
         return 200, {"object": "feedback", "request_id": record.request_id, "score": record.score, "stored": True}
 
     def metrics_body(self, tenant: bool = False) -> tuple[bytes, str]:
@@ -355,3 +367,5 @@ class Observability:
         self.tracing.flush()
         if self.langfuse is not None:
             self.langfuse.flush()
+        if self.mlflow is not None:
+            self.mlflow.shutdown()

@@ -30,6 +30,8 @@ SKIP = {
     "make run    #": "builds the venv and serves on :8000; this test is that gateway (and `make test` would recurse)",
     "doka router import-routerbench": "imports and trains on all of RouterBench: minutes of CPU; "
                                       "tests/test_training_cli.py runs these commands on small data",
+    "--mlflow http://127.0.0.1:5000": "needs an MLflow tracking server of yours on :5000; tests/test_mlflow.py "
+                                      "starts one and runs train and eval with --mlflow against it",
     "doka router calibrate --registry": "needs a traffic.jsonl of your own; tests/test_calibrate_ties.py and "
                                         "tests/test_training_generalization.py run calibrate",
     "doka router eval-cascade --data .doka/data/routerbench": "needs the imported RouterBench test split (minutes)",

@@ -103,9 +103,29 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     meta = json.loads((path / "metadata.json").read_text())
-    _print({"artifact": str(path), "version": meta["version"], "family": meta["family"], "labels": meta["labels"],
-            "metrics": meta["metrics"], "train_seconds": meta["train_seconds"]})
-    return 0
+    out = {"artifact": str(path), "version": meta["version"], "family": meta["family"], "labels": meta["labels"],
+           "metrics": meta["metrics"], "train_seconds": meta["train_seconds"]}
+    rc = 0
+    if args.mlflow:
+        from training.mlflow_runs import log_training
+
+        out["mlflow"], rc = _mlflow(lambda: log_training(args.mlflow, path, args.mlflow_experiment,
+                                                         holdout=args.holdout, use_ray=args.ray))
+    _print(out)
+    return rc
+
+
+def _mlflow(log) -> tuple[dict[str, Any], int]:
+    """Log the run to MLflow: ({run_id, ...}, 0), or ({error}, 1) when it could not be logged
+    (the artifact or report is still written / printed)."""
+    try:
+        return log(), 0
+    except ImportError as e:
+        msg = f"MLflow is not installed ({e}): pip install 'doka[mlflow]'"
+    except Exception as e:  # noqa: BLE001 - a server down must not lose the result
+        msg = f"{type(e).__name__}: {e}"
+    print(f"error: could not log the MLflow run: {msg}", file=sys.stderr)
+    return {"error": msg}, 1
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -130,10 +150,19 @@ def _eval(args: argparse.Namespace) -> int:
         print(apgr_summary(report), file=sys.stderr)
     if args.plot:
         report["plot"] = str(plot(report, args.plot))
+    rc = 0
+    if args.mlflow:
+        from training.mlflow_runs import log_evaluation
+
+        settings = {"num_thresholds": args.num_thresholds, "bootstrap": args.bootstrap, "data": args.data,
+                    "registry": args.registry, "aliases": args.alias, "assumed_output_tokens": args.assumed_output_tokens}
+        local = args.artifact if args.artifact and not args.registry else None
+        report["mlflow"], rc = _mlflow(lambda: log_evaluation(args.mlflow, report, args.mlflow_experiment, settings,
+                                                              artifact_dir=local, plot=report.get("plot")))
     if not args.curve:
         report["router"].pop("curve", None)
     print(json.dumps(report, default=str))
-    return 0
+    return rc
 
 
 def _eval_cascade(args: argparse.Namespace) -> int:
@@ -220,6 +249,13 @@ def _versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mlflow_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", metavar="TRACKING_URI",
+                   help="also log this run to MLflow (http://127.0.0.1:5000, sqlite:///mlflow.db, databricks, ...): "
+                        "params, metrics and the artifact; the run id is in the JSON under `mlflow`. Off by default")
+    p.add_argument("--mlflow-experiment", default="doka-router", metavar="NAME", help="MLflow experiment (default doka-router)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from router.featurizer import ROUTING_FEATURIZER_ID
     from training.bootstrap import DEFAULT_FAMILY
@@ -259,6 +295,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="doka config whose prices fill missing costs")
     p.add_argument("--ray", action="store_true", help="embed with Ray Data map_batches (connects to RAY_ADDRESS if set)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _mlflow_flags(p)
     p.set_defaults(handler=_run(_train))
 
     p = sub.add_parser("eval", help="evaluate an artifact on a dataset; prints one JSON object")
@@ -279,6 +316,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="two-model mode: prompt resamples for the APGR standard error and 95%% interval (0: off)")
     p.add_argument("--task", help="only the records with this `task` (e.g. arc-challenge)")
     p.add_argument("--quiet", action="store_true")
+    _mlflow_flags(p)
     p.set_defaults(handler=_run(_eval))
 
     p = sub.add_parser("eval-cascade", help="score a cascade (weak + verifier, strong on disagreement) on a dataset "
