@@ -39,10 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts import provider_gate
-from accounts.estimate import prompt_tokens
+from accounts.estimate import charged_usage, prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
-from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
+from app.errors import (OpenAIError, UpstreamError, bad_request, body_too_large, is_client_error_status,
                         provider_limit_exceeded,
                         model_not_allowed, unknown_model, upstream_exhausted)
 from app.request_params import refuse_unknown
@@ -987,7 +987,7 @@ class Ingress:
                 elif call.exception() is None:
                     answers[m] = call.result().result
                     side.append((m, answers[m].get("usage") or {}))
-                elif isinstance(err := call.exception(), OpenAIError) and err.status in CLIENT_ERROR_STATUSES:
+                elif isinstance(err := call.exception(), OpenAIError) and is_client_error_status(err.status):
                     refused = err  # the request itself was refused (`_run_chain`): no tier would take it
         if refused is not None:
             raise refused
@@ -1155,9 +1155,7 @@ class Ingress:
         """
         usage = usage or {}
         if hold is not None and self._plimits is not None:
-            used = provider_gate.tokens_of(usage)
-            if not used and stream and getattr(grant, "meter", None) is not None:
-                used = provider_gate.tokens_of(grant.meter.usage())  # cut off before usage: what was delivered
+            used = provider_gate.tokens_of(charged_usage(usage, stream, getattr(grant, "meter", None)) or usage)
             self._plimits.settle(hold, used)
         keyed = not isinstance(self._accounts, NoAccounts)
         # keys off and one call: nothing to add up (the observer prices the answer itself)
@@ -1178,12 +1176,9 @@ class Ingress:
                 side: list[tuple[str, dict]] | None) -> tuple[int, int, float | None]:
         """Prompt tokens, completion tokens and USD of a request: the answering call's plus every
         side call's (a cascade's); USD None when no model called has a price."""
+        if side and model:  # the side calls' tokens are added to what the stream delivered
+            usage = charged_usage(usage, stream, getattr(grant, "meter", None)) or usage
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
-            # a stream cut off without usage is charged what it delivered: the gateway's rule
-            # (accounts/gateway.py), applied here because the side calls' tokens are added to it
-            delivered = grant.meter.usage()
-            p, c = int(delivered["prompt_tokens"]), int(delivered["completion_tokens"])
         calls = [(model, p, c)] + [
             (m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)) for m, u in side or ()]
         costs = [x for m, cp, cc in calls

@@ -34,7 +34,8 @@ import numpy as np
 from ray import serve
 
 from app.config import DokaConfig, parse_config
-from router.static import CheapestHealthy, StaticStrategy, WeightedRoundRobin, price_per_token
+from app.pricing import rank_price
+from router.static import CheapestHealthy, StaticStrategy, WeightedRoundRobin
 
 logger = logging.getLogger("ray.serve")
 _UNSCORED: tuple[None, None, None] = (None, None, None)  # no engine, or scoring failed: the fallback answers
@@ -42,11 +43,7 @@ _UNSCORED: tuple[None, None, None] = (None, None, None)  # no engine, or scoring
 
 def make_static(name: str, cfg: DokaConfig) -> StaticStrategy:
     if name == "cheapest_healthy":
-        return CheapestHealthy({
-            m.model_name: price_per_token(m.model_info.input_cost_per_token, m.model_info.output_cost_per_token,
-                                          m.model_info.tier)
-            for m in cfg.model_list
-        })
+        return CheapestHealthy({m.model_name: rank_price(m.price) for m in cfg.model_list})
     return WeightedRoundRobin({m.model_name: m.model_info.weight for m in cfg.model_list})
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from app.config import parse_config
 from deployments.router import StaticRouter
-from router.static import CheapestHealthy, WeightedRoundRobin, price_per_token
+from app.pricing import Price, price_of, rank_price
+from router.static import CheapestHealthy, WeightedRoundRobin
 from tests.conftest import gateway_test_config
 
 
@@ -46,9 +47,10 @@ def test_cooldown_expires():
 
 
 def test_price_of_unpriced_models():
-    assert price_per_token(None, None, "local") == 0.0
-    assert price_per_token(None, None, "premium") == float("inf")
-    assert price_per_token(1e-6, 2e-6, "cheap") == pytest.approx(3e-6)
+    assert rank_price(price_of(None, None, self_hosted=True)) == 0.0
+    assert rank_price(price_of(None, None, self_hosted=False)) == float("inf")
+    assert rank_price(price_of(1e-6, 2e-6, self_hosted=False)) == pytest.approx(3e-6)
+    assert price_of(1e-6, None, self_hosted=True) == Price(1e-6, 0.0)
 
 
 def _router(strategy: str) -> StaticRouter:
