@@ -21,8 +21,8 @@ from typing import Any
 from ray.serve import Application
 
 from app.config import ConfigError, DokaConfig, load_config, parse_config
+from app.placement import egress_homes, router_home
 from app.serve_config import DEPLOYMENT_NAMES, router_user_config
-from deployments.egress_paths import egress_homes
 
 logger = logging.getLogger("ray.serve")
 
@@ -115,7 +115,7 @@ def build_app(cfg: DokaConfig) -> Application:
     model_apps: dict[str, Application] = {m: egress_apps[h] for m, h in homes.items() if h in egress_apps}
     down: dict[str, str] = {}  # tiers left out at start, and why (named on /health/readiness)
     model_apps.update(_vllm_apps(cfg, down))
-    if cfg.router.placement == "deployment":
+    if router_home(cfg) == "Router":
         router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,
                                           user_config=router_user_config(cfg)).bind(raw)
         ingress_options = d.ingress.serve_options()

@@ -43,17 +43,16 @@ from accounts.estimate import charged_usage, prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import (OpenAIError, UpstreamError, bad_request, body_too_large, is_client_error_status,
-                        provider_limit_exceeded,
-                        model_not_allowed, unknown_model, upstream_exhausted)
+                        model_not_allowed, provider_limit_exceeded, unknown_model, upstream_exhausted)
+from app.placement import egress_homes, router_home
 from app.request_params import refuse_unknown
 from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, check_params, prompt_text,
                          validate_body)
 from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
 from deployments.egress import EgressService
-from deployments.egress_paths import egress_homes
-from deployments.router import InProcessRouter
 from deployments import stalls
+from deployments.router import InProcessRouter
 from observability.gateway import Observability
 
 try:
@@ -426,7 +425,7 @@ class Ingress:
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
         self._stalls = stalls.tier_timeouts(cfg)  # first-token and idle timeouts of streams
         # `router.placement: ingress` (no handle bound): the router runs in this replica
-        self._router = router if router is not None else InProcessRouter(config)
+        self._router = router if router_home(cfg) == "Router" else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
         # provider limits (accounts.provider_gate): None when no model has `model_info.limits`
         self._plimits = getattr(self._accounts, "providers", None)
