@@ -17,7 +17,7 @@ and runs off the event loop; the embedding model is loaded once per replica. Art
 the background and swap atomically (router/reloader.py). While none is usable (missing, corrupt,
 bad signature, still loading) `router.fallback_strategy` answers, each decision says
 `degraded: true`, and `status()` says why. Static strategies (router/static.py) need nothing.
-See docs/router-deployment.md.
+Placement, GPUs and reloads: docs/architecture.md and docs/kubernetes.md.
 """
 
 from __future__ import annotations
