@@ -53,6 +53,7 @@ from deployments.cascade import agree, replay
 from deployments.egress import EgressService
 from deployments import stalls
 from deployments.router import InProcessRouter
+from router.decision import RouteDecision
 from observability.gateway import Observability
 
 try:
@@ -652,8 +653,8 @@ class Ingress:
                                                             getattr(grant, "models", None), early, needs)
             if requested in self._cascades:
                 att = await self._run_cascade(kind, body, requested, chain, stream, side, needs=needs)
-            elif decision is not None and "cascade" in decision:  # a novel prompt (`router.novel_cascade`)
-                att = await self._run_cascade(kind, body, decision["cascade"], chain, stream, side, "auto:novel:",
+            elif decision is not None and decision.cascade:  # a novel prompt (`router.novel_cascade`)
+                att = await self._run_cascade(kind, body, decision.cascade, chain, stream, side, "auto:novel:",
                                               needs)
             else:
                 att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
@@ -763,7 +764,7 @@ class Ingress:
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
                     prompt: str | None = None, allowed: list[str] | None = None,
                     early: "_EarlyRoute | None" = None,
-                    needs: capabilities.Needs | None = None) -> tuple[list[str], str, dict | None]:
+                    needs: capabilities.Needs | None = None) -> tuple[list[str], str, RouteDecision | None]:
         """The ordered tiers to try, the base route reason and the router's decision (auto).
 
         `allowed`: the key's model allow-list (empty/None: every model). Only allowed models are
@@ -809,25 +810,23 @@ class Ingress:
                                                                cost_weight, candidates)
             except Exception as e:
                 logger.warning("ingress: router failed (%s); using the first candidate", e)
-                decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
-                            "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
-            novel = self._novel_chain(permitted) if decision.get("familiar") is False and self._novel else []
+                decision = RouteDecision(candidates[0], "router_unavailable", None, f"router error: {type(e).__name__}")
+            novel = self._novel_chain(permitted) if decision.familiar is False and self._novel else []
             novel = capabilities.split(novel, self._caps, needs)[0] if novel else novel  # tiers able to answer
             if novel:  # the key may call the cascade's weak and verifier and some tier it escalates to
-                decision = {**decision, "cascade": self._novel}
+                decision = decision.replace(cascade=self._novel)
             routing.decided(decision)
         note = f";filtered={capabilities.describe(filtered)}" if filtered else ""
         if used_up:
             note += ";skipped=" + ",".join(f"{m}:provider_limit_{r['limit']}"
                                            for m, r in used_up.items())
         if filtered:
-            decision = {**decision, "reason": f"{decision.get('reason', '')}; not capable: "
-                                              f"{capabilities.describe(filtered)}"}
+            decision = decision.replace(reason=f"{decision.reason}; not capable: {capabilities.describe(filtered)}")
         if novel:
-            return novel, f"auto:{decision['strategy']}{note}", decision
-        chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
+            return novel, f"auto:{decision.strategy}{note}", decision
+        chain = self._allowed_chain(self.cfg.chain_for(decision.model), permitted, requested)
         chain, _ = self._capable(chain, needs, requested)  # its fallback tiers: the capable ones
-        return chain, f"auto:{decision['strategy']}{note}", decision
+        return chain, f"auto:{decision.strategy}{note}", decision
 
     async def _open(self, candidates: list[str]) -> tuple[list[str], dict[str, dict]]:
         """`auto`'s candidates without the models whose provider limit is used up (and those,
@@ -1012,7 +1011,7 @@ class Ingress:
         att.side = side
         return att
 
-    def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
+    def _serve_stream(self, att: _Attempt, requested: str, decision: RouteDecision | None, request_id: str, grant: Any,
                       started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False) -> Response:
         """The open stream as an SSE response; from here on the response settles the request.
 
@@ -1115,7 +1114,7 @@ class Ingress:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
     # ------------------------------------------------------------------ helpers
-    def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
+    def _headers(self, att: _Attempt, request_id: str, decision: RouteDecision | None) -> dict[str, str]:
         headers = {
             "x-doka-model": att.model,
             "x-doka-route-reason": att.reason,
@@ -1123,10 +1122,10 @@ class Ingress:
             "x-doka-tiers-tried": ",".join(att.tried),
         }
         if decision is not None:
-            headers["x-doka-router"] = str(decision.get("reason", ""))[:200]
-            headers["x-doka-strategy"] = str(decision.get("strategy", ""))
-            if decision.get("artifact_version"):
-                headers["x-doka-artifact-version"] = str(decision["artifact_version"])
+            headers["x-doka-router"] = decision.reason[:200]
+            headers["x-doka-strategy"] = decision.strategy
+            if decision.artifact_version:
+                headers["x-doka-artifact-version"] = decision.artifact_version
         return headers
 
     async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
