@@ -412,8 +412,9 @@ class AccountsCore:
                                     f"allowed: {', '.join(allowed)}")
                 if key["id"] not in self._meters:
                     await self._build_meter(key)
-                refusal = self._meters[key["id"]].check(key, 0, 0.0, time.time())
-                if refusal is not None:
+                # anything left at all (one token, a trace of budget); a full rpm/tpm window only waits
+                refusal = self._meters[key["id"]].check(key, 1, 1e-12, time.time())
+                if refusal is not None and refusal.code in ("budget_exceeded", "insufficient_quota"):
                     raise refusal
             return _ok({"key_id": key["id"], "key_hash": h})
         except AccountsError as e:
