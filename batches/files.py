@@ -5,6 +5,7 @@ database (batches.store); this only reads and writes bytes by file id."""
 from __future__ import annotations
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 class FileStorage:
@@ -19,7 +20,7 @@ class FileStorage:
     def write(self, file_id: str, data: bytes) -> str:
         """Write the whole file (a temp name renamed in place on a local disk: no torn file)."""
         path = self.path(file_id)
-        if self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ()):
+        if isinstance(self.fs, LocalFileSystem):
             tmp = path + ".part"
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
