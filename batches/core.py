@@ -97,7 +97,7 @@ class BatchCore:
             L.parse_lines(data, _endpoint_of(data), self.cfg.max_lines)
         except L.LineError as e:
             raise bad_request(f"invalid batch file: {e}", param="file", code="invalid_file") from None
-        fid = f"file-{uuid.uuid4().hex}"
+        fid = f"file-{_ordered_id()}"
         path = await self._db(self.storage.write, fid, data)
         row = {"id": fid, "owner": owner, "filename": filename[:512] or "upload.jsonl", "purpose": purpose,
                "bytes": len(data), "created_at": int(time.time()), "path": path, "deleted": False}
@@ -160,7 +160,7 @@ class BatchCore:
 
     async def create(self, owner: str, key_hash: str | None, body: dict[str, Any], total: int) -> dict[str, Any]:
         now = int(time.time())
-        row = {"id": f"batch_{uuid.uuid4().hex}", "owner": owner, "key_hash": key_hash,
+        row = {"id": f"batch_{_ordered_id()}", "owner": owner, "key_hash": key_hash,
                "input_file_id": body["input_file_id"], "endpoint": body["endpoint"],
                "completion_window": body["completion_window"], "metadata": body.get("metadata"),
                "status": "validating", "total": total, "completed": 0, "failed": 0, "created_at": now,
@@ -350,6 +350,11 @@ class BatchCore:
                 "purpose": "batch_output", "bytes": len(data), "created_at": int(time.time()), "path": path,
                 "deleted": False})
         return fid
+
+
+def _ordered_id() -> str:
+    """32 hex: milliseconds first (lists sort by creation within a second), then randomness."""
+    return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
 
 
 def _endpoint_of(data: bytes) -> str:
