@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ ServeLine = Callable[["LineCall"], Awaitable[tuple[int, dict[str, Any]]]]
 WINDOW_S = {"24h": 24 * 3600}
 STOP_CODES = {"budget_exceeded": "quota_exceeded", "insufficient_quota": "quota_exceeded",
               "key_revoked": "key_invalid", "key_expired": "key_invalid", "invalid_api_key": "key_invalid"}
+FILE_ID = re.compile(r"file-[0-9a-z-]{1,80}")  # anything else is no file's id: 404 without a query
+BATCH_ID = re.compile(r"batch_[0-9a-f]{1,64}")
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 
 
@@ -105,7 +108,7 @@ class BatchCore:
         return file_object(row)
 
     async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
-        row = await self._db(self.store.get_file, file_id, owner)
+        row = await self._db(self.store.get_file, file_id, owner) if FILE_ID.fullmatch(file_id) else None
         if row is None:
             raise not_found("file", file_id)
         return row
@@ -168,7 +171,7 @@ class BatchCore:
         return batch_object(await self._db(self.store.add_batch, row))
 
     async def retrieve(self, owner: str, batch_id: str) -> dict[str, Any]:
-        row = await self._db(self.store.get_batch, batch_id, owner)
+        row = await self._db(self.store.get_batch, batch_id, owner) if BATCH_ID.fullmatch(batch_id) else None
         if row is None:
             raise not_found("batch", batch_id)
         return batch_object(row)
