@@ -66,14 +66,34 @@ Principal = Callable[[Request, "list[str] | None"], Awaitable[tuple[str, "str | 
 class BatchGateway:
     """`/v1/files` and `/v1/batches` on a `BatchCore`; `principal(request, models)` -> (owner, key hash)."""
 
-    def __init__(self, core: BatchCore, principal: Principal, model_names: set[str]) -> None:
+    def __init__(self, core: BatchCore, principal: Principal, model_names: set[str],
+                 schema_owner: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.core, self.principal, self.model_names = core, principal, model_names
+        self.schema_owner = schema_owner
         self._ready: asyncio.Task | None = None
 
     async def ready(self) -> None:
-        if self._ready is None:
-            self._ready = asyncio.ensure_future(asyncio.to_thread(migrate, self.core))
+        """The tables exist. With keys on the accounts core migrates its database first
+        (`schema_owner`), so this replica never races it creating them; then a no-op check."""
+        if self._ready is None or (self._ready.done() and self._ready.exception() is not None):
+            self._ready = asyncio.ensure_future(self._migrate())
         await asyncio.shield(self._ready)
+
+    async def _migrate(self) -> None:
+        if self.schema_owner is not None:
+            await self.schema_owner()
+        await asyncio.to_thread(migrate, self.core)
+
+    async def run_when_ready(self, start: Callable[[], None]) -> None:
+        """Start the runner once the tables exist (retried while the database is down)."""
+        while True:
+            try:
+                await self.ready()
+                break
+            except Exception as e:  # accounts core or database not there yet
+                log.warning("batches: not ready (%r); retrying", e)
+                await asyncio.sleep(2.0)
+        start()
 
     async def upload(self, request: Request) -> Response:
         owner, _ = await self.principal(request, None)

@@ -461,7 +461,11 @@ class Ingress:
             p = await self._accounts.batch_principal(request, models)
             return p["key_id"], p["key_hash"]
 
-        return BatchGateway(build_core(self.cfg), principal, {m.model_name for m in self.cfg.model_list})
+        async def schema_owner() -> None:  # the accounts core migrates the database it shares with batches
+            await self._accounts.accounts.call("ready")
+
+        return BatchGateway(build_core(self.cfg), principal, {m.model_name for m in self.cfg.model_list},
+                            None if isinstance(self._accounts, NoAccounts) else schema_owner)
 
     def _start_batches(self) -> None:
         """Start the batch runner once this replica has an event loop (constructor or health check)."""
@@ -473,11 +477,8 @@ class Ingress:
             return
         limit = self.cfg.batches.yield_above
 
-        async def run() -> None:
-            await self._batches.ready()
-            self._batches.core.start(self._serve_line, lambda: self._interactive > limit)
-
-        self._batch_starter = asyncio.ensure_future(run())
+        self._batch_starter = asyncio.ensure_future(self._batches.run_when_ready(
+            lambda: self._batches.core.start(self._serve_line, lambda: self._interactive > limit)))
 
     async def check_health(self) -> None:
         """Serve's periodic health check; also starts the batch runner if the constructor could not."""
@@ -509,6 +510,9 @@ class Ingress:
         the accounts replica replaced; the settle then waits for the new one instead of being lost.
         """
         if getattr(self, "_batches", None) is not None:  # in-flight lines finish and are recorded
+            starter = getattr(self, "_batch_starter", None)
+            if starter is not None and not starter.done():
+                starter.cancel()  # still waiting for the database: nothing runs yet
             await self._batches.core.stop(self.cfg.deployments.ingress.graceful_shutdown_timeout_s / 2)
         pending = [t for t in getattr(self, "_settling", ()) if not t.done()]
         if getattr(self, "_plimits", None) is not None:
