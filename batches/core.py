@@ -262,6 +262,7 @@ class BatchCore:
         running: set[asyncio.Task] = set()
         stop: dict[str, str] = {}  # the reason new lines stop: quota_exceeded, key_invalid, cancelled, expired
         checked = 0.0
+        lost: list[int] = []  # lines whose result could not be recorded
         for line in parsed:
             if line.idx in done:
                 continue
@@ -286,12 +287,15 @@ class BatchCore:
             task = asyncio.ensure_future(self._one(bid, line, call, serve_line, stop))
             running.add(task)
             task.add_done_callback(running.discard)
+            task.add_done_callback(lambda t: lost.append(1) if not t.cancelled() and t.exception() else None)
             task.add_done_callback(lambda _t: slots.release())
         while running:  # in-flight lines finish and are recorded (cancel, quota stop, shutdown too)
             await asyncio.wait(set(running))
         self._cancelled.discard(bid)
         if stop.get("reason"):
             await self._db(self.store.set_batch, bid, stop_code=stop["reason"])
+        if lost:
+            raise RuntimeError(f"{len(lost)} line(s) of {bid} could not be recorded; the batch resumes later")
 
     async def _one(self, bid: str, line: L.Line, call: LineCall, serve_line: ServeLine, stop: dict[str, str]) -> None:
         """Serve one line (retrying rate limits) and record it; a quota refusal stops the batch instead."""
@@ -306,14 +310,21 @@ class BatchCore:
             if code in STOP_CODES:
                 stop.setdefault("reason", STOP_CODES[code])
                 return  # not recorded: `_finish` writes it to the error file with the batch's stop reason
-            if status == 429 and code == "rate_limit_exceeded" and not stop and not self._stopping.is_set():
-                await asyncio.sleep(self.cfg.backoff_s * 20)
+            if _transient(status, code) and not stop and not self._stopping.is_set():
+                await asyncio.sleep(self.cfg.backoff_s * 20)  # rpm/tpm, a provider limit, accounts restarting
                 continue
             if status == 499 and self._stopping.is_set():
                 return  # cut off by shutdown: the next start runs it again (same ids, charged once)
             break
-        await self._db(self.store.record_line, bid, line.idx, line.custom_id, status >= 400,
-                       L.result_line(bid, line, status, body))
+        result = L.result_line(bid, line, status, body)
+        for attempt in range(5):  # the database blinked: the answer is in hand, keep it
+            try:
+                await self._db(self.store.record_line, bid, line.idx, line.custom_id, status >= 400, result)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise  # `_run_lines` leaves the batch unfinished; a later run serves the line again
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     async def _finish(self, bid: str, parsed: list[L.Line]) -> None:
         """Lines not run get their error line (quota, expiry); files written; final status."""
@@ -329,6 +340,8 @@ class BatchCore:
                 if line.idx not in done:
                     await self._db(self.store.record_line, bid, line.idx, line.custom_id, True,
                                    L.result_line(bid, line, None, None, {"code": code, "message": message}))
+        if reason is None and len(await self._db(self.store.done_lines, bid)) < len(parsed):
+            raise RuntimeError(f"{bid}: some lines are not recorded; it resumes on a later run")
         now = int(time.time())
         if b["status"] != "finalizing":
             await self._db(self.store.set_batch, bid, status="finalizing", finalizing_at=now,
@@ -353,6 +366,11 @@ class BatchCore:
                 "purpose": "batch_output", "bytes": len(data), "created_at": int(time.time()), "path": path,
                 "deleted": False})
         return fid
+
+
+def _transient(status: int, code: str | None) -> bool:
+    """A refusal that passes by itself: the line waits and is tried again (quota ones stop the batch)."""
+    return (status == 429 and code not in STOP_CODES) or (status == 503 and code == "accounts_unavailable")
 
 
 def _ordered_id() -> str:

@@ -360,3 +360,35 @@ def test_a_line_that_raises_is_recorded_as_failed(tmp_path: Path) -> None:
         assert err[0]["response"]["status_code"] == 500 and "boom" in err[0]["response"]["body"]["error"]["message"]
 
     asyncio.run(go())
+
+
+def test_a_line_whose_result_cannot_be_recorded_is_run_again_not_lost(tmp_path: Path) -> None:
+    async def go() -> None:
+        core = make_core(tmp_path, concurrency=1)
+        b = await new_batch(core, jsonl(3))
+        real = core.store.record_line
+        broken = {"left": 5}  # every try of one line fails: the database is gone for it
+
+        def flaky(batch_id: str, idx: int, *a: Any) -> bool:
+            if idx == 1 and broken["left"] > 0:
+                broken["left"] -= 1
+                raise OSError("disk I/O error")
+            return real(batch_id, idx, *a)
+
+        core.store.record_line = flaky  # type: ignore[method-assign]
+        calls: list[str] = []
+
+        async def serve(call: LineCall) -> tuple[int, dict]:
+            calls.append(call.request_id)
+            return 200, ok(call)
+
+        with pytest.raises(RuntimeError, match="could not be recorded"):
+            await core.run_once(serve)
+        mid = await core.retrieve("k1", b["id"])
+        assert mid["status"] == "in_progress" and mid["request_counts"]["completed"] == 2  # not finalized
+        assert await core.run_once(serve) is True  # the next run serves the unrecorded line again
+        done = await core.retrieve("k1", b["id"])
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 3
+        assert calls.count(f"{b['id']}-1") == 2 and len(calls) == 4  # same request id: one ledger row
+
+    asyncio.run(go())
