@@ -196,6 +196,7 @@ class Accounts:
         request_id: str | None = None, owner: str | None = None, *, calls: int = 1,
         limits: tuple[int, int] | None = None,
         as_type: type[P] = Principal,  # type: ignore[assignment]
+        key_hash: str | None = None,
         **extra: Any,
     ) -> P:
         """Admit the request or raise AccountsError (401/403/429/503).
@@ -213,8 +214,9 @@ class Accounts:
         else:
             est = estimate.reservation(body)
         est *= max(1, calls)
+        by_hash = {"key_hash": key_hash} if key_hash else {}  # a batch line: the key by its stored hash
         p = await self._hot("authorize", api_key, model, est, request_id, owner,
-                            on_abandon=self._release_late(model, request_id))
+                            on_abandon=self._release_late(model, request_id), **by_hash)
         return as_type.model_construct(**p, model_requested=model, request_id=request_id, **extra)
 
     async def settle(
@@ -250,6 +252,10 @@ class Accounts:
         """The caller of `POST /v1/feedback`: a valid key that made `request_id` (401/404 else)."""
         p = await self._hot("feedback_principal", api_key, request_id, batched=False)
         return Principal.model_construct(**p, request_id=request_id)
+
+    async def batch_principal(self, api_key: str | None, models: list[str] | None = None) -> dict[str, Any]:
+        """{key_id, key_hash} of the caller of the files/batches API (401/403/429 as AccountsError)."""
+        return await self.call("batch_principal", api_key, models)
 
     async def heartbeat(self, owner: str) -> None:
         await self.call("heartbeat", owner)

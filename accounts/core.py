@@ -358,29 +358,67 @@ class AccountsCore:
     # ---------------------------------------------------------------- hot path
     async def authorize(
         self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None,
-        owner: str | None = None,
+        owner: str | None = None, key_hash: str | None = None,
     ) -> dict[str, Any]:
         """Admit or refuse one request; on admission reserve `est_tokens` against every limit.
 
         `owner` names the ingress replica that will settle it; it must keep calling `heartbeat`.
+        `key_hash`: the key by its stored hash instead of `api_key` (a batch line: batches keep
+        the hash of the key that created them, never the key; never taken from a client).
         """
         await self._start()
-        decided = self._authorize_now(api_key, model, est_tokens, request_id, owner)
+        decided = self._authorize_now(api_key, model, est_tokens, request_id, owner, key_hash=key_hash)
         return decided if decided is not None else await self._authorize_loaded(
-            api_key, model, est_tokens, request_id, owner)
+            api_key, model, est_tokens, request_id, owner, key_hash)
 
     async def _authorize_loaded(
         self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None = None,
-        owner: str | None = None,
+        owner: str | None = None, key_hash: str | None = None,
     ) -> dict[str, Any]:
         """`_authorize_now` once the key's row (and meter) are loaded."""
         try:  # the key is not cached: one database read (shared by every request waiting on it)
-            row = await self._lookup(hash_key(api_key or ""))
+            row = await self._lookup(key_hash or hash_key(api_key or ""))
             if row is not None and row["id"] not in self._meters:
                 await self._build_meter(row)
         except AccountsError as e:
             return _err(e)
-        return self._authorize_now(api_key, model, est_tokens, request_id, owner, row=(row,))  # type: ignore[return-value]
+        return self._authorize_now(api_key, model, est_tokens, request_id, owner, row=(row,),  # type: ignore[return-value]
+                                   key_hash=key_hash)
+
+    async def batch_principal(self, api_key: str | None, models: list[str] | None = None) -> dict[str, Any]:
+        """Who owns files and batches: {key_id, key_hash} of a usable key (401 else).
+
+        With `models` (creating a batch): the key must be allowed every one of them (403) and
+        have quota and budget left now (429), so a batch is refused up front, not line by line.
+        """
+        await self._start()
+        try:
+            if not api_key:
+                raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
+            h = hash_key(api_key)
+            if self.master_key_hash is not None and h == self.master_key_hash:
+                return _ok({"key_id": MASTER_ID, "key_hash": h})
+            if not api_key.startswith(KEY_PREFIX):
+                raise unauthorized("invalid API key")
+            key = await self._lookup(h)
+            if key is None:
+                raise unauthorized("invalid API key")
+            _refuse_unusable(key)
+            if models is not None:
+                allowed = key["models"] or []
+                bad = sorted({m for m in models if allowed and m not in allowed})
+                if bad:
+                    raise forbidden(f"this key may not use model(s) {', '.join(bad)} named in the batch; "
+                                    f"allowed: {', '.join(allowed)}")
+                if key["id"] not in self._meters:
+                    await self._build_meter(key)
+                # anything left at all (one token, a trace of budget); a full rpm/tpm window only waits
+                refusal = self._meters[key["id"]].check(key, 1, 1e-12, time.time())
+                if refusal is not None and refusal.code in ("budget_exceeded", "insufficient_quota"):
+                    raise refusal
+            return _ok({"key_id": key["id"], "key_hash": h})
+        except AccountsError as e:
+            return _err(e)
 
     def _cached_row(self, key_hash: str) -> tuple[dict[str, Any] | None] | None:
         """The key's row as a 1-tuple when the cache (and its meter) can decide now, else None."""
@@ -394,7 +432,7 @@ class AccountsCore:
 
     def _authorize_now(
         self, api_key: str | None, model: str | None, est_tokens: int, request_id: str | None,
-        owner: str | None, row: tuple[dict[str, Any] | None] | None = None,
+        owner: str | None, row: tuple[dict[str, Any] | None] | None = None, key_hash: str | None = None,
     ) -> dict[str, Any] | None:
         """The whole admission decision, synchronously; None when it needs the database first.
 
@@ -404,14 +442,14 @@ class AccountsCore:
         try:
             if owner is not None:
                 self._owners[owner] = time.monotonic()
-            if not self.require_keys and not api_key:
+            if not self.require_keys and not api_key and not key_hash:
                 return _ok({"key_id": None, "reservation_id": None, "anonymous": True})
-            if not api_key:
+            if not api_key and not key_hash:
                 raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
-            h = hash_key(api_key)
+            h = key_hash or hash_key(api_key)  # type: ignore[arg-type]
             if self.master_key_hash is not None and h == self.master_key_hash:
                 return _ok({"key_id": MASTER_ID, "reservation_id": None, "master": True})
-            if not api_key.startswith(KEY_PREFIX):
+            if not key_hash and not api_key.startswith(KEY_PREFIX):  # type: ignore[union-attr]
                 raise unauthorized("invalid API key")
             found = row if row is not None else self._cached_row(h)
             if found is None:

@@ -107,6 +107,7 @@ class Grant(Principal):
     model_config = {"arbitrary_types_allowed": True}
     meter: StreamMeter | None = None
     correlation_id: str | None = None  # the client's valid x-request-id (accounts.request_ids)
+    row_uid: str | None = None  # a batch line's fixed ledger row id (batches.lines): charged once
 
     def observe(self, chunk: dict[str, Any]) -> None:
         if self.meter is not None:
@@ -155,12 +156,21 @@ class GatewayAccounts:
         `calls`: how many upstream calls the request may make (a cascade's three), each reserved."""
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        line = getattr(request, "batch_line", None)  # a batch line (batches.core), never a client's request
         try:
             return await self.accounts.authorize(
-                api_key_from_headers(request.headers), model, body, request_id, owner=self.owner, calls=calls,
-                limits=tuple(self.limits.get(model, self.widest)), as_type=Grant,
+                None if line else api_key_from_headers(request.headers), model, body, request_id, owner=self.owner,
+                calls=calls, limits=tuple(self.limits.get(model, self.widest)), as_type=Grant,
                 meter=StreamMeter(body) if body.get("stream") else None,
-                correlation_id=correlation_id_of(request))
+                correlation_id=line.batch_id if line else correlation_id_of(request),
+                key_hash=line.key_hash if line else None, row_uid=line.row_uid if line else None)
+        except AccountsError as e:
+            raise _openai_error(e) from None
+
+    async def batch_principal(self, request: Any, models: list[str] | None = None) -> dict[str, Any]:
+        """{key_id, key_hash} of the files/batches API's caller; with `models`, admits a new batch."""
+        try:
+            return await self.accounts.batch_principal(api_key_from_headers(request.headers), models)
         except AccountsError as e:
             raise _openai_error(e) from None
 
@@ -184,7 +194,7 @@ class GatewayAccounts:
             outcome.update(delivered, cost_usd=None)
         outcome.setdefault("request_id", grant.request_id)
         outcome.setdefault("client_request_id", grant.correlation_id)
-        outcome.setdefault("row_uid", uuid.uuid4().hex)
+        outcome.setdefault("row_uid", grant.row_uid or uuid.uuid4().hex)
         outcome.pop("model_requested", None)
         deadline = time.monotonic() + self.settle_retry_s
         wait = 0.1

@@ -340,6 +340,28 @@ class AccountsConfig(_Strict):
         "Must outlive the Accounts replica (a persistent volume on Kubernetes)")
 
 
+class BatchesConfig(_Strict):
+    """OpenAI's Batch API (`/v1/files`, `/v1/batches`; batches/): where files live and how hard the
+    background runner may push. Batch lines take the interactive path (keys, quotas, routing,
+    fallbacks, ledger) but yield to interactive traffic."""
+
+    enabled: bool = True
+    storage_url: str | None = Field(
+        None, description="where uploaded and result files live: a directory or any fsspec URL "
+        "(s3://bucket/prefix for S3/MinIO); default: data_dir/batches")
+    max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest file `POST /v1/files` takes (413 past it)")
+    max_lines: int = Field(50_000, gt=0, description="most requests one batch input file may hold")
+    concurrency: int = Field(8, gt=0, le=1024, description="batch lines in flight at once, per ingress replica")
+    yield_above: int = Field(
+        4, ge=0, description="the runner starts no new line while this replica serves more than this many "
+        "interactive requests (it waits `backoff_s` and looks again): batches never crowd out clients")
+    backoff_s: float = Field(0.05, gt=0, description="the runner's wait while interactive traffic is above `yield_above`")
+    lease_s: float = Field(
+        30.0, gt=0, description="a replica running a batch renews its lease this often / 3; a batch whose "
+        "lease ran out (its replica died) is resumed by any replica, skipping lines already recorded")
+    poll_s: float = Field(1.0, gt=0, description="how often an idle runner looks for batches to run")
+
+
 class MlflowTracingConfig(_Strict):
     """`observability.mlflow`: each gateway request becomes an MLflow trace (off when absent)."""
 
@@ -458,6 +480,7 @@ class DokaConfig(_Strict):
     egress: EgressConfig = Field(default_factory=EgressConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 

@@ -447,6 +447,54 @@ class Ingress:
         self._models_payload = dumps(self._model_list())
         self._client_params = self._client_params_by_name()
         self._settling: set[asyncio.Task] = set()  # ledger settlements still running
+        self._interactive = 0  # client requests in `_serve` now (the batch runner yields above a threshold)
+        self._batches = self._batch_gateway() if cfg.batches.enabled else None
+        self._start_batches()
+
+    def _batch_gateway(self) -> Any:
+        """The Batch API (batches/): files and batches in the accounts database and fsspec storage."""
+        from batches.http import ANONYMOUS, BatchGateway, build_core
+
+        async def principal(request: Request, models: list[str] | None) -> tuple[str, str | None]:
+            if isinstance(self._accounts, NoAccounts):
+                return ANONYMOUS, None
+            p = await self._accounts.batch_principal(request, models)
+            return p["key_id"], p["key_hash"]
+
+        async def schema_owner() -> None:  # the accounts core migrates the database it shares with batches
+            await self._accounts.accounts.call("ready")
+
+        return BatchGateway(build_core(self.cfg), principal, {m.model_name for m in self.cfg.model_list},
+                            None if isinstance(self._accounts, NoAccounts) else schema_owner)
+
+    def _start_batches(self) -> None:
+        """Start the batch runner once this replica has an event loop (constructor or health check)."""
+        if self._batches is None or getattr(self, "_batch_starter", None) is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        limit = self.cfg.batches.yield_above
+
+        self._batch_starter = asyncio.ensure_future(self._batches.run_when_ready(
+            lambda: self._batches.core.start(self._serve_line, lambda: self._interactive > limit)))
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check; also starts the batch runner if the constructor could not."""
+        self._start_batches()
+
+    async def _serve_line(self, call: Any) -> tuple[int, dict]:
+        """One batch line through `_serve`, as an already-authenticated request of the batch's key
+        (batches.http.LineRequest): (status, response body or OpenAI error body)."""
+        from batches.http import LineRequest
+
+        schema = {"chat": ChatCompletionRequest, "completion": CompletionRequest, "embedding": EmbeddingRequest}[call.kind]
+        try:
+            resp = await self._serve(LineRequest(call, "/v1/batches"), call.kind, schema, call.body)  # type: ignore[arg-type]
+            return resp.status_code, loads(resp.body)
+        except OpenAIError as e:
+            return e.status, e.body()
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """The router user_config, when the router runs in this replica (`router.placement:
@@ -461,6 +509,11 @@ class Ingress:
         Serve stops an app's deployments in no particular order, so a draining ingress may find
         the accounts replica replaced; the settle then waits for the new one instead of being lost.
         """
+        if getattr(self, "_batches", None) is not None:  # in-flight lines finish and are recorded
+            starter = getattr(self, "_batch_starter", None)
+            if starter is not None and not starter.done():
+                starter.cancel()  # still waiting for the database: nothing runs yet
+            await self._batches.core.stop(self.cfg.deployments.ingress.graceful_shutdown_timeout_s / 2)
         pending = [t for t in getattr(self, "_settling", ()) if not t.done()]
         if getattr(self, "_plimits", None) is not None:
             pending += self._plimits.pending()
@@ -532,6 +585,51 @@ class Ingress:
         refuse_unknown("responses", raw)  # the chat body it becomes is checked again by `_serve`
         builder = responses_api.ResponseBuilder(req)
         return await self._serve(request, "chat", ChatCompletionRequest, responses_api.to_chat(req), builder)
+
+    # ------------------------------------------------------------------ Batch API (batches/)
+    @app.post("/v1/files")
+    async def files_upload(self, request: Request) -> Response:
+        """Upload a JSONL batch input file (multipart: `file`, `purpose=batch`)."""
+        return await self._batch_api().upload(request)
+
+    @app.get("/v1/files")
+    async def files_list(self, request: Request) -> Response:
+        return await self._batch_api().list_files(request)
+
+    @app.get("/v1/files/{file_id}")
+    async def files_get(self, request: Request, file_id: str) -> Response:
+        return await self._batch_api().get_file(request, file_id)
+
+    @app.get("/v1/files/{file_id}/content")
+    async def files_content(self, request: Request, file_id: str) -> Response:
+        return await self._batch_api().content(request, file_id)
+
+    @app.delete("/v1/files/{file_id}")
+    async def files_delete(self, request: Request, file_id: str) -> Response:
+        return await self._batch_api().delete_file(request, file_id)
+
+    @app.post("/v1/batches")
+    async def batches_create(self, request: Request) -> Response:
+        """Create a batch from an uploaded file; its lines run in the background (batches/core.py)."""
+        return await self._batch_api().create(request, await self._read_json(request))
+
+    @app.get("/v1/batches")
+    async def batches_list(self, request: Request) -> Response:
+        return await self._batch_api().list_batches(request)
+
+    @app.get("/v1/batches/{batch_id}")
+    async def batches_get(self, request: Request, batch_id: str) -> Response:
+        return await self._batch_api().retrieve(request, batch_id)
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def batches_cancel(self, request: Request, batch_id: str) -> Response:
+        return await self._batch_api().cancel(request, batch_id)
+
+    def _batch_api(self) -> Any:
+        if self._batches is None:
+            raise OpenAIError(404, "the Batch API is off on this gateway (batches.enabled: false)", code="not_found")
+        self._start_batches()
+        return self._batches
 
     @app.get("/v1/models")
     @app.get("/models", include_in_schema=False)
@@ -610,6 +708,17 @@ class Ingress:
     # ------------------------------------------------------------------ request path
     async def _serve(self, request: Request, kind: str, schema: type, body: dict | None = None,
                      dialect: Any = None) -> Response:
+        """`_serve_request`, counting the client requests in flight (the batch runner yields to them)."""
+        if getattr(request, "batch_line", None) is not None:
+            return await self._serve_request(request, kind, schema, body, dialect)
+        self._interactive += 1
+        try:
+            return await self._serve_request(request, kind, schema, body, dialect)
+        finally:
+            self._interactive -= 1
+
+    async def _serve_request(self, request: Request, kind: str, schema: type, body: dict | None = None,
+                             dialect: Any = None) -> Response:
         """The request path of every model endpoint: validate, authorize, plan, call, settle.
 
         `body`: an OpenAI chat/completion body already translated by another endpoint (used
