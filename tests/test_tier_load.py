@@ -162,3 +162,37 @@ def test_queue_limit_is_for_vllm_tiers_only():
     raw["model_list"][0]["model_info"]["queue_limit"] = 3
     with pytest.raises(ConfigError, match="queue_limit needs `provider: vllm`"):
         parse_config(raw)
+
+
+# ------------------------------------------------------------------ the console's Models page rows
+def test_models_page_rows_carry_load_limits_and_down_tiers():
+    from app.config import parse_config
+    from console import gateway_view
+    from tests.conftest import gateway_test_config
+
+    raw = gateway_test_config(9100, 0)
+    raw["model_list"].insert(0, {"model_name": "local-q", "provider": "vllm", "vllm": {"model_source": "/nowhere"},
+                                 "model_info": {"tier": "local", "queue_limit": 2}})
+    raw["model_list"].insert(0, {"model_name": "local-off", "provider": "vllm", "vllm": {"model_source": "/nowhere"},
+                                 "model_info": {"tier": "local"}})
+    raw["model_list"][2]["model_info"]["limits"] = {"rpd": 3, "tpm": 1000}
+    raw["accounts"] = {"require_keys": True, "master_key": "sk-test-master"}
+    cfg = parse_config(raw)
+    limited = raw["model_list"][2]["model_name"]
+    loads = TierLoads({"local-q": 2})
+    loads.record("local-q", "r1", Load(4, 8))
+    ing = SimpleNamespace(cfg=cfg, _backends={"local-q": object()}, _loads=loads, _egress=None,
+                          _down={"local-off": "weights not found at /nowhere"})
+    allowance = {"windows": [{"model": limited, "limit": "rpd", "remaining": 2, "reset_s": 18000.0},
+                             {"model": limited, "limit": "tpm", "remaining": 1000, "reset_s": 30.0}],
+                 "in_flight": {limited: 1}}
+    rows = {r["model"]: r for r in gateway_view.models(ing, allowance)}
+    assert rows["local-off"]["down"] == "weights not found at /nowhere"
+    assert rows["local-q"]["load"] == {"waiting": 4, "running": 8, "source": "vllm", "queue_limit": 2, "full": True}
+    assert gateway_view.load_text(rows["local-q"]) == "waiting 4 · running 8 · limit 2 · full: skipped"
+    assert gateway_view.load_text(rows["local-off"]) == ""
+    assert [x["limit"] for x in rows[limited]["limits"]] == ["tpm", "rpd"]
+    assert gateway_view.limits_text(rows[limited]) == ("tpm 1,000 of 1,000 left, resets in 30 s; "
+                                                       "rpd 2 of 3 left, resets in 5.0 h")
+    no_core = {r["model"]: r for r in gateway_view.models(ing, None)}
+    assert gateway_view.limits_text(no_core[limited]) == "tpm 1,000 (count unavailable); rpd 3 (count unavailable)"
