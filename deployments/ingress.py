@@ -565,6 +565,7 @@ class Ingress:
         out of rotation would turn a routing-quality problem into an outage; the body says
         `"status": "degraded"` with the router's reason instead, and doka_router_degraded is 1.
         """
+        self._load_poller.ensure_started()
         checks: dict[str, str] = {}
         router: dict[str, Any] | None = None
         try:
@@ -592,6 +593,7 @@ class Ingress:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         tenant = metrics_caller_is_master(request.headers, self._metrics_master)
+        self._load_poller.ensure_started()
         if self._plimits is not None:  # doka_provider_limit_remaining: the core's counts, now
             await self._plimits.export_metrics()
         tier_load.export_metrics(self._loads)  # doka_tier_queue_*: the latest polled readings

@@ -87,6 +87,8 @@ class TierLoads:
         """(the models that may take a request, the full ones); when every one is full, all are
         kept: the request queues at the first rather than being refused."""
         models = list(models)
+        if not self.limits:  # no tier has a queue limit: nothing to look up per request
+            return models, []
         full = [m for m in models if self.full(m)]
         if not full or len(full) == len(models):
             return models, []
