@@ -54,7 +54,7 @@ def test_vllm_scheduler_queue_is_read_and_a_full_tier_spills(vllm_gateway: str) 
     async def burst() -> tuple[list, int, list]:
         c = AsyncOpenAI(base_url=f"{vllm_gateway}/v1", api_key="unused", max_retries=0, timeout=300)
         calls = [asyncio.ensure_future(c.chat.completions.with_raw_response.create(
-            model=NAME, messages=[{"role": "user", "content": f"Tell a story {i}"}], max_tokens=96,
+            model=NAME, messages=[{"role": "user", "content": f"Tell a story {i}"}], max_tokens=200,
             temperature=1.0)) for i in range(6)]
         most, seen, spilled = 0, [], []
         while not all(x.done() for x in calls):
