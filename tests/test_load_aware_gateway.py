@@ -16,6 +16,7 @@ import pytest
 
 from tests.keyed_gateway import keyed_gateway
 from tests.load_aware_support import fake_vllm_apps, queueing_tier
+from tests.load_aware_support import set_queue as write_queue
 
 MASTER = "sk-master-loadaware"
 APP = "doka-loadaware"
@@ -35,17 +36,18 @@ def gw(ray_cluster, mock_upstream, tmp_path_factory):
                                                           "api_key": "os.environ/MOCK_API_KEY"},
             "model_info": {"tier": "free", "timeout": 30, "parallel": True, "limits": {"rpd": 3, "rpm": 50}}})
 
+    queue_dir = tmp_path_factory.mktemp("queues")
     with pytest.MonkeyPatch.context() as mp:
-        fake_vllm_apps(mp)
-        yield from keyed_gateway(mock_upstream, tmp_path_factory.mktemp("loadaware"), app=APP, prefix=PREFIX,
-                                 master=MASTER, edit=edit)
+        fake_vllm_apps(mp, queue_dir)
+        for gw in keyed_gateway(mock_upstream, tmp_path_factory.mktemp("loadaware"), app=APP, prefix=PREFIX,
+                                master=MASTER, edit=edit):
+            gw.queue_dir = queue_dir
+            yield gw
 
 
 def set_queue(gw, model: str, waiting: int, running: int = 0) -> None:
     """Set the stand-in's queue, then wait until the ingress's poller has read it."""
-    from ray import serve
-
-    serve.get_deployment_handle(f"LLMServer:{model}", APP).set_queue.remote(waiting, running).result()
+    write_queue(gw.queue_dir, model, waiting, running)
     wait_for_load(gw, model, waiting)
 
 
