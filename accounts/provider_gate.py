@@ -107,12 +107,19 @@ class ProviderGate:
             raise OpenAIError(e.status, e.message, type=e.type, param=e.param, code=e.code,
                               headers=e.headers()) from None
 
+    async def remaining(self) -> dict[str, Any] | None:
+        """The core's counts now: {"windows": [{model, limit, remaining, reset_s}], "in_flight":
+        {model: n}}; None when the accounts core cannot be asked (a scrape or a page never fails over it)."""
+        try:
+            return await self.accounts._hot("provider_remaining", batched=False)
+        except Exception as e:
+            log.debug("provider limits: remaining not read: %r", e)
+            return None
+
     async def export_metrics(self) -> None:
         """Set the /metrics gauges from the core's counts; the accounts core down leaves them as they were."""
-        try:
-            got = await self.accounts._hot("provider_remaining", batched=False)
-        except Exception as e:  # never fail a scrape over it
-            log.debug("provider limits: remaining not read: %r", e)
+        got = await self.remaining()
+        if got is None:
             return
         g = _gauges()
         for r in got["windows"]:

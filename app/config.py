@@ -114,6 +114,12 @@ class ModelInfo(_Strict):
         "ProviderLimits); a used-up model is skipped by its chain and by `auto`, and a request for it "
         "alone is a 429 with Retry-After at the window's reset. Needs accounts.require_keys")
 
+    queue_limit: int | None = Field(
+        None, gt=0, description="`provider: vllm` only: while this many requests (or more) wait in the "
+        "tier's vLLM scheduler queue (vLLM's own num_waiting_reqs, read every 0.5 s; deployments/tier_load.py), "
+        "fallback chains skip the tier (route reason `;skipped=<model>:queue_full`) and `auto` leaves it out "
+        "of its candidates; a request with no other tier left still queues there")
+
     allow_client_params: list[str] = Field(
         default_factory=list, description="request-body parameters beyond the endpoint's OpenAI ones that "
         "a client may send to this model, passed on to LiteLLM (e.g. [api_base, api_key] lets a client "
@@ -180,6 +186,9 @@ class ModelEntry(_Strict):
             raise ValueError(f"model {self.model_name!r}: provider 'vllm' needs a `vllm:` section")
         if self.provider == "litellm" and "model" not in self.litellm_params:
             raise ValueError(f"model {self.model_name!r}: litellm_params.model is required")
+        if self.model_info.queue_limit is not None and self.provider != "vllm":
+            raise ValueError(f"model {self.model_name!r}: model_info.queue_limit needs `provider: vllm` "
+                             "(the load is vLLM's own scheduler queue)")
         return self
 
     @property

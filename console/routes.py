@@ -467,16 +467,18 @@ async def models_page(ctx: Ctx) -> Response:
     if ing is None:
         return _no_ingress(ctx, "Models", "models")
     rows = []
-    for m in gateway_view.models(ing):
-        health = ('<span class="bad">cooling down</span>' if m["cooling_down"] else
+    for m in gateway_view.models(ing, await gateway_view.provider_allowance(ing)):
+        health = (f'<span class="bad">down: {e(m["down"])}</span>' if m["down"] else
+                  '<span class="bad">cooling down</span>' if m["cooling_down"] else
+                  '<span class="bad">queue full</span>' if (m["load"] or {}).get("full") else
                   '<span class="ok">ok</span>' if m["served"] else '<span class="muted">not served here</span>')
         last = "" if m["last_failure_s_ago"] is None else f'{m["last_failure_s_ago"]:.0f} s ago'
         rows.append((m["model"], m["provider"], m["tier"], m["mode"], "yes" if m["auto_candidate"] else "",
                      f'${m["input_usd_per_mtok"]:.3g} / ${m["output_usd_per_mtok"]:.3g}', f'{m["timeout_s"]:g} s',
-                     " → ".join(m["chain"]), health, last))
+                     " → ".join(m["chain"]), health, last, gateway_view.load_text(m), gateway_view.limits_text(m)))
     status = await gateway_view.router_status(ing)
     body = (table(("model", "provider", "tier", "mode", "auto", "USD per 1M in/out", "timeout", "fallback chain",
-                   "health", "last failure"), rows, raw_cols={8}, cls="models")
+                   "health", "last failure", "local queue", "provider limits"), rows, raw_cols={8}, cls="models")
             + "<h2>Router</h2>" + table(("field", "value"), sorted(status.items()), cls="router"))
     return ctx.page("Models", body, "models")
 

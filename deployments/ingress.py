@@ -51,7 +51,7 @@ from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequ
 from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
 from deployments.egress import EgressService
-from deployments import stalls
+from deployments import stalls, tier_load
 from deployments.router import InProcessRouter
 from router.decision import RouteDecision
 from observability.gateway import Observability
@@ -421,6 +421,11 @@ class Ingress:
         self._egress = EgressService(config) if local else None
         for name in local:
             self._backends[name] = self._egress
+        # local tiers' load (deployments/tier_load.py): vLLM's scheduler counts, polled in the background
+        self._loads = tier_load.TierLoads({m.model_name: m.model_info.queue_limit for m in cfg.model_list})
+        self._load_poller = tier_load.LoadPoller(
+            {n: b.load for n, b in self._backends.items() if callable(getattr(b, "load", None))}, self._loads)
+        self._load_poller.ensure_started()
         self._obs = Observability(cfg)  # spans, metrics, trace store, Langfuse, feedback
         self._backends = self._obs.wrap_backends(self._backends)  # each upstream call = one observed attempt
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
@@ -522,6 +527,8 @@ class Ingress:
             await asyncio.wait(pending, timeout=self.cfg.deployments.ingress.graceful_shutdown_timeout_s)
         if getattr(self, "_egress", None) is not None:
             await self._egress.close()
+        if getattr(self, "_load_poller", None) is not None:
+            await self._load_poller.stop()
         parent = getattr(super(), "__del__", None)  # Serve's ASGI wrapper: the app's lifespan shutdown
         if parent is not None:
             await parent()
@@ -656,6 +663,7 @@ class Ingress:
         out of rotation would turn a routing-quality problem into an outage; the body says
         `"status": "degraded"` with the router's reason instead, and doka_router_degraded is 1.
         """
+        self._load_poller.ensure_started()
         checks: dict[str, str] = {}
         router: dict[str, Any] | None = None
         try:
@@ -669,8 +677,9 @@ class Ingress:
             checks["models"] = "degraded"
         failed = [k for k, v in checks.items() if v not in ("ok", "degraded")]
         status = "unavailable" if failed else ("degraded" if "degraded" in checks.values() else "ok")
+        load = self._loads.snapshot()  # local tiers' queues (a full one is skipped, not a failure)
         body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends),
-                **({"down": self._down} if self._down else {})}
+                **({"down": self._down} if self._down else {}), **({"load": load} if load else {})}
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/metrics")
@@ -682,8 +691,10 @@ class Ingress:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         tenant = metrics_caller_is_master(request.headers, self._metrics_master)
+        self._load_poller.ensure_started()
         if self._plimits is not None:  # doka_provider_limit_remaining: the core's counts, now
             await self._plimits.export_metrics()
+        tier_load.export_metrics(self._loads)  # doka_tier_queue_*: the latest polled readings
         doka_metrics, _ = self._obs.metrics_body(tenant=tenant)  # doka_* gateway metrics + the process defaults
         return Response(doka_metrics + generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -729,6 +740,7 @@ class Ingress:
         exactly once; a stream hands that duty to its response (`_SettlingStream`).
         """
         started = time.perf_counter()
+        self._load_poller.ensure_started()  # no-op once running (the constructor may have had no loop)
         request_id = request_id_of(request)
         if body is None:
             body = await self._read_json(request)
@@ -867,6 +879,7 @@ class Ingress:
             candidates, _ = capabilities.split(candidates, self._caps, needs)
             if not candidates:  # `_plan` refuses it, with the reason
                 return None
+        candidates, _ = self._loads.split(candidates)  # as `_plan` does: no full local tier
         return _EarlyRoute(self._router.route.remote(prompt, cost_weight, candidates), cost_weight, candidates,
                            offered)
 
@@ -907,6 +920,7 @@ class Ingress:
                 raise model_not_allowed(f"this key may use none of the {self._auto!r} candidates", permitted)
         candidates, filtered = self._capable(candidates, needs, self._auto)
         candidates, used_up = await self._open(candidates)
+        candidates, full = self._loads.split(candidates)  # local tiers whose queue is at its limit
         if early is not None and early.candidates != candidates:
             early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
             early = None
@@ -929,6 +943,8 @@ class Ingress:
         if used_up:
             note += ";skipped=" + ",".join(f"{m}:provider_limit_{r['limit']}"
                                            for m, r in used_up.items())
+        if full:
+            note += ("," if used_up else ";skipped=") + ",".join(f"{m}:{tier_load.QUEUE_FULL}" for m in full)
         if filtered:
             decision = decision.replace(reason=f"{decision.reason}; not capable: {capabilities.describe(filtered)}")
         if novel:
@@ -983,8 +999,13 @@ class Ingress:
         return kept
 
     async def _run_chain(self, kind: str, body: dict[str, Any], chain: list[str], base_reason: str,
-                         stream: bool = False) -> _Attempt:
-        """Try each tier in order with its own timeout; the first answer (or first chunk) wins."""
+                         stream: bool = False, load_aware: bool = True) -> _Attempt:
+        """Try each tier in order with its own timeout; the first answer (or first chunk) wins.
+
+        A local tier whose queue is at its `queue_limit` is skipped while a later tier may answer;
+        when none of the others answers, the request queues at the full ones (reason `;queued=`)."""
+        _, full = self._loads.split(chain) if load_aware else ([], [])
+        queue_skipped: list[str] = []
         tried: list[str] = []
         last_error, timed_out, last_status = "no tier available", False, None
         retry_after: float | None = None  # set while the last failed tier is in its cooldown
@@ -995,6 +1016,10 @@ class Ingress:
             backend = self._backends.get(model)
             tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
             hold: str | None = None
+            if model in full:  # its vLLM queue is at the limit: a later tier answers sooner
+                skipped.append(f"{model}:{tier_load.QUEUE_FULL}")
+                queue_skipped.append(model)
+                continue
             if backend is not None and self._plimits is not None and self._plimits.limited(model):
                 got = await self._plimits.admit(model, tier_body)
                 if isinstance(got, dict):  # used up: the next tier, before any call
@@ -1055,6 +1080,10 @@ class Ingress:
                 if hold is not None:
                     self._plimits.settle(hold, used)
             self._router.report.remote(model, False)
+        if queue_skipped:  # no other tier answered: wait in the full queue after all
+            return await self._run_chain(kind, body, queue_skipped, f"{base_reason};queued="
+                                         + ",".join(f"{m}:{tier_load.QUEUE_FULL}" for m in queue_skipped),
+                                         stream, load_aware=False)
         if refusals and not tried:  # every tier used up: the client may come back at the reset
             raise provider_limit_exceeded(refusals, tried)
         if skipped:
@@ -1315,5 +1344,7 @@ class Ingress:
                     info["doka"]["capabilities"] = self._caps[name]
                 if mi.limits is not None:  # the provider's limits (the counts: /metrics)
                     info["doka"]["limits"] = mi.limits.model_dump(exclude_none=True)
+                if mi.queue_limit is not None:  # the load itself: /health/readiness and /metrics
+                    info["doka"]["queue_limit"] = mi.queue_limit
             data.append(info)
         return {"object": "list", "data": data}

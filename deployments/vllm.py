@@ -185,6 +185,12 @@ def _server_cls() -> type:
                 async for batch in self._run_json("completions", body):
                     yield batch
 
+            async def doka_load(self) -> dict[str, Any]:
+                """This replica's engine load for the ingress's load-aware tiers (deployments/tier_load.py)."""
+                client = getattr(getattr(self, "engine", None), "_engine_client", None)
+                reading = engine_load(client, _queue_recorder(client))
+                return {**reading, "replica": _replica_id()}
+
         DokaLLMServer.__module__ = __name__
         DokaLLMServer.__qualname__ = "DokaLLMServer"
         globals()["DokaLLMServer"] = DokaLLMServer  # picklable by reference
@@ -199,6 +205,82 @@ def __getattr__(name: str) -> Any:  # `deployments.vllm.DokaLLMServer` resolves 
     if name == "DokaLLMServer":
         return _server_cls()
     raise AttributeError(name)
+
+
+class QueueRecorder:
+    """A vLLM stat logger that keeps the scheduler's latest waiting/running counts per engine.
+
+    vLLM's AsyncLLM hands every engine step's SchedulerStats to the loggers of its
+    StatLoggerManager (the same numbers its Prometheus logger exports as
+    `vllm:num_requests_waiting` / `vllm:num_requests_running`). ray.serve.llm builds the AsyncLLM
+    itself and takes no extra stat logger, so `_queue_recorder` appends this one to the running
+    engine's manager; the other methods are the logger interface's no-ops.
+    """
+
+    def __init__(self) -> None:
+        self.by_engine: dict[int, tuple[int, int]] = {}
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any = None, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            waiting = int(scheduler_stats.num_waiting_reqs) + int(getattr(scheduler_stats, "num_skipped_waiting_reqs", 0))
+            self.by_engine[engine_idx] = (waiting, int(scheduler_stats.num_running_reqs))
+
+    def log(self) -> None:
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record_admission_rejection(self, reason: str) -> None:
+        pass
+
+
+def _queue_recorder(client: Any) -> QueueRecorder | None:
+    """The QueueRecorder on this engine client's stat logger manager (added on first use); None
+    when the engine keeps no stats (vLLM's `disable_log_stats`)."""
+    manager = getattr(client, "logger_manager", None)
+    if manager is None:
+        return None
+    for logger_ in manager.stat_loggers:
+        if isinstance(logger_, QueueRecorder):
+            return logger_
+    recorder = QueueRecorder()
+    manager.stat_loggers.append(recorder)
+    return recorder
+
+
+def engine_load(client: Any, recorder: QueueRecorder | None) -> dict[str, Any]:
+    """{waiting, running, source} for one vLLM AsyncLLM engine client.
+
+    The scheduler's counts when its stats have been seen (`source: vllm`). An engine with no
+    request left is idle whatever the last step said (no step runs, so no newer stats come).
+    Without stats (first poll before any step, or stats disabled) the frontend's unfinished
+    requests are split at the scheduler's max_num_seqs (`source: frontend`).
+    """
+    if client is None:  # engine still starting: nothing queued in it yet
+        return {"waiting": 0, "running": 0, "source": "starting"}
+    unfinished = int(client.output_processor.get_num_unfinished_requests())
+    if unfinished == 0:
+        return {"waiting": 0, "running": 0, "source": "vllm"}
+    if recorder is not None and recorder.by_engine:
+        waiting = sum(w for w, _ in recorder.by_engine.values())
+        running = sum(r for _, r in recorder.by_engine.values())
+        return {"waiting": waiting, "running": running, "source": "vllm"}
+    seqs = int(getattr(getattr(client.vllm_config, "scheduler_config", None), "max_num_seqs", 0) or unfinished)
+    return {"waiting": max(unfinished - seqs, 0), "running": min(unfinished, seqs), "source": "frontend"}
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (library use)
+        return ""
 
 
 def _error_dict(status: int, message: str, type_: str = "invalid_request_error") -> dict[str, Any]:
@@ -260,6 +342,11 @@ class VLLMBackend:
 
     def __init__(self, handle: "DeploymentHandle") -> None:
         self._handle = handle.options(stream=True)
+        self._plain = handle
+
+    async def load(self) -> dict[str, Any]:
+        """One replica's `doka_load` reading (deployments/tier_load.py polls this, never per request)."""
+        return await self._plain.doka_load.remote()
 
     def _request(self, model: str, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         req = {**body, "model": model, "stream": stream}
