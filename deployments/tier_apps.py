@@ -83,9 +83,10 @@ class TierWatch:
     """
 
     def __init__(self, apps: dict[str, str], fetch: StatusFetch, interval_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, fetch_timeout_s: float = 5.0) -> None:
         self._apps = dict(apps)  # model -> Serve application name
         self._fetch, self._interval, self._clock = fetch, interval_s, clock
+        self._fetch_timeout = fetch_timeout_s  # a controller that does not answer: keep the last view
         self._down: dict[str, str] | None = None  # None: never fetched
         self._at = float("-inf")
         self._inflight: asyncio.Task | None = None
@@ -106,7 +107,7 @@ class TierWatch:
 
     async def _do_refresh(self) -> None:
         try:
-            states = await self._fetch()
+            states = await asyncio.wait_for(self._fetch(), self._fetch_timeout)
         except Exception as e:  # noqa: BLE001 - keep the last view; readiness shows the error
             self.last_error = f"{type(e).__name__}: {e}"
             if self._down is None:

@@ -94,6 +94,12 @@ def test_states_come_from_serve_status_objects() -> None:
     assert states["t"].message.startswith("Deploying app 't' failed.") and "JSONDecodeError" in states["t"].message
 
 
+async def _spin() -> None:
+    """Let the event loop run what is ready (a background refresh and its fetch)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
 class _Cluster:
     """A scripted Serve: `apps` is what the next fetch sees; counts fetches."""
 
@@ -138,14 +144,13 @@ def test_watch_refreshes_a_serving_tier_in_the_background_and_keeps_the_view_on_
         serve.gate = asyncio.Event()
         now[0] = 5.0
         assert await watch.check("a") is None  # stale but serving: answered now, refresh behind it
-        await asyncio.sleep(0)
+        await _spin()
         assert serve.fetches == 2
         assert await watch.check("a") is None  # single flight: the running fetch is not repeated
-        await asyncio.sleep(0)
+        await _spin()
         assert serve.fetches == 2
         serve.gate.set()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await _spin()
         assert await watch.check("a") == "Serve application app-a is UNHEALTHY: engine died"
         serve.fail, serve.gate = True, None
         now[0] = 10.0
@@ -171,9 +176,23 @@ def test_concurrent_checks_of_an_unknown_view_share_one_fetch() -> None:
         watch = TierWatch({"a": "app-a"}, serve.fetch)
         assert watch.down == {"a": "status not checked yet"}
         checks = [asyncio.ensure_future(watch.check("a")) for _ in range(5)]
-        await asyncio.sleep(0)
+        await _spin()
         serve.gate.set()
         assert set(await asyncio.gather(*checks)) == {"starting (Serve application app-a is DEPLOYING)"}
         assert serve.fetches == 1
+
+    asyncio.run(main())
+
+
+def test_a_controller_that_does_not_answer_keeps_the_last_view_within_the_timeout() -> None:
+    async def main() -> None:
+        now = [0.0]
+        serve = _Cluster({"app-a": AppState("DEPLOY_FAILED", "bad")})
+        watch = TierWatch({"a": "app-a"}, serve.fetch, interval_s=1.0, clock=lambda: now[0], fetch_timeout_s=0.05)
+        assert await watch.check("a") == "Serve application app-a is DEPLOY_FAILED: bad"
+        serve.gate = asyncio.Event()  # never set: the controller hangs
+        now[0] = 2.0
+        assert await asyncio.wait_for(watch.check("a"), 1) == "Serve application app-a is DEPLOY_FAILED: bad"
+        assert watch.last_error.startswith("TimeoutError")
 
     asyncio.run(main())
