@@ -854,7 +854,10 @@ class Ingress:
     async def _why_down(self, model: str) -> str | None:
         """Why a tier is not serving now (left out at start, or its Serve application is not
         running), or None: the chain calls it."""
-        return self._down.get(model) or await self._tiers.check(model)
+        why = self._down.get(model)
+        if why is None and model in self._tiers:  # the other models: no await on the hot path
+            why = await self._tiers.check(model)
+        return why
 
     async def _serving(self, candidates: list[str]) -> tuple[list[str], list[str]]:
         """`auto`'s candidates without the tiers that are down (and those); all of them when
