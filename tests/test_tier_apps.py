@@ -196,3 +196,25 @@ def test_a_controller_that_does_not_answer_keeps_the_last_view_within_the_timeou
         assert watch.last_error.startswith("TimeoutError")
 
     asyncio.run(main())
+
+
+def test_the_gateway_application_has_no_llm_server_and_each_tier_app_is_one(tmp_path) -> None:
+    from ray.serve._private.build_app import build_app as serve_build
+
+    from app.graph import build_app, build_apps
+    from tests.conftest import gateway_test_config
+
+    raw = gateway_test_config(9, 0)
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()  # present: tier_check passes (whether vLLM loads it is the engine's business)
+    raw["model_list"].insert(0, {**_raw()["model_list"][0], "vllm": {
+        **_raw()["model_list"][0]["vllm"], "model_source": str(model_dir)}})
+    cfg = parse_config(raw)
+    gateway = {d.name for d in serve_build(build_app(cfg), name="doka").deployments}
+    assert "Ingress" in gateway and not any(n.startswith("LLMServer") for n in gateway)
+    apps = build_apps(cfg)
+    assert list(apps) == ["doka", "doka-tier-local-tiny"]
+    tier = {d.name for d in serve_build(apps["doka-tier-local-tiny"], name="doka-tier-local-tiny").deployments}
+    assert tier == {"LLMServer:local-tiny"}
+    raw["model_list"][0]["vllm"]["model_source"] = str(tmp_path / "missing")
+    assert list(build_apps(parse_config(raw))) == ["doka"]  # known not to start: no application
