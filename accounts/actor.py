@@ -32,10 +32,10 @@ def master_key(cfg: Any) -> str | None:
 
 def core_kwargs(cfg: Any) -> dict[str, Any]:
     mk = master_key(cfg)
-    prices = {
-        m.model_name: (m.model_info.input_cost_per_token or 0.0, m.model_info.output_cost_per_token or 0.0)
-        for m in cfg.model_list
-    }
+    # the ledger's price table (app/pricing.py's rule; an unpriced model is charged 0 USD, its
+    # cost column stays comparable: the observer marks it unpriced)
+    prices = {m.model_name: ((p.input, p.output) if (p := m.price) is not None else (0.0, 0.0))
+              for m in cfg.model_list}
     return {
         "database_url": database_url(cfg),
         "master_key_hash": hash_key(mk) if mk else None,

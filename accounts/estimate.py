@@ -94,3 +94,15 @@ class StreamMeter:
             return dict(self.reported)
         return {"prompt_tokens": self.prompt_estimate,
                 "completion_tokens": math.ceil(self.delivered_chars / CHARS_PER_TOKEN)}
+
+
+def charged_usage(usage: dict[str, Any] | None, stream: bool, meter: StreamMeter | None) -> dict[str, int] | None:
+    """The gateway's one cut-off rule: a stream whose upstream sent no usage (cut off, or a
+    provider that never reports it) is charged what it delivered, counted by its meter. Returns
+    those tokens, or None when the upstream's own usage stands (or nothing was metered).
+    Used by the ledger settle, the cascade's sum and the provider-limit holds alike."""
+    usage = usage or {}
+    if not stream or meter is None or usage.get("prompt_tokens") or usage.get("completion_tokens"):
+        return None
+    return meter.usage()
+

@@ -23,7 +23,7 @@ from accounts.admin_api import make_router
 from accounts.client import Accounts, Principal, api_key_from_headers
 from accounts.core import AccountsCore
 from accounts.errors import AccountsError, unavailable
-from accounts.estimate import StreamMeter
+from accounts.estimate import StreamMeter, charged_usage
 from accounts.request_ids import correlation_id_of
 from accounts.limits import limits_by_model, widest
 from accounts.provider_gate import ProviderGate
@@ -179,10 +179,9 @@ class GatewayAccounts:
         """
         if grant is None:
             return
-        if outcome.get("stream") and grant.meter is not None and not (
-            outcome.get("prompt_tokens") or outcome.get("completion_tokens")
-        ):  # no usage from upstream, or cut off: charge what was delivered, at the model's price
-            outcome.update(grant.meter.usage(), cost_usd=None)
+        delivered = charged_usage(outcome, bool(outcome.get("stream")), grant.meter)
+        if delivered is not None:  # cut off before usage: what was delivered, at the model's price
+            outcome.update(delivered, cost_usd=None)
         outcome.setdefault("request_id", grant.request_id)
         outcome.setdefault("client_request_id", grant.correlation_id)
         outcome.setdefault("row_uid", uuid.uuid4().hex)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.pricing import Price, price_of
+
 ENV_PREFIX = "os.environ/"
 
 
@@ -187,15 +189,16 @@ class ModelEntry(_Strict):
         model = str(self.litellm_params.get("model", ""))
         return self.provider == "vllm" or model.startswith(SELF_HOSTED_PREFIXES)
 
+    @property
+    def price(self) -> Price | None:
+        """The configured price (app/pricing.py: the one rule the ledger, router and traces use)."""
+        return price_of(self.model_info.input_cost_per_token, self.model_info.output_cost_per_token,
+                        self.self_hosted)
+
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
-        """USD of one call at the configured prices; a self-hosted model with none costs 0,
-        any other model with none is unpriced (None)."""
-        info = self.model_info
-        if info.input_cost_per_token is None and info.output_cost_per_token is None:
-            return 0.0 if self.self_hosted else None
-        return prompt_tokens * (info.input_cost_per_token or 0.0) + completion_tokens * (
-            info.output_cost_per_token or 0.0
-        )
+        """USD of one call at the configured prices; None when the model is unpriced."""
+        price = self.price
+        return price.cost(prompt_tokens, completion_tokens) if price is not None else None
 
 
 class DeploymentOptions(_Strict):

@@ -63,6 +63,12 @@ class OpenAIError(Exception):
 CLIENT_ERROR_STATUSES = (400, 404, 413, 422)
 
 
+def is_client_error_status(status: int | None) -> bool:
+    """The one rule for whose fault an upstream answer is: the request's (retrying, another tier or
+    a cooldown would not help) or the provider's. Used by the egress and the ingress alike."""
+    return status in CLIENT_ERROR_STATUSES
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
 
@@ -131,7 +137,7 @@ class UpstreamError(Exception):
     @property
     def is_client_error(self) -> bool:
         """The request itself was refused: trying another tier would not help."""
-        return self.status in CLIENT_ERROR_STATUSES
+        return is_client_error_status(self.status)
 
 
 def tier_unavailable(down: dict[str, str]) -> OpenAIError:

@@ -26,8 +26,8 @@ from ray.serve import Application
 from pydantic import ValidationError
 
 from app.config import ConfigError, DokaConfig, ModelEntry, load_config, parse_config
+from app.placement import egress_homes, router_home
 from app.serve_config import DEPLOYMENT_NAMES, router_user_config
-from deployments.egress_paths import egress_homes
 from deployments.tier_apps import tier_apps
 
 logger = logging.getLogger("ray.serve")
@@ -140,7 +140,7 @@ def build_app(cfg: DokaConfig) -> Application:
         for section, name in DEPLOYMENT_NAMES.items() if section.startswith("egress") and name in homes.values()}
     model_apps: dict[str, Application] = {m: egress_apps[h] for m, h in homes.items() if h in egress_apps}
     down = _down_tiers(cfg)  # tiers that cannot start, and why (named on /health/readiness)
-    if cfg.router.placement == "deployment":
+    if router_home(cfg) == "Router":
         router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,
                                           user_config=router_user_config(cfg)).bind(raw)
         ingress_options = d.ingress.serve_options()

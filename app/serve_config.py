@@ -12,14 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import DokaConfig
-from deployments.egress_paths import egress_homes
+from app.placement import DEPLOYMENT_NAMES, graph_deployments, router_home
 from deployments.tier_apps import TIER_BUILDER, tier_apps
 
 IMPORT_PATH = "app.graph:app_builder"
-
-# Serve deployment names of the graph (app/graph.py), keyed by `deployments:` section.
-DEPLOYMENT_NAMES: dict[str, str] = {"ingress": "Ingress", "router": "Router", "egress": "Egress",
-                                    "egress_translated": "EgressTranslated"}
 
 
 def config_dict(cfg: DokaConfig) -> dict[str, Any]:
@@ -30,14 +26,9 @@ def config_dict(cfg: DokaConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude_unset=True)
 
 
-def owner_for_placement(placement: str) -> str:
-    """The deployment that holds the router, and so its user_config, for a `router.placement`."""
-    return DEPLOYMENT_NAMES["router" if placement == "deployment" else "ingress"]
-
-
 def router_owner(cfg: DokaConfig) -> str:
     """The deployment whose `reconfigure` takes the router user_config (`router.placement`)."""
-    return owner_for_placement(cfg.router.placement)
+    return router_home(cfg)
 
 
 def router_user_config(cfg: DokaConfig) -> dict[str, Any]:
@@ -53,11 +44,10 @@ def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     """Per-deployment overrides in `serve deploy` form, from `cfg.deployments`."""
     out: list[dict[str, Any]] = []
     owner = router_owner(cfg)
-    homes = set(egress_homes(cfg).values())  # the egress deployments app/graph.py binds
+    present = graph_deployments(cfg)  # the deployments app/graph.py binds
     for section, name in DEPLOYMENT_NAMES.items():
         options = getattr(cfg.deployments, section)
-        if (options is None or (section == "router" and cfg.router.placement != "deployment")
-                or (section.startswith("egress") and name not in homes)):
+        if options is None or name not in present:
             continue  # a deployment this config's graph does not have
         opts: dict[str, Any] = {"name": name, **options.serve_options()}
         if name == owner:

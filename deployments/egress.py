@@ -170,7 +170,7 @@ class EgressCore:
     def _failed(self, model: str, deployment: dict[str, Any], err: UpstreamError) -> None:
         from litellm.router_utils.cooldown_handlers import set_cooldown_deployments
 
-        if err.status in (400, 404, 413, 422):  # the request's fault, not the provider's
+        if err.is_client_error:  # the request's fault, not the provider's: no cooldown
             return
         self._last_failure[model] = time.monotonic()
         try:
@@ -206,7 +206,7 @@ class EgressCore:
                 return await self._litellm_call(kind, model, body, timeout)
             except UpstreamError as e:
                 self._failed(model, dep, e)
-                if attempt >= retries or e.status in (400, 404, 413, 422):
+                if attempt >= retries or e.is_client_error:
                     raise
         raise AssertionError("unreachable")
 

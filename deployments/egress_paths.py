@@ -6,23 +6,18 @@ format, a direct LiteLLM transformation for Anthropic and Gemini chat, and LiteL
 path go to the EgressTranslated deployment when `deployments.egress_translated` is set, the others
 to the Egress deployment (`egress.placement: deployment`) or to the ingress replicas themselves.
 
-Free of Ray and litellm imports, so the graph (app/graph.py) and the Serve config it is deployed
-with (app/serve_config.py, also rendered for KubeRay without Ray) decide from this one function.
+Free of Ray and litellm imports: app/placement.py decides each model's deployment from it for
+the graph, the Serve config, the KubeRay render and the ingress alike.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from app.config import DokaConfig
+from typing import Any
 
 # LiteLLM provider prefixes whose HTTP API is OpenAI's own: safe to pass bodies through.
 PASSTHROUGH_PROVIDERS = {"openai", "hosted_vllm", "openai_like", "vllm_openai", "llamafile", "lm_studio"}
 # Providers whose chat calls skip Router.acompletion (deployments/translate.py).
 DIRECT_PROVIDERS = {"anthropic", "gemini"}
-
-EgressHome = Literal["Ingress", "Egress", "EgressTranslated"]
-
 
 def is_passthrough(params: dict[str, Any]) -> bool:
     """True when the request body can go to the provider unchanged (OpenAI wire format + api_base)."""
@@ -35,16 +30,3 @@ def uses_router_path(params: dict[str, Any]) -> bool:
     a direct translation): the CPU-heavy calls `deployments.egress_translated` isolates."""
     provider = str(params.get("model", "")).partition("/")[0]
     return not is_passthrough(params) and (provider not in DIRECT_PROVIDERS or "mock_response" in params)
-
-
-def egress_homes(cfg: DokaConfig) -> dict[str, EgressHome]:
-    """model_name -> the Serve deployment that calls its provider, for every external model."""
-    homes: dict[str, EgressHome] = {}
-    for m in cfg.model_list:
-        if m.provider != "litellm":
-            continue
-        if cfg.deployments.egress_translated is not None and uses_router_path(m.litellm_params):
-            homes[m.model_name] = "EgressTranslated"
-        else:
-            homes[m.model_name] = "Egress" if cfg.egress.placement == "deployment" else "Ingress"
-    return homes

@@ -39,22 +39,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from accounts import provider_gate
-from accounts.estimate import prompt_tokens
+from accounts.estimate import charged_usage, prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
-from app.errors import (CLIENT_ERROR_STATUSES, OpenAIError, UpstreamError, bad_request, body_too_large,
-                        provider_limit_exceeded, tier_unavailable,
-                        model_not_allowed, unknown_model, upstream_exhausted)
+from app.errors import (OpenAIError, UpstreamError, bad_request, body_too_large, is_client_error_status,
+                        model_not_allowed, provider_limit_exceeded, tier_unavailable, unknown_model,
+                        upstream_exhausted)
+from app.placement import egress_homes, router_home
 from app.request_params import refuse_unknown
 from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, check_params, prompt_text,
                          validate_body)
 from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
 from deployments.egress import EgressService
-from deployments.egress_paths import egress_homes
-from deployments.router import InProcessRouter
 from deployments.tier_apps import AppState, TierWatch, states_from_serve_status
 from deployments import stalls
+from deployments.router import InProcessRouter
+from router.decision import RouteDecision
 from observability.gateway import Observability
 
 try:
@@ -443,7 +444,7 @@ class Ingress:
         self._timeouts = {m.model_name: m.model_info.timeout for m in cfg.model_list}
         self._stalls = stalls.tier_timeouts(cfg)  # first-token and idle timeouts of streams
         # `router.placement: ingress` (no handle bound): the router runs in this replica
-        self._router = router if router is not None else InProcessRouter(config)
+        self._router = router if router_home(cfg) == "Router" else InProcessRouter(config)
         self._accounts = load_accounts(cfg, accounts)
         # provider limits (accounts.provider_gate): None when no model has `model_info.limits`
         self._plimits = getattr(self._accounts, "providers", None)
@@ -673,8 +674,8 @@ class Ingress:
                                                             getattr(grant, "models", None), early, needs)
             if requested in self._cascades:
                 att = await self._run_cascade(kind, body, requested, chain, stream, side, needs=needs)
-            elif decision is not None and "cascade" in decision:  # a novel prompt (`router.novel_cascade`)
-                att = await self._run_cascade(kind, body, decision["cascade"], chain, stream, side, "auto:novel:",
+            elif decision is not None and decision.cascade:  # a novel prompt (`router.novel_cascade`)
+                att = await self._run_cascade(kind, body, decision.cascade, chain, stream, side, "auto:novel:",
                                               needs)
             else:
                 att = await self._run_chain(kind, body, chain, base_reason, stream=stream)
@@ -784,7 +785,7 @@ class Ingress:
     async def _plan(self, requested: str, body: dict[str, Any], request: Request, ext: Any = None,
                     prompt: str | None = None, allowed: list[str] | None = None,
                     early: "_EarlyRoute | None" = None,
-                    needs: capabilities.Needs | None = None) -> tuple[list[str], str, dict | None]:
+                    needs: capabilities.Needs | None = None) -> tuple[list[str], str, RouteDecision | None]:
         """The ordered tiers to try, the base route reason and the router's decision (auto).
 
         `allowed`: the key's model allow-list (empty/None: every model). Only allowed models are
@@ -831,25 +832,23 @@ class Ingress:
                                                                cost_weight, candidates)
             except Exception as e:
                 logger.warning("ingress: router failed (%s); using the first candidate", e)
-                decision = {"model": candidates[0], "strategy": "router_unavailable", "score": None,
-                            "artifact_version": None, "reason": f"router error: {type(e).__name__}"}
-            novel = self._novel_chain(permitted) if decision.get("familiar") is False and self._novel else []
+                decision = RouteDecision(candidates[0], "router_unavailable", None, f"router error: {type(e).__name__}")
+            novel = self._novel_chain(permitted) if decision.familiar is False and self._novel else []
             novel = capabilities.split(novel, self._caps, needs)[0] if novel else novel  # tiers able to answer
             if novel:  # the key may call the cascade's weak and verifier and some tier it escalates to
-                decision = {**decision, "cascade": self._novel}
+                decision = decision.replace(cascade=self._novel)
             routing.decided(decision)
         note = f";filtered={capabilities.describe(filtered)}" if filtered else ""
         if used_up or tiers_down:
             note += ";skipped=" + ",".join([*(f"{m}:provider_limit_{r['limit']}" for m, r in used_up.items()),
                                             *(f"{m}:down" for m in tiers_down)])
         if filtered:
-            decision = {**decision, "reason": f"{decision.get('reason', '')}; not capable: "
-                                              f"{capabilities.describe(filtered)}"}
+            decision = decision.replace(reason=f"{decision.reason}; not capable: {capabilities.describe(filtered)}")
         if novel:
-            return novel, f"auto:{decision['strategy']}{note}", decision
-        chain = self._allowed_chain(self.cfg.chain_for(decision["model"]), permitted, requested)
+            return novel, f"auto:{decision.strategy}{note}", decision
+        chain = self._allowed_chain(self.cfg.chain_for(decision.model), permitted, requested)
         chain, _ = self._capable(chain, needs, requested)  # its fallback tiers: the capable ones
-        return chain, f"auto:{decision['strategy']}{note}", decision
+        return chain, f"auto:{decision.strategy}{note}", decision
 
     async def _why_down(self, model: str) -> str | None:
         """Why a tier is not serving now (left out at start, or its Serve application is not
@@ -1031,7 +1030,7 @@ class Ingress:
                 elif call.exception() is None:
                     answers[m] = call.result().result
                     side.append((m, answers[m].get("usage") or {}))
-                elif isinstance(err := call.exception(), OpenAIError) and err.status in CLIENT_ERROR_STATUSES:
+                elif isinstance(err := call.exception(), OpenAIError) and is_client_error_status(err.status):
                     refused = err  # the request itself was refused (`_run_chain`): no tier would take it
         if refused is not None:
             raise refused
@@ -1057,7 +1056,7 @@ class Ingress:
         att.side = side
         return att
 
-    def _serve_stream(self, att: _Attempt, requested: str, decision: dict | None, request_id: str, grant: Any,
+    def _serve_stream(self, att: _Attempt, requested: str, decision: RouteDecision | None, request_id: str, grant: Any,
                       started: float, dialect: Any = OpenAIDialect, strip_usage: bool = False) -> Response:
         """The open stream as an SSE response; from here on the response settles the request.
 
@@ -1160,7 +1159,7 @@ class Ingress:
                 await it.aclose()  # no-op when finished; cancels the upstream call otherwise
 
     # ------------------------------------------------------------------ helpers
-    def _headers(self, att: _Attempt, request_id: str, decision: dict | None) -> dict[str, str]:
+    def _headers(self, att: _Attempt, request_id: str, decision: RouteDecision | None) -> dict[str, str]:
         headers = {
             "x-doka-model": att.model,
             "x-doka-route-reason": att.reason,
@@ -1168,10 +1167,10 @@ class Ingress:
             "x-doka-tiers-tried": ",".join(att.tried),
         }
         if decision is not None:
-            headers["x-doka-router"] = str(decision.get("reason", ""))[:200]
-            headers["x-doka-strategy"] = str(decision.get("strategy", ""))
-            if decision.get("artifact_version"):
-                headers["x-doka-artifact-version"] = str(decision["artifact_version"])
+            headers["x-doka-router"] = decision.reason[:200]
+            headers["x-doka-strategy"] = decision.strategy
+            if decision.artifact_version:
+                headers["x-doka-artifact-version"] = decision.artifact_version
         return headers
 
     async def _settle(self, grant: Any, request_id: str, requested: str, model: str | None, usage: dict | None,
@@ -1199,9 +1198,7 @@ class Ingress:
         """
         usage = usage or {}
         if hold is not None and self._plimits is not None:
-            used = provider_gate.tokens_of(usage)
-            if not used and stream and getattr(grant, "meter", None) is not None:
-                used = provider_gate.tokens_of(grant.meter.usage())  # cut off before usage: what was delivered
+            used = provider_gate.tokens_of(charged_usage(usage, stream, getattr(grant, "meter", None)) or usage)
             self._plimits.settle(hold, used)
         keyed = not isinstance(self._accounts, NoAccounts)
         # keys off and one call: nothing to add up (the observer prices the answer itself)
@@ -1222,12 +1219,9 @@ class Ingress:
                 side: list[tuple[str, dict]] | None) -> tuple[int, int, float | None]:
         """Prompt tokens, completion tokens and USD of a request: the answering call's plus every
         side call's (a cascade's); USD None when no model called has a price."""
+        if side and model:  # the side calls' tokens are added to what the stream delivered
+            usage = charged_usage(usage, stream, getattr(grant, "meter", None)) or usage
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        if side and stream and model and not (p or c) and getattr(grant, "meter", None) is not None:
-            # a stream cut off without usage is charged what it delivered: the gateway's rule
-            # (accounts/gateway.py), applied here because the side calls' tokens are added to it
-            delivered = grant.meter.usage()
-            p, c = int(delivered["prompt_tokens"]), int(delivered["completion_tokens"])
         calls = [(model, p, c)] + [
             (m, int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)) for m, u in side or ()]
         costs = [x for m, cp, cc in calls

@@ -17,7 +17,7 @@ and runs off the event loop; the embedding model is loaded once per replica. Art
 the background and swap atomically (router/reloader.py). While none is usable (missing, corrupt,
 bad signature, still loading) `router.fallback_strategy` answers, each decision says
 `degraded: true`, and `status()` says why. Static strategies (router/static.py) need nothing.
-See docs/router-deployment.md.
+Placement, GPUs and reloads: docs/architecture.md and docs/kubernetes.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ import numpy as np
 from ray import serve
 
 from app.config import DokaConfig, parse_config
-from router.static import CheapestHealthy, StaticStrategy, WeightedRoundRobin, price_per_token
+from app.pricing import rank_price
+from router.decision import RouteDecision
+from router.static import CheapestHealthy, StaticStrategy, WeightedRoundRobin
 
 logger = logging.getLogger("ray.serve")
 _UNSCORED: tuple[None, None, None] = (None, None, None)  # no engine, or scoring failed: the fallback answers
@@ -42,11 +44,7 @@ _UNSCORED: tuple[None, None, None] = (None, None, None)  # no engine, or scoring
 
 def make_static(name: str, cfg: DokaConfig) -> StaticStrategy:
     if name == "cheapest_healthy":
-        return CheapestHealthy({
-            m.model_name: price_per_token(m.model_info.input_cost_per_token, m.model_info.output_cost_per_token,
-                                          m.model_info.tier)
-            for m in cfg.model_list
-        })
+        return CheapestHealthy({m.model_name: rank_price(m.price) for m in cfg.model_list})
     return WeightedRoundRobin({m.model_name: m.model_info.weight for m in cfg.model_list})
 
 
@@ -65,16 +63,11 @@ class StaticRouter:
             self.strategy = make_static(wanted, cfg)
             self.prefix = ""
 
-    def route(self, prompt: str, cost_weight: float | None = None, candidates: list[str] | None = None) -> dict[str, Any]:
+    def route(self, prompt: str, cost_weight: float | None = None, candidates: list[str] | None = None) -> RouteDecision:
         pool = [c for c in (candidates or self.default_candidates) if c in self.default_candidates]
         choice = self.strategy.choose(pool or self.default_candidates)
-        return {
-            "model": choice.model,
-            "strategy": self.strategy.name,
-            "score": choice.score,
-            "artifact_version": None,
-            "reason": f"{self.prefix}{self.strategy.name}: {choice.reason}",
-        }
+        return RouteDecision(choice.model, self.strategy.name, choice.score,
+                             f"{self.prefix}{self.strategy.name}: {choice.reason}")
 
     def report(self, model: str, ok: bool) -> None:
         if isinstance(self.strategy, CheapestHealthy):
@@ -187,7 +180,7 @@ class RouterService:
 
     # ------------------------------------------------------------------ the hot path
     async def route(self, prompt: str, cost_weight: float | None = None,
-                    candidates: list[str] | None = None) -> dict[str, Any]:
+                    candidates: list[str] | None = None) -> RouteDecision:
         started = time.perf_counter()
         await self._ensure_configured()
         cfg = self._cfg
@@ -204,22 +197,18 @@ class RouterService:
             if engine is not None:
                 allowed = [c for c in (candidates or self._static.default_candidates)]
                 choice = engine.decide(row, weight, allowed)
-                if choice is not None:
-                    decision = {"model": choice.model, "strategy": "learned", "score": choice.score,
-                                "artifact_version": engine.version, "reason": choice.reason, "degraded": False,
-                                "decision_ms": round((time.perf_counter() - started) * 1000, 3)}
-                    if familiar is not None:  # a gated artifact: did the prompt take its in-distribution path
-                        decision["familiar"] = familiar
-                    return decision
+                if choice is not None:  # familiar: a gated artifact's in-distribution path, or None
+                    return RouteDecision(choice.model, "learned", choice.score, choice.reason, engine.version,
+                                         degraded=False, familiar=familiar,
+                                         decision_ms=round((time.perf_counter() - started) * 1000, 3))
                 why, degraded = f"artifact {engine.version} knows none of the candidates {allowed}", False
             else:
                 why = "learned router error (see replica log)"
         decision = self._static.route(prompt, weight, candidates)
         if learned:
             why = why or self._slot.reason
-            decision["reason"] = f"{decision['reason']} ({why})"[:300]
-        decision.update(degraded=degraded, decision_ms=round((time.perf_counter() - started) * 1000, 3))
-        return decision
+            decision = decision.replace(reason=f"{decision.reason} ({why})"[:300])
+        return decision.replace(degraded=degraded, decision_ms=round((time.perf_counter() - started) * 1000, 3))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _score(self, prompts: list[str]) -> list[tuple[Any, np.ndarray | None, bool | None]]:

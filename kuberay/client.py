@@ -22,7 +22,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from app.config import RouterConfig
-from app.serve_config import DEPLOYMENT_NAMES, owner_for_placement
+from app.placement import DEPLOYMENT_NAMES, router_home_for
 from kuberay.render import CLUSTER_PLACEHOLDER, dump_yaml
 
 GROUP, VERSION = "ray.io", "v1"
@@ -211,7 +211,7 @@ def _find_router(serve_cfg: dict[str, Any], app_name: str | None) -> dict[str, A
     placement = (((app.get("args") or {}).get("config") or {}).get("router") or {}).get(
         "placement", RouterConfig.model_fields["placement"].default)
     names = [d.get("name") for d in deps]
-    owner = ROUTER_DEPLOYMENT if ROUTER_DEPLOYMENT in names else owner_for_placement(placement)
+    owner = ROUTER_DEPLOYMENT if ROUTER_DEPLOYMENT in names else router_home_for(placement)
     for dep in deps:
         if dep.get("name") == owner:
             return dep

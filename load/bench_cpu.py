@@ -15,7 +15,7 @@ import asyncio
 import collections
 import time
 
-from load.bench_gateway import BODY, REGISTRY, Gateway, _py_load, start_mock
+from load.harness import BODY, REGISTRY, Gateway, py_load, start_mock
 from load.bench_memory import _title, role_of, session_processes
 
 
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for model in args.models.split(","):
                 body = {**BODY, "model": model}
-                asyncio.run(_py_load(url, body, args.clients, 2, gw.headers))  # warm
+                asyncio.run(py_load(url, body, args.clients, 2, gw.headers))  # warm
                 before, mock0, me0 = cpu_by_role(procs), sum(mock_proc.cpu_times()[:2]), time.process_time()
-                r = asyncio.run(_py_load(url, body, args.clients, args.duration, gw.headers))
+                r = asyncio.run(py_load(url, body, args.clients, args.duration, gw.headers))
                 after, mock1, me1 = cpu_by_role(procs), sum(mock_proc.cpu_times()[:2]), time.process_time()
                 n = max(r["rps"] * args.duration, 1)
                 rows = sorted(((k, (after[k] - before[k]) / n * 1000) for k in after), key=lambda kv: -kv[1])

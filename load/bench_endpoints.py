@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from load.bench_gateway import Gateway, load, start_mock
+from load.harness import Gateway, load, start_mock
 
 PROMPT = "Say hello to the benchmark."
 ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {

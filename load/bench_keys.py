@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from load.bench_gateway import BODY, Gateway, load, start_mock
+from load.harness import BODY, Gateway, load, start_mock
 
 
 def busy_seconds() -> float:

@@ -15,7 +15,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
@@ -147,7 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> int:
-    from load.bench_gateway import REGISTRY, Gateway, start_mock
+    from load.harness import REGISTRY, Gateway, start_mock
 
     learned = args.router == "learned" and (REGISTRY / "latest").exists()
     mock, mock_port = start_mock(50.0)

@@ -40,7 +40,7 @@ BODY = {"messages": [{"role": "user", "content": "Say hello to the benchmark."}]
 
 def _config(mock_port: int) -> Any:
     from app.config import parse_config
-    from load.bench_gateway import bench_config
+    from load.harness import bench_config
 
     return parse_config(bench_config(mock_port, free_port()))
 
@@ -144,8 +144,8 @@ async def _stall(args: argparse.Namespace, mock_port: int) -> list[tuple[str, di
 
 def _gateway_bench(args: argparse.Namespace) -> int:
     """The same comparison through the whole gateway (load/bench_gateway.py's `doka run` + load)."""
-    from load.bench_gateway import BODY as GW_BODY
-    from load.bench_gateway import Gateway, load, start_mock
+    from load.harness import BODY as GW_BODY
+    from load.harness import Gateway, load, start_mock
 
     models = args.models.split(",")
     mock, mock_port = start_mock(args.latency_ms)

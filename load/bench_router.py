@@ -62,8 +62,8 @@ async def drive(handle: Any, texts: list[str], concurrency: int, duration: float
             t = time.perf_counter()
             d = await handle.route.remote(texts[k % len(texts)], None, candidates)
             round_trip.append((time.perf_counter() - t) * 1000)
-            inside.append(float(d["decision_ms"]))
-            strategies[d["strategy"]] = strategies.get(d["strategy"], 0) + 1
+            inside.append(float(d.decision_ms))
+            strategies[d.strategy] = strategies.get(d.strategy, 0) + 1
             k += concurrency
 
     started = time.perf_counter()

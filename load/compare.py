@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from load.bench_gateway import BODY, MASTER_KEY, REGISTRY, Gateway, _wait_http, bench_config, load
+from load.harness import BODY, MASTER_KEY, REGISTRY, Gateway, wait_http, bench_config, load
 from load.isolation import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[s
     trees["mock upstream"] = Tree("mock upstream", _spawn(
         [sys.executable, "-m", "load.mock_upstream", "--port", str(mock_port), "--latency-ms", str(latency_ms)],
         env, workdir / "mock.log"))
-    _wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
+    wait_http(f"http://127.0.0.1:{mock_port}/health", 30)
     raw = bench_config(mock_port, 0)
     (workdir / "litellm.yaml").write_text(yaml.safe_dump(litellm_proxy_config(raw)))
     learned = (REGISTRY / "latest").exists()
@@ -132,7 +132,7 @@ def start_all(latency_ms: float, workdir: Path) -> tuple[dict[str, Tree], dict[s
          "--num_workers", "1"], env, workdir / "litellm.log"))
     gw.ready()
     trees["doka"].proc = gw.proc  # ready() may have restarted it
-    _wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", 240, workdir / "litellm.log")
+    wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", 240, workdir / "litellm.log")
     doka = f"{gw.url}/v1/chat/completions"
     urls = {"mock upstream": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
             "doka": doka, "doka auto": doka,

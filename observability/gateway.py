@@ -22,6 +22,7 @@ from observability.metrics import GatewayMetrics
 from observability.mlflow_sink import MlflowSink
 from observability.trace_store import TraceRecord, TraceStore, prompt_for_store, prompt_text, traces_root
 from observability.tracing import AttemptSpan, RequestSpan, RoutingSpan, Tracing
+from router.decision import RouteDecision
 
 logger = logging.getLogger("ray.serve")
 
@@ -209,22 +210,22 @@ class _Routing:
     def __init__(self, req: RequestObservation, rs: RoutingSpan, start: float, candidates: list[str] | None) -> None:
         self._req, self._rs, self._start, self._candidates = req, rs, start, candidates
 
-    def decided(self, decision: Mapping[str, Any]) -> None:
+    def decided(self, decision: RouteDecision) -> None:
         self._rs.decided(decision)
-        if "degraded" not in decision and decision.get("strategy"):  # router answered with its fallback
-            decision = {**decision, "degraded": decision["strategy"] != self._req._obs.cfg.router.strategy}
+        if decision.degraded is None and decision.strategy:  # router answered with its fallback?
+            decision = decision.replace(degraded=decision.strategy != self._req._obs.cfg.router.strategy)
         self._req._obs.metrics.routed(decision, time.perf_counter() - self._start)
         rec = self._req.record
-        rec.candidates = list(self._candidates or decision.get("candidates") or [])
-        rec.route_strategy = decision.get("strategy")
-        score = decision.get("score")
+        rec.candidates = list(self._candidates or [])
+        rec.route_strategy = decision.strategy
+        score = decision.score
         rec.route_score = float(score) if isinstance(score, (int, float)) else None
-        rec.route_reason = decision.get("reason")
-        rec.artifact_version = decision.get("artifact_version")
+        rec.route_reason = decision.reason
+        rec.artifact_version = decision.artifact_version
 
 
 class _NoRouting:
-    def decided(self, decision: Mapping[str, Any]) -> None:
+    def decided(self, decision: RouteDecision) -> None:
         return None
 
 

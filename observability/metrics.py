@@ -24,6 +24,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from router.decision import RouteDecision
+
 OTHER = "other"
 NONE = "none"
 
@@ -187,18 +189,17 @@ class GatewayMetrics:
             self._mirror.record(name, labels, value)
 
     # ---- the call sites ----
-    def routed(self, decision: Mapping[str, Any], latency_s: float) -> None:
+    def routed(self, decision: RouteDecision, latency_s: float) -> None:
         """An `auto` decision from the router; also tracks degraded state and artifact version."""
-        strategy = self.strategy_label(str(decision.get("strategy") or NONE))
-        self._record("doka_routing_decisions_total", model=self.model_label(decision.get("model")), strategy=strategy)
+        strategy = self.strategy_label(decision.strategy or NONE)
+        self._record("doka_routing_decisions_total", model=self.model_label(decision.model), strategy=strategy)
         self._record("doka_routing_latency_seconds", latency_s, strategy=strategy)
-        if decision.get("familiar") is not None:
-            self._record("doka_routing_gate_total", path="familiar" if decision["familiar"] else "novel")
-        degraded = decision.get("degraded")
-        if degraded is not None:
-            self.set_router_state(degraded=bool(degraded), artifact_version=decision.get("artifact_version"))
-        elif decision.get("artifact_version"):
-            self.set_router_state(degraded=None, artifact_version=decision.get("artifact_version"))
+        if decision.familiar is not None:
+            self._record("doka_routing_gate_total", path="familiar" if decision.familiar else "novel")
+        if decision.degraded is not None:
+            self.set_router_state(degraded=decision.degraded, artifact_version=decision.artifact_version)
+        elif decision.artifact_version:
+            self.set_router_state(degraded=None, artifact_version=decision.artifact_version)
 
     def set_router_state(self, degraded: bool | None, artifact_version: str | None) -> None:
         if degraded is not None and degraded != self._degraded:  # a gauge: written when it changes

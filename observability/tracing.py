@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from app.config import ObservabilityConfig
+from router.decision import RouteDecision
 
 TRACER_NAME = "doka.gateway"
 TRACES_PATH = "/v1/traces"
@@ -131,19 +132,19 @@ class RoutingSpan:
         self._request_span = request_span
         self._start = time.perf_counter()
 
-    def decided(self, decision: Mapping[str, Any]) -> None:
+    def decided(self, decision: RouteDecision) -> None:
         if not self.span.is_recording():
             return
         latency_ms = round((time.perf_counter() - self._start) * 1000, 3)
         for target in (self.span, self._request_span):
-            _set(target, ROUTING_SELECTED, decision.get("model"))
-            _set(target, ROUTER_STRATEGY, decision.get("strategy"))
-            _set(target, ROUTER_SCORE, _float_or_none(decision.get("score")))
-            _set(target, ROUTER_ARTIFACT, decision.get("artifact_version"))
-            _set(target, ROUTING_REASON, decision.get("reason"))
-            if decision.get("familiar") is not None:
-                target.set_attribute(ROUTER_FAMILIAR, bool(decision["familiar"]))
-            _set(target, ROUTER_CASCADE, decision.get("cascade"))
+            _set(target, ROUTING_SELECTED, decision.model)
+            _set(target, ROUTER_STRATEGY, decision.strategy)
+            _set(target, ROUTER_SCORE, _float_or_none(decision.score))
+            _set(target, ROUTER_ARTIFACT, decision.artifact_version)
+            _set(target, ROUTING_REASON, decision.reason)
+            if decision.familiar is not None:
+                target.set_attribute(ROUTER_FAMILIAR, decision.familiar)
+            _set(target, ROUTER_CASCADE, decision.cascade)
             target.set_attribute(ROUTING_LATENCY_MS, latency_ms)
 
 

@@ -65,11 +65,9 @@ class LearnedEngine:
         self._artifact_cost = {m: artifact_costs[label_of(cfg, m)] for m in self.columns}
         self._price: dict[str, float] = {}
         for m in self.columns:
-            info = cfg.model(m).model_info  # type: ignore[union-attr]
-            if info.input_cost_per_token is not None or info.output_cost_per_token is not None:
-                self._price[m] = (info.input_cost_per_token or 0.0) + (info.output_cost_per_token or 0.0)
-            elif info.tier == "local":
-                self._price[m] = 0.0
+            price = cfg.model(m).price  # type: ignore[union-attr]
+            if price is not None:
+                self._price[m] = price.per_token
 
     @property
     def models(self) -> list[str]:

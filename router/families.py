@@ -48,7 +48,7 @@ class Family:
     grouped: bool = False  # fit takes `groups=` (each record's task) as a keyword
 
 
-def _impute(Y: np.ndarray) -> np.ndarray:
+def impute_missing(Y: np.ndarray) -> np.ndarray:
     Y = np.array(Y, dtype=float)
     means = np.nanmean(np.where(np.isnan(Y).all(axis=0), 0.5, Y), axis=0) if Y.size else np.zeros(Y.shape[1])
     means = np.where(np.isnan(means), 0.5, means)
@@ -67,7 +67,7 @@ def _fit_knn(X, Y, p, progress):
 
     k = int(min(p["n_neighbors"], len(X)))
     model = KNeighborsRegressor(n_neighbors=k, weights=p["weights"], algorithm="brute")
-    model.fit(X, _impute(Y))
+    model.fit(X, impute_missing(Y))
     return {"model": model}
 
 
@@ -88,7 +88,7 @@ def _fit_mlp(X, Y, p, progress):
         early_stopping=len(X) >= 50,
         random_state=p["random_state"],
     )
-    model.fit(X, _impute(Y))
+    model.fit(X, impute_missing(Y))
     return {"model": model}
 
 
@@ -208,7 +208,7 @@ def _predict_mf(state, X):
 
 
 # ---- difficulty ----
-def _fit_difficulty(X, Y, p, progress):
+def fit_difficulty(X, Y, p, progress):
     from sklearn.linear_model import Ridge
 
     if p.get("link", "linear") not in ("linear", "logistic"):
@@ -370,12 +370,12 @@ def _fit_gated(X, Y, p, progress):
     rng = np.random.default_rng(0)
     keep = np.sort(rng.choice(len(X), int(p["max_bank"]), replace=False)) if len(X) > p["max_bank"] else np.arange(len(X))
     state: dict[str, Any] = {f"difficulty_{k}": v for k, v in
-                             _fit_difficulty(X, Y, dict(FAMILIES["difficulty"].defaults), progress).items()}
+                             fit_difficulty(X, Y, dict(FAMILIES["difficulty"].defaults), progress).items()}
     mlp = _fit_mlp(X, Y, dict(FAMILIES["mlp"].defaults), progress)["model"]
     for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
         state[f"mlp_w{i}"], state[f"mlp_b{i}"] = np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)  # the members above fit on X as given, as the ensemble's do
-    state["knn_x"], state["knn_y"] = X[keep], _impute(Y)[keep]
+    state["knn_x"], state["knn_y"] = X[keep], impute_missing(Y)[keep]
     state["knn_sq"] = (X[keep] ** 2).sum(axis=1)
     state["knn_k"] = np.array([min(int(FAMILIES["knn"].defaults["n_neighbors"]), len(keep))])
     mu, sd = X.mean(axis=0), X.std(axis=0) + 1e-6
@@ -433,7 +433,7 @@ FAMILIES: dict[str, Family] = {
                      _predict_per_label(proba=True), "one logistic regression per model"),
     "mf": Family("mf", {"rank": 32, "epochs": 300, "learning_rate": 0.01, "l2": 1e-4, "random_state": 0},
                  _fit_mf, _predict_mf, "RouteLLM-style bilinear matrix factorisation"),
-    "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0, "link": "logistic"}, _fit_difficulty, _predict_difficulty,
+    "difficulty": Family("difficulty", {"alpha": 100.0, "shrink": 20.0, "link": "logistic"}, fit_difficulty, _predict_difficulty,
                          "shared prompt-difficulty regression, per-model quality linear in it"),
     "task_difficulty": Family("task_difficulty", {"alpha": 10.0, "shrink": 20.0}, _fit_task_difficulty,
                               _predict_difficulty, "difficulty standardised per task, for many tasks and label kinds",

@@ -358,8 +358,8 @@ class HashingFeaturizer:
 # Centred and scaled by fixed constants (RouterBench train split mean, 0.3 / std) so the
 # embedding part (unit norm) still dominates distances.
 _STATS_NAMES = ("log_chars", "log_lines", "digit_share", "code", "choices", "questions_per_line", "arithmetic", "log_words")
-_STATS_MEAN = np.array([7.04, 3.348, 0.004, 0.145, 0.864, 0.043, 0.013, 5.334], dtype=np.float32)
-_STATS_SCALE = 0.3 / np.array([1.038, 1.328, 0.024, 0.352, 0.342, 0.047, 0.114, 1.018], dtype=np.float32)
+STATS_MEAN = np.array([7.04, 3.348, 0.004, 0.145, 0.864, 0.043, 0.013, 5.334], dtype=np.float32)
+STATS_SCALE = 0.3 / np.array([1.038, 1.328, 0.024, 0.352, 0.342, 0.047, 0.114, 1.018], dtype=np.float32)
 _CODE_RE = re.compile(r"def |```|return |\bfunction\b|print\(")
 _CHOICE_RE = re.compile(r"\n[A-D][\).:]")
 _ARITH_RE = re.compile(r"[=+\-*/^]\s*\d")
@@ -400,7 +400,7 @@ class StatsFeaturizer:
         """The base embedding of `texts` with their scaled statistics appended: `embed` is this on
         `base.embed(texts)`; training calls it on cached base vectors (training.embeddings), so
         train and serve featurize through the same code."""
-        stats = (prompt_stats(list(texts)) - _STATS_MEAN) * _STATS_SCALE
+        stats = (prompt_stats(list(texts)) - STATS_MEAN) * STATS_SCALE
         return np.hstack([np.asarray(base_vectors, dtype=np.float32), stats]).astype(np.float32)
 
 

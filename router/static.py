@@ -52,8 +52,8 @@ class WeightedRoundRobin:
 class CheapestHealthy:
     """The cheapest candidate that has not failed recently.
 
-    Price is the sum of input and output cost per token; a model without a price counts as
-    free only if its tier is local, otherwise it sorts last. `mark_failed` puts a model in
+    Price is the sum of input and output cost per token (app/pricing.py: an unpriced self-hosted
+    model is free, any other unpriced model sorts last). `mark_failed` puts a model in
     cooldown for `cooldown_s`; if every candidate is cooling down the cheapest one is used.
     """
 
@@ -84,9 +84,3 @@ class CheapestHealthy:
         price = self._prices.get(best, float("inf"))
         reason = f"price {price:g}/token" + ("" if healthy else ", all candidates cooling down")
         return Choice(best, -price if price != float("inf") else float("-inf"), reason)
-
-
-def price_per_token(input_cost: float | None, output_cost: float | None, tier: str) -> float:
-    if input_cost is None and output_cost is None:
-        return 0.0 if tier == "local" else float("inf")
-    return (input_cost or 0.0) + (output_cost or 0.0)

@@ -8,7 +8,9 @@ import pytest
 
 from app.config import parse_config
 from deployments.router import StaticRouter
-from router.static import CheapestHealthy, WeightedRoundRobin, price_per_token
+from app.pricing import Price, price_of, rank_price
+from router.decision import RouteDecision
+from router.static import CheapestHealthy, WeightedRoundRobin
 from tests.conftest import gateway_test_config
 
 
@@ -46,9 +48,10 @@ def test_cooldown_expires():
 
 
 def test_price_of_unpriced_models():
-    assert price_per_token(None, None, "local") == 0.0
-    assert price_per_token(None, None, "premium") == float("inf")
-    assert price_per_token(1e-6, 2e-6, "cheap") == pytest.approx(3e-6)
+    assert rank_price(price_of(None, None, self_hosted=True)) == 0.0
+    assert rank_price(price_of(None, None, self_hosted=False)) == float("inf")
+    assert rank_price(price_of(1e-6, 2e-6, self_hosted=False)) == pytest.approx(3e-6)
+    assert price_of(1e-6, None, self_hosted=True) == Price(1e-6, 0.0)
 
 
 def _router(strategy: str) -> StaticRouter:
@@ -60,22 +63,22 @@ def _router(strategy: str) -> StaticRouter:
 def test_router_contract_and_candidates():
     r = _router("weighted_round_robin")
     d = r.route("hello", None, None)
-    assert set(d) == {"model", "strategy", "score", "artifact_version", "reason"}
-    assert d["strategy"] == "weighted_round_robin"
+    assert isinstance(d, RouteDecision) and d.artifact_version is None and d.reason.startswith("weighted_round_robin")
+    assert d.strategy == "weighted_round_robin"
     # parallel models are never auto candidates; config models only
-    seen = {r.route("x", None, None)["model"] for _ in range(12)}
+    seen = {r.route("x", None, None).model for _ in range(12)}
     assert seen == {"mock-mixtral", "mock-gpt-3.5", "mock-gpt-4"}
-    assert r.route("x", None, ["mock-gpt-4", "mock-claude-sandbox"])["model"] == "mock-gpt-4"
+    assert r.route("x", None, ["mock-gpt-4", "mock-claude-sandbox"]).model == "mock-gpt-4"
 
 
 def test_router_cheapest_healthy_uses_config_prices_and_reports():
     r = _router("cheapest_healthy")
-    assert r.route("x")["model"] == "mock-mixtral"  # 1.2e-6/token is the cheapest in default.yaml
+    assert r.route("x").model == "mock-mixtral"  # 1.2e-6/token is the cheapest in default.yaml
     r.report("mock-mixtral", ok=False)
-    assert r.route("x")["model"] == "mock-gpt-3.5"
+    assert r.route("x").model == "mock-gpt-3.5"
 
 
 def test_learned_strategy_without_artifact_falls_back_and_says_so():
     r = _router("learned")
     d = r.route("x")
-    assert d["strategy"] == "weighted_round_robin" and d["reason"].startswith("fallback:")
+    assert d.strategy == "weighted_round_robin" and d.reason.startswith("fallback:")

@@ -12,6 +12,7 @@ from observability.feedback import FeedbackStore, load_joined, parse_feedback
 from observability.metrics import GatewayMetrics
 from observability.trace_store import TraceRecord, TraceStore, prompt_for_store, read_records
 from observability.tracing import Tracing, resolve_endpoint
+from router.decision import RouteDecision
 from tests.observability_receiver import Receiver
 
 
@@ -27,9 +28,9 @@ def test_spans_reach_otlp_receiver_with_routing_and_fallbacks(receiver, monkeypa
     cfg = ObservabilityConfig(otlp_endpoint=receiver.url, service_name="doka-test")
     assert resolve_endpoint(cfg) == receiver.url + "/v1/traces"
     tracing = Tracing(cfg)
-    decision = {"model": "local-tiny", "strategy": "learned", "score": 0.71, "artifact_version": "v3", "reason": "quality",
-                "familiar": False,  # a gated artifact's novelty gate: this prompt took difficulty's path
-                "cascade": "verified"}  # and `router.novel_cascade` sent it through that cascade
+    decision = RouteDecision("local-tiny", "learned", 0.71, "quality", "v3",
+                             familiar=False,  # a gated artifact's novelty gate: this prompt took difficulty's path
+                             cascade="verified")  # and `router.novel_cascade` sent it through that cascade
     with tracing.request("req-1", "auto", stream=True, key_id="key-a") as req:
         with req.routing(["local-tiny", "mock-gpt-4"]) as routing:
             routing.decided(decision)
@@ -143,16 +144,16 @@ def test_langfuse_disabled_without_env(monkeypatch):
 
 def test_metrics_exposition_has_the_counters():
     m = GatewayMetrics(model_names=["local-tiny", "mock-gpt-4"], max_keys=2, mirror_to_ray=False)
-    m.routed({"model": "local-tiny", "strategy": "learned", "artifact_version": "v1", "degraded": False}, 0.002)
+    m.routed(RouteDecision("local-tiny", "learned", None, "", "v1", degraded=False), 0.002)
     for familiar in (True, False, False):  # a gated artifact's decisions
-        m.routed({"model": "local-tiny", "strategy": "learned", "artifact_version": "v1", "familiar": familiar}, 0.001)
+        m.routed(RouteDecision("local-tiny", "learned", None, "", "v1", familiar=familiar), 0.001)
     m.attempt("local-tiny", ok=False)
     m.fallback("local-tiny", "mock-gpt-4")
     m.attempt("mock-gpt-4", ok=True)
     m.request_done("mock-gpt-4", "key-a", 200, 0.4, prompt_tokens=10, completion_tokens=4, cost=0.001)
     m.request_done("mock-gpt-4", "key-b", 502, 0.1, error="upstream_error")
     m.request_done("made-up-model", "key-c", 200, 0.1)  # unknown model and a 3rd key fold into `other`
-    m.routed({"model": "mock-gpt-4", "strategy": "weighted_round_robin", "artifact_version": "v2", "degraded": True}, 0.001)
+    m.routed(RouteDecision("mock-gpt-4", "weighted_round_robin", None, "", "v2", degraded=True), 0.001)
     body, ctype = m.exposition()
     text = body.decode()
     assert ctype.startswith("text/plain")
@@ -258,7 +259,7 @@ def test_gateway_facade_feeds_every_sink(tmp_path, receiver, monkeypatch):
     obs = Observability(cfg, mirror_to_ray=False)
     req = obs.start("rid-1", "auto", {"messages": [{"role": "user", "content": "hi there"}]}, key_id="k1")
     with req.routing(["a", "b"]) as r:
-        r.decided({"model": "b", "strategy": "weighted_round_robin", "score": None, "artifact_version": None, "reason": "rr"})
+        r.decided(RouteDecision("b", "weighted_round_robin", None, "rr"))
     with pytest.raises(RuntimeError):
         with req.attempt("b"):
             raise RuntimeError("b is down")
@@ -343,7 +344,7 @@ def test_no_exporter_creates_no_spans(receiver, monkeypatch):
     def one(tracing: Tracing) -> bool:
         with tracing.request("req-x", "auto") as req:
             with req.routing(["m"]) as routing:
-                routing.decided({"model": "m", "strategy": "learned"})
+                routing.decided(RouteDecision("m", "learned", None, ""))
             with req.attempt("m") as attempt:
                 attempt.succeeded({"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
             req.finish("m", {"model": "m"})

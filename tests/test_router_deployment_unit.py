@@ -191,8 +191,8 @@ def test_deployment_batches_degrades_on_corrupt_artifact_and_recovers_by_poll(re
     assert st["serving"] == "learned" and st["artifact_version"] == version and not st["degraded"]
     # concurrent requests are batched through one embed + score call and each gets its own choice
     out = router.routes(CODE[:4] + CHAT[:4], 0.0)
-    assert [d["model"] for d in out] == ["mock-gpt-4"] * 4 + ["mock-mixtral"] * 4
-    assert all(d["strategy"] == "learned" and d["artifact_version"] == version and not d["degraded"] for d in out)
+    assert [d.model for d in out] == ["mock-gpt-4"] * 4 + ["mock-mixtral"] * 4
+    assert all(d.strategy == "learned" and d.artifact_version == version and not d.degraded for d in out)
 
     model_file = reg / "versions" / version / "model.skops"
     good = model_file.read_bytes()
@@ -201,12 +201,12 @@ def test_deployment_batches_degrades_on_corrupt_artifact_and_recovers_by_poll(re
     st = router.wait(lambda s: s["state"] == "degraded")
     assert st["degraded"] and "modified after signing" in st["reason"]
     d = router.call("route", CODE[0], None, None)
-    assert d["degraded"] and d["strategy"] == "weighted_round_robin" and d["artifact_version"] is None
+    assert d.degraded and d.strategy == "weighted_round_robin" and d.artifact_version is None
 
     model_file.write_bytes(good)  # restored: the poll retries a degraded pinned version
     router.wait(lambda s: not s["degraded"])
     d = router.call("route", CODE[0], 0.0, None)
-    assert d["strategy"] == "learned" and d["artifact_version"] == version and d["model"] == "mock-gpt-4"
+    assert d.strategy == "learned" and d.artifact_version == version and d.model == "mock-gpt-4"
 
 
 def test_deployment_poll_notices_a_newer_latest(registry, tmp_path, served):
@@ -216,11 +216,11 @@ def test_deployment_poll_notices_a_newer_latest(registry, tmp_path, served):
     reg = tmp_path / "registry"
     shutil.copytree(reg_src, reg)
     router = served(_cfg(tmp_path, reg, poll_interval_s=0.2), "router-unit-poll")
-    assert router.call("route", CODE[0], 0.0, None)["model"] == "mock-gpt-4"  # no user_config: loads on first use
+    assert router.call("route", CODE[0], 0.0, None).model == "mock-gpt-4"  # no user_config: loads on first use
     newer = publish(reg, train_artifact(tmp_path / "a2", code_label=GPT35))
     router.wait(lambda s: s["artifact_version"] == newer)
     d = router.call("route", CODE[0], 0.0, None)
-    assert d["artifact_version"] == newer and d["model"] == "mock-gpt-3.5"
+    assert d.artifact_version == newer and d.model == "mock-gpt-3.5"
 
 
 def test_deployment_without_artifact_is_degraded_not_crashed(tmp_path, served):
@@ -230,9 +230,9 @@ def test_deployment_without_artifact_is_degraded_not_crashed(tmp_path, served):
     st = router.call("status")
     assert st["degraded"] and "no `latest`" in st["reason"]
     d = router.call("route", "hello", None, ["mock-gpt-4", "mock-mixtral"])
-    assert d["model"] in {"mock-gpt-4", "mock-mixtral"} and d["degraded"]
+    assert d.model in {"mock-gpt-4", "mock-mixtral"} and d.degraded
     # a static strategy needs no artifact and is not degraded
     router.call("reconfigure", {"strategy": "cheapest_healthy"})
     st = router.call("status")
     assert not st["degraded"] and st["serving"] == "cheapest_healthy"
-    assert router.call("route", "hello")["model"] == "mock-mixtral"
+    assert router.call("route", "hello").model == "mock-mixtral"

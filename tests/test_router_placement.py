@@ -84,8 +84,8 @@ def test_in_process_router_scores_one_event_loop_iteration_in_one_call(tmp_path)
 
     decisions, sizes = asyncio.run(scenario())
     assert sizes == [10, 1]  # ten concurrent decisions shared one predict call, a lone one ran alone
-    assert all(d["strategy"] == "learned" and not d["degraded"] for d in decisions)
-    assert {d["model"] for d in decisions[:5]} == {"mock-gpt-4"} and {d["model"] for d in decisions[5:10]} == {"mock-mixtral"}
+    assert all(d.strategy == "learned" and not d.degraded for d in decisions)
+    assert {d.model for d in decisions[:5]} == {"mock-gpt-4"} and {d.model for d in decisions[5:10]} == {"mock-mixtral"}
 
 
 def test_a_gated_artifacts_decisions_say_which_path_the_prompt_took(tmp_path):
@@ -99,9 +99,9 @@ def test_a_gated_artifacts_decisions_say_which_path_the_prompt_took(tmp_path):
         return [await router.route.remote(p, 0.0, None) for p in (CODE[0], CHAT[0], novel)]
 
     code, chat, novel = asyncio.run(scenario())
-    assert all(d["strategy"] == "learned" for d in (code, chat, novel))
-    assert (code["familiar"], chat["familiar"], novel["familiar"]) == (True, True, False)
-    assert code["model"] == "mock-gpt-4" and chat["model"] == "mock-mixtral"
+    assert all(d.strategy == "learned" for d in (code, chat, novel))
+    assert (code.familiar, chat.familiar, novel.familiar) == (True, True, False)
+    assert code.model == "mock-gpt-4" and chat.model == "mock-mixtral"
 
 
 def test_other_families_decisions_carry_no_gate(tmp_path):
@@ -114,4 +114,4 @@ def test_other_families_decisions_carry_no_gate(tmp_path):
         return await router.route.remote(CODE[0], 0.0, None)
 
     decision = asyncio.run(scenario())
-    assert decision["strategy"] == "learned" and "familiar" not in decision
+    assert decision.strategy == "learned" and decision.familiar is None

@@ -116,7 +116,7 @@ def model_targets(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return S
 
 
-def _ridge(X: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def fit_ridge(X: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     w = np.ones(len(y)) if w is None else w
     mu_x = np.average(X, axis=0, weights=w)
     mu_y = float(np.average(y, weights=w))
@@ -125,7 +125,7 @@ def _ridge(X: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = No
     return coef, mu_y - mu_x @ coef
 
 
-def _task_weights(tasks: np.ndarray) -> np.ndarray:
+def task_weights(tasks: np.ndarray) -> np.ndarray:
     """Each task counts the same in the loss, however many prompts it has."""
     _, inv, counts = np.unique(tasks, return_inverse=True, return_counts=True)
     return 1.0 / counts[inv] * len(tasks) / len(counts)
@@ -145,7 +145,7 @@ def _inner_alpha(X, y, tasks, w, k: int = 4) -> float:
         rs = []
         for p in parts:
             te = np.isin(tasks, p)
-            coef, b = _ridge(X[~te], y[~te], a, w[~te])
+            coef, b = fit_ridge(X[~te], y[~te], a, w[~te])
             pred = X[te] @ coef + b
             for t in p:
                 m = tasks[te] == t
@@ -161,9 +161,9 @@ def design_difficulty(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndar
     """The issue's baseline: ridge on the embedding, target = per-task standardised mean score."""
     y = difficulty_target(ds, rows)
     tasks = column(ds, "task")[rows]
-    w = _task_weights(tasks)
+    w = task_weights(tasks)
     alpha = _inner_alpha(X[rows], y, tasks, w) if tune else 10.0
-    coef, b = _ridge(X[rows], y, alpha, w)
+    coef, b = fit_ridge(X[rows], y, alpha, w)
     return lambda Z: -(Z @ coef + b)  # harder prompt -> strong model
 
 
@@ -179,7 +179,7 @@ def design_pair_heads(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndar
         j = ds.labels.index(m)
         ok = ~np.isnan(S[:, j])
         if ok.sum() >= 200 and len(set(tasks[ok])) >= 3:
-            heads[m] = _ridge(X[rows][ok], S[ok, j], 10.0, _task_weights(tasks[ok]))
+            heads[m] = fit_ridge(X[rows][ok], S[ok, j], 10.0, task_weights(tasks[ok]))
             raw = ds.scores[rows[ok], j]
             spread[m] = float(np.mean([raw[tasks[ok] == t].std() for t in set(tasks[ok])]))
     diff = design_difficulty(X, ds, rows, strong, weak, tune)
@@ -268,9 +268,9 @@ def design_pairwise(X, ds, rows, strong, weak, tune=True) -> Callable[[np.ndarra
     if len(ok) < 200 or len(set(tasks)) < 3:
         return design_difficulty(X, ds, rows, strong, weak, tune)
     y = ds.scores[ok, js] - ds.scores[ok, jw]
-    w = _task_weights(tasks)
+    w = task_weights(tasks)
     alpha = _inner_alpha(X[ok], y, tasks, w) if tune and len(set(tasks)) >= 4 else 10.0
-    coef, b = _ridge(X[ok], y, alpha, w)
+    coef, b = fit_ridge(X[ok], y, alpha, w)
     return lambda Z: Z @ coef + b
 
 

@@ -14,8 +14,8 @@ import argparse
 
 import numpy as np
 
-from router.featurizer import _STATS_MEAN, _STATS_SCALE, prompt_stats
-from training.broad import _ridge, _task_weights, column, difficulty_target, held_out_folds, scoring_pair
+from router.featurizer import STATS_MEAN, STATS_SCALE, prompt_stats
+from training.broad import fit_ridge, task_weights, column, difficulty_target, held_out_folds, scoring_pair
 from training.dataset import load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
@@ -25,7 +25,7 @@ def correlations(ds, X, alpha: float) -> np.ndarray:
     tasks = column(ds, "task")
     rs = []
     for f in held_out_folds(ds, "task"):
-        coef, b = _ridge(X[f.train], difficulty_target(ds, f.train), alpha, _task_weights(tasks[f.train]))
+        coef, b = fit_ridge(X[f.train], difficulty_target(ds, f.train), alpha, task_weights(tasks[f.train]))
         for t in sorted(set(tasks[f.test])):
             r = f.test[tasks[f.test] == t]
             rs.append(np.corrcoef(X[r] @ coef + b, difficulty_target(ds, r))[0, 1])
@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = load_jsonl(args.data)
     mini = embed_texts(ds.prompts, "minilm-l6-v2@t64", progress=False).astype(np.float64)
-    stats = ((prompt_stats(ds.prompts) - _STATS_MEAN) * _STATS_SCALE).astype(np.float64)
+    stats = ((prompt_stats(ds.prompts) - STATS_MEAN) * STATS_SCALE).astype(np.float64)
     static = embed_texts(ds.prompts, "minilm-l6-v2-static+stats", progress=False).astype(np.float64)
     for name, X, alpha in [("MiniLM, alpha 10", mini, 10.0), ("MiniLM, alpha 100", mini, 100.0),
                            ("MiniLM+stats, alpha 100", np.hstack([mini, stats]), 100.0),

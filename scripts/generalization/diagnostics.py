@@ -12,12 +12,12 @@ featurizer carries at all, and how noisy one rotation's APGR is. Uses test folds
 import sys; sys.path.insert(0, "scripts/generalization")
 from common import *
 from sklearn.linear_model import Ridge
-from router.families import _impute
+from router.families import impute_missing
 X = np.load(E + "X_minilm-l6-v2-static+stats_tr.npy"); Xt = np.load(E + "X_minilm-l6-v2-static+stats_te.npy")
 d = FAMILIES["difficulty"]
 for t in TASKS:
     a, b = ttr == t, tte == t
-    eb = _impute(Yte[b]).mean(1); ea = _impute(Ytr[a]).mean(1)
+    eb = impute_missing(Yte[b]).mean(1); ea = impute_missing(Ytr[a]).mean(1)
     st = d.fit(X[~a], Ytr[~a], dict(d.defaults), False)
     h = Xt[b] @ st["coef"] + st["bias"][0]
     P = d.predict(st, Xt[b]); sc = P[:, S] - P[:, W]

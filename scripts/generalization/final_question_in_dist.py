@@ -12,10 +12,10 @@ of them there).
 import numpy as np
 
 from common import E, Yte, Ytr, apgr, fitpred, ttr
-from router.featurizer import _STATS_MEAN, _STATS_SCALE
+from router.featurizer import STATS_MEAN, STATS_SCALE
 
 whole = (np.load(E + "X_minilm-l6-v2-static+stats_tr.npy"), np.load(E + "X_minilm-l6-v2-static+stats_te.npy"))
-last = tuple(np.hstack([np.load(E + f"X_last_{s}.npy"), (np.load(E + f"X_laststats_{s}.npy") - _STATS_MEAN) * _STATS_SCALE])
+last = tuple(np.hstack([np.load(E + f"X_last_{s}.npy"), (np.load(E + f"X_laststats_{s}.npy") - STATS_MEAN) * STATS_SCALE])
              for s in ("tr", "te"))
 both = (np.hstack([whole[0], last[0]]), np.hstack([whole[1], last[1]]))
 FEATS = {"whole prompt": whole, "final question": last, "whole + final": both}

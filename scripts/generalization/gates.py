@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from common import E, S, TASKS, W, Ytr, run_t, tte, ttr
-from router.families import FAMILIES, _impute
+from router.families import FAMILIES, impute_missing
 
 FID = "minilm-l6-v2-static+stats"
 Xtr, Xte = np.load(E + f"X_{FID}_tr.npy"), np.load(E + f"X_{FID}_te.npy")
@@ -75,7 +75,7 @@ def gated(gate, cosine_knn=False):
         if cosine_knn:  # kNN on the gate's standardised cosine: one matrix product for both
             mu, sd = A.mean(0), A.std(0) + 1e-6
             G = unit((B - mu) / sd) @ unit((A - mu) / sd).T
-            P_knn = _impute(Ya)[np.argpartition(-G, 39, axis=1)[:, :40]].mean(1)
+            P_knn = impute_missing(Ya)[np.argpartition(-G, 39, axis=1)[:, :40]].mean(1)
             P_in = np.clip((P_out + predict("mlp", A, Ya, B) + P_knn) / 3, 0, 1)
         else:
             P_in = predict("ensemble", A, Ya, B)

@@ -1,11 +1,11 @@
 import sys; sys.path.insert(0,"scripts/generalization")
 from common import *
 from sklearn.linear_model import Ridge
-from router.families import _impute
+from router.families import impute_missing
 X=np.load(E+"X_minilm-l6-v2-static+stats_tr.npy"); Xt=np.load(E+"X_minilm-l6-v2-static+stats_te.npy")
 def irt(k, a=100, demean=False):
     def sc(Xa,Ya,Xb, ta=None):
-        Yi=_impute(Ya); mu=Yi.mean(0); C=Yi-mu
+        Yi=impute_missing(Ya); mu=Yi.mean(0); C=Yi-mu
         if demean is not False:
             for t in set(ta):
                 C[ta==t]-=C[ta==t].mean(0)

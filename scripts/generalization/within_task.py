@@ -13,7 +13,7 @@ or `fixed` (hard -> strong for ease/rank, high -> strong for pairs: no fitted si
 import sys; sys.path.insert(0, "scripts/generalization")
 from common import *
 from sklearn.linear_model import Ridge
-from router.families import _impute
+from router.families import impute_missing
 X = np.load(E + "X_minilm-l6-v2-static+stats_tr.npy"); Xt = np.load(E + "X_minilm-l6-v2-static+stats_te.npy")
 
 
@@ -25,7 +25,7 @@ def demean(A, ta, lam):
 
 
 def target(Ya, ta, kind, delta=0.05):
-    Yi = _impute(Ya)
+    Yi = impute_missing(Ya)
     if kind == "ease":
         return Yi.mean(1)
     if kind == "rank":
