@@ -140,6 +140,14 @@ class UpstreamError(Exception):
         return is_client_error_status(self.status)
 
 
+def tier_unavailable(down: dict[str, str]) -> OpenAIError:
+    """503 when every tier a request could go to is down (a vLLM tier whose Serve application
+    failed or is still starting, deployments/tier_apps.py): names each and Serve's reason."""
+    what = "; ".join(f"{m}: {why}" for m, why in down.items())
+    return OpenAIError(503, f"No tier of this request is serving now ({what})", code="model_unavailable",
+                       headers={"x-doka-tiers-down": ",".join(down)})
+
+
 def provider_limit_exceeded(refusals: list[dict[str, Any]], tiers: list[str]) -> OpenAIError:
     """429 when every model a request could go to has used up a provider limit
     (accounts.provider_limits): Retry-After is the soonest of their resets, so a client that

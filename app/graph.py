@@ -5,7 +5,10 @@
        |---> egress (`egress.placement: deployment`: every `provider: litellm` model, one
        |     litellm.Router; `egress.placement: ingress`, the default: inside each ingress replica)
        |---> egress-translated (optional: the Router.acompletion-path models, in their own replicas)
-       '---> vLLM deployments (one per `provider: vllm` model, when deployments.vllm exists)
+       '- - > vLLM tiers: each `provider: vllm` model is its OWN Serve application
+             (`<app_name>-tier-<model>`, no route prefix, built by `tier_app_builder`); the
+             ingress reaches it by name (deployments/tier_apps.py), so an engine that fails
+             to start fails its own application only, never the gateway's
 
 `app_builder(args)` is the import path for `serve run app.graph:app_builder config_path=...`
 and for the RayService's serveConfigV2 (`args: {config: {...inline...}}`), so the local run and
@@ -20,9 +23,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from app.config import ConfigError, DokaConfig, load_config, parse_config
+from pydantic import ValidationError
+
+from app.config import ConfigError, DokaConfig, ModelEntry, load_config, parse_config
 from app.placement import egress_homes, router_home
 from app.serve_config import DEPLOYMENT_NAMES, router_user_config
+from deployments.tier_apps import tier_apps
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,32 +51,52 @@ def _cluster_resources() -> dict[str, Any] | None:
         return None
 
 
-def _vllm_apps(cfg: DokaConfig, down: dict[str, str]) -> dict[str, Application]:
-    """One Application per vLLM model via `deployments.vllm.build_vllm_app(entry, cfg)`.
-
-    A tier that cannot start (deployments/tier_check.py: no vLLM, no weights, no GPU) is left out
-    and recorded in `down` (the ingress names it on readiness): an LLMServer that fails to start
-    would fail the whole application's deploy, every healthy tier with it.
-    """
+def _down_tiers(cfg: DokaConfig) -> dict[str, str]:
+    """vLLM tiers that cannot start here (deployments/tier_check.py: no vLLM, no weights, no GPU),
+    and why; logged, and named by the ingress on /health/readiness."""
     from deployments.tier_check import down_tiers
 
-    wanted = [m for m in cfg.model_list if m.provider == "vllm"]
-    if not wanted:
+    if not any(m.provider == "vllm" for m in cfg.model_list):
         return {}
-    down.update(down_tiers(cfg, _cluster_resources()))
-    wanted = [m for m in wanted if m.model_name not in down]
+    down = down_tiers(cfg, _cluster_resources())
     for name, why in down.items():
         logger.warning("doka: vLLM tier %s left out: %s; the other tiers serve, its chains skip it", name, why)
-    if not wanted:
-        return {}
-    try:
-        from deployments import vllm as vllm_deployments
-    except ImportError as e:
-        for m in wanted:
-            down[m.model_name] = f"deployments.vllm not importable: {e}"
-            logger.warning("doka: skipping vLLM model %s (deployments.vllm not importable: %s)", m.model_name, e)
-        return {}
-    return {m.model_name: vllm_deployments.build_vllm_app(m, cfg) for m in wanted}
+    return down
+
+
+def build_tier_app(entry: ModelEntry) -> Application:
+    """One vLLM tier's own Serve application (its LLMServer alone).
+
+    Raises ConfigError when deployments/tier_check.py knows it cannot start: Serve then marks
+    only this application DEPLOY_FAILED, with that reason as its message.
+    """
+    from deployments.tier_check import tier_problem
+
+    if entry.provider != "vllm":
+        raise ConfigError(f"model {entry.model_name!r} is not a `provider: vllm` model")
+    resources = _cluster_resources()
+    problem = tier_problem(entry, None if resources is None else float(resources.get("GPU", 0) or 0))
+    if problem:
+        raise ConfigError(f"vLLM tier {entry.model_name} cannot start: {problem}")
+    from deployments import vllm as vllm_deployments
+
+    return vllm_deployments.build_vllm_app(entry)
+
+
+def tier_app_builder(args: dict[str, Any]) -> Application:
+    """Serve's application builder for one tier: its inline `entry` (what app/serve_config.py
+    writes: only what the engine needs, so editing a chain or a price redeploys no engine), or
+    `model=NAME` of a `config_path` / inline `config`."""
+    if args.get("entry") is not None:
+        try:
+            entry = ModelEntry.model_validate(args["entry"])
+        except ValidationError as e:
+            raise ConfigError(f"args.entry: {e}") from None
+    else:
+        entry = _args_config(args).model(str(args.get("model")))
+        if entry is None:
+            raise ConfigError(f"model {args.get('model')!r} is not in the config")
+    return build_tier_app(entry)
 
 
 def _accounts_app(cfg: DokaConfig) -> Application | None:
@@ -113,8 +139,7 @@ def build_app(cfg: DokaConfig) -> Application:
         name: Egress.options(name=name, **getattr(d, section).serve_options(), **_QUIET).bind(raw)
         for section, name in DEPLOYMENT_NAMES.items() if section.startswith("egress") and name in homes.values()}
     model_apps: dict[str, Application] = {m: egress_apps[h] for m, h in homes.items() if h in egress_apps}
-    down: dict[str, str] = {}  # tiers left out at start, and why (named on /health/readiness)
-    model_apps.update(_vllm_apps(cfg, down))
+    down = _down_tiers(cfg)  # tiers that cannot start, and why (named on /health/readiness)
     if router_home(cfg) == "Router":
         router = RouterDeployment.options(**d.router.serve_options(), **_QUIET,
                                           user_config=router_user_config(cfg)).bind(raw)
@@ -126,15 +151,32 @@ def build_app(cfg: DokaConfig) -> Application:
     # itself does not import with `egress.placement: deployment`
     from app.capabilities import resolve_all
 
-    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts, resolve_all(cfg), down)
+    return Ingress.options(**ingress_options).bind(raw, model_apps, router, accounts, resolve_all(cfg), down,
+                                                   tier_apps(cfg))
+
+
+def build_apps(cfg: DokaConfig) -> dict[str, Application]:
+    """Every application of the config, the gateway's first, for an imperative `serve.run` of
+    each (the tests; `doka run` and RayService deploy app/serve_config.py's config instead).
+
+    A tier that cannot start here gets no application: the gateway names it down already.
+    """
+    apps = {cfg.server.app_name: build_app(cfg)}
+    down = _down_tiers(cfg)
+    for model, where in tier_apps(cfg).items():
+        if model not in down:
+            apps[where["app"]] = build_tier_app(cfg.model(model))  # type: ignore[arg-type]
+    return apps
+
+
+def _args_config(args: dict[str, Any]) -> DokaConfig:
+    if args.get("config") is not None:
+        return parse_config(args["config"], source="args.config")
+    from app.config import DEFAULT_CONFIG_PATH
+
+    return load_config(args.get("config_path") or DEFAULT_CONFIG_PATH)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
     """Serve's application builder: `config_path=FILE` or an inline `config` mapping."""
-    if args.get("config") is not None:
-        cfg = parse_config(args["config"], source="args.config")
-    else:
-        from app.config import DEFAULT_CONFIG_PATH
-
-        cfg = load_config(args.get("config_path") or DEFAULT_CONFIG_PATH)
-    return build_app(cfg)
+    return build_app(_args_config(args))

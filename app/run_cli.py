@@ -209,26 +209,37 @@ def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[No
         parameter.RayParams, services.start_ray_process = base, start_process
 
 
-def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> None:
-    """Deploy the graph the way a RayService does (a Serve config, `app.graph:app_builder`), so
-    `doka router reload` / `train-from-traces` patch its router user_config in place (Serve
-    `reconfigure`) exactly as on Kubernetes; waits until it runs."""
+def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> list[str]:
+    """Deploy the graph the way a RayService does (a Serve config: the gateway application and
+    one per vLLM tier), so `doka router reload` / `train-from-traces` patch its router
+    user_config in place (Serve `reconfigure`) exactly as on Kubernetes.
+
+    Waits until the gateway application runs (its failure is fatal) and each tier application
+    runs or fails; returns one line per tier that did not come up: the gateway serves without
+    it, its chains skip it, /health/readiness names it.
+    """
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     from app.serve_config import serve_config
+    from deployments.tier_apps import reason_down, states_from_serve_status, tier_apps
 
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(cfg, inline=True)))
+    tiers = {m: where["app"] for m, where in tier_apps(cfg).items()}
     deadline = time.monotonic() + timeout_s
     while True:
-        app = serve.status().applications.get(cfg.server.app_name)
-        status = str(getattr(app, "status", "")) if app is not None else ""
-        if status.endswith("RUNNING"):
-            return
-        if status.endswith("DEPLOY_FAILED") or time.monotonic() > deadline:
-            message = (getattr(app, "message", "") or "timed out").strip().splitlines()
+        states = states_from_serve_status(serve.status())
+        main = states.get(cfg.server.app_name)
+        status = main.status if main is not None else ""
+        if status == "DEPLOY_FAILED" or (status != "RUNNING" and time.monotonic() > deadline):
+            message = ((main.message if main is not None else "") or "timed out").strip().splitlines()
             raise SystemExit(f"doka: deploying {cfg.server.app_name} failed: {message[-1] if message else status}")
+        settled = {m: app for m, app in tiers.items() if (st := states.get(app)) is not None
+                   and (st.status in ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY") or st.running_replicas)}
+        if status == "RUNNING" and (len(settled) == len(tiers) or time.monotonic() > deadline):
+            return [f"doka: vLLM tier {m} is not serving: {why}; the other tiers serve, its chains skip it"
+                    for m, app in tiers.items() if (why := reason_down(app, states.get(app))) is not None]
         time.sleep(0.5)
 
 
@@ -270,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
-        deploy_declaratively(cfg)
+        for line in deploy_declaratively(cfg):  # a tier that failed: one line each, not fatal
+            print(line, flush=True)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
         dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "

@@ -1,8 +1,9 @@
 """The Ray Serve config (the `applications:` schema of `serve deploy` and KubeRay's
-serveConfigV2) for one doka config.
+serveConfigV2) for one doka config: the gateway application, then one per vLLM tier.
 
-`serve run app.graph:app_builder` and a RayService must run the same application, so both
-start from `app.graph:app_builder`; this module only adds the per-deployment options that
+`doka run` and a RayService must run the same applications, so both deploy this config, built
+by `app.graph:app_builder` (the gateway) and `app.graph:tier_app_builder` (each vLLM tier, its
+own application: deployments/tier_apps.py); this module only adds the per-deployment options that
 `serve deploy` applies on top (replicas/autoscaling, actor resources, router user_config).
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from app.config import DokaConfig
 from app.placement import DEPLOYMENT_NAMES, graph_deployments, router_home
+from deployments.tier_apps import TIER_BUILDER, tier_apps
 
 IMPORT_PATH = "app.graph:app_builder"
 
@@ -54,8 +56,21 @@ def deployment_options(cfg: DokaConfig) -> list[dict[str, Any]]:
     return out
 
 
+def tier_args(cfg: DokaConfig, model: str, *, inline: bool = True, config_path: str | None = None) -> dict[str, Any]:
+    """`app.graph:tier_app_builder`'s args: inline, only the model's name and `vllm:` section (so
+    a change elsewhere in the config leaves the engine running); else the config file and name."""
+    if not inline:
+        return {"config_path": config_path, "model": model}
+    entry = cfg.model(model)
+    assert entry is not None and entry.vllm is not None
+    return {"entry": {"model_name": model, "provider": "vllm",
+                      "vllm": entry.vllm.model_dump(mode="json", exclude_unset=True)}}
+
+
 def serve_config(cfg: DokaConfig, *, inline: bool = True, config_path: str | None = None) -> dict[str, Any]:
-    """A Serve config with one application built by `app.graph:app_builder`.
+    """The Serve config: the gateway application (`app.graph:app_builder`) first, then one
+    application per vLLM tier (`app.graph:tier_app_builder`, no route prefix: only the ingress
+    calls it), so one tier whose engine fails to start fails its own application, not the gateway.
 
     inline=True embeds the whole config as `args.config`, so a cluster needs no config file;
     otherwise `args.config_path` names a file that every node can read.
@@ -73,4 +88,7 @@ def serve_config(cfg: DokaConfig, *, inline: bool = True, config_path: str | Non
         "args": args,
         "deployments": deployment_options(cfg),
     }
-    return {"applications": [app]}
+    tiers = [{"name": where["app"], "route_prefix": None, "import_path": TIER_BUILDER,
+              "args": tier_args(cfg, model, inline=inline, config_path=config_path)}
+             for model, where in tier_apps(cfg).items()]
+    return {"applications": [app, *tiers]}

@@ -43,7 +43,8 @@ from accounts.estimate import charged_usage, prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import (OpenAIError, UpstreamError, bad_request, body_too_large, is_client_error_status,
-                        model_not_allowed, provider_limit_exceeded, unknown_model, upstream_exhausted)
+                        model_not_allowed, provider_limit_exceeded, tier_unavailable, unknown_model,
+                        upstream_exhausted)
 from app.placement import egress_homes, router_home
 from app.request_params import refuse_unknown
 from app.schemas import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, check_params, prompt_text,
@@ -52,6 +53,7 @@ from deployments.backends import ModelBackend, backend_factories
 from deployments.cascade import agree, replay
 from deployments.egress import EgressService
 from deployments import stalls, tier_load
+from deployments.tier_apps import AppState, TierWatch, states_from_serve_status
 from deployments.router import InProcessRouter
 from router.decision import RouteDecision
 from observability.gateway import Observability
@@ -380,6 +382,11 @@ def _rename_model(result: Any, name: str) -> str | None:
     return upstream
 
 
+async def _serve_states() -> dict[str, AppState]:
+    """The Serve applications' states (TierWatch's fetch): `serve.status()` off the event loop."""
+    return states_from_serve_status(await asyncio.to_thread(serve.status))
+
+
 def _settled(pending: set, request_id: str, task: asyncio.Task) -> None:
     """Done callback of a settle task: forget it, log a failure (the answer was already sent)."""
     pending.discard(task)
@@ -398,6 +405,7 @@ class Ingress:
         accounts: DeploymentHandle | None = None,
         model_capabilities: dict[str, dict] | None = None,
         down_tiers: dict[str, str] | None = None,
+        tier_apps: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.cfg = cfg = parse_config(config, source="ingress deployment")
         # what each model can serve (app/capabilities.py): resolved by the graph builder, which
@@ -416,6 +424,16 @@ class Ingress:
                 continue
             key = id(handle)  # one adapter per handle: the egress serves many models
             self._backends[name] = shared.setdefault(key, factory(handle)) if entry.provider == "litellm" else factory(handle)
+        # vLLM tiers: each its own Serve application (deployments/tier_apps.py), reached by name;
+        # the handle resolves lazily, so a tier application that failed or is not there yet is fine
+        tier_apps = {n: w for n, w in (tier_apps or {}).items() if n not in self._down and n not in model_handles}
+        for name, where in tier_apps.items():
+            if "vllm" not in factories:
+                self._down[name] = "deployments.vllm is not importable in the ingress"
+                continue
+            self._backends[name] = factories["vllm"](
+                serve.get_deployment_handle(where["deployment"], where["app"], _check_exists=False))
+        self._tiers = TierWatch({n: w["app"] for n, w in tier_apps.items() if n in self._backends}, _serve_states)
         # `egress.placement: ingress` (the graph bound no egress for them): providers called from here
         local = [name for name, home in egress_homes(cfg).items() if home == "Ingress"]
         self._egress = EgressService(config) if local else None
@@ -673,13 +691,16 @@ class Ingress:
                                                artifact_version=router.get("artifact_version"))
         except Exception as e:  # readiness reports, it does not raise
             checks["router"] = f"error: {type(e).__name__}"
-        if self._down:  # a tier that could not start: the others serve, so degraded, not unavailable
+        # a tier that could not start, or whose Serve application is not running: the others serve,
+        # so degraded, not unavailable
+        down = {**await self._tiers.refresh(), **self._down}
+        if down:
             checks["models"] = "degraded"
         failed = [k for k, v in checks.items() if v not in ("ok", "degraded")]
         status = "unavailable" if failed else ("degraded" if "degraded" in checks.values() else "ok")
         load = self._loads.snapshot()  # local tiers' queues (a full one is skipped, not a failure)
         body = {"status": status, "checks": checks, "router": router, "models": sorted(self._backends),
-                **({"down": self._down} if self._down else {}), **({"load": load} if load else {})}
+                **({"down": down} if down else {}), **({"load": load} if load else {})}
         return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/metrics")
@@ -920,6 +941,7 @@ class Ingress:
                 raise model_not_allowed(f"this key may use none of the {self._auto!r} candidates", permitted)
         candidates, filtered = self._capable(candidates, needs, self._auto)
         candidates, used_up = await self._open(candidates)
+        candidates, tiers_down = await self._serving(candidates)
         candidates, full = self._loads.split(candidates)  # local tiers whose queue is at its limit
         if early is not None and early.candidates != candidates:
             early.cancel()  # the allow-list narrowed the candidates: decide among the key's own
@@ -940,11 +962,10 @@ class Ingress:
                 decision = decision.replace(cascade=self._novel)
             routing.decided(decision)
         note = f";filtered={capabilities.describe(filtered)}" if filtered else ""
-        if used_up:
-            note += ";skipped=" + ",".join(f"{m}:provider_limit_{r['limit']}"
-                                           for m, r in used_up.items())
-        if full:
-            note += ("," if used_up else ";skipped=") + ",".join(f"{m}:{tier_load.QUEUE_FULL}" for m in full)
+        if used_up or tiers_down or full:
+            note += ";skipped=" + ",".join([*(f"{m}:provider_limit_{r['limit']}" for m, r in used_up.items()),
+                                            *(f"{m}:down" for m in tiers_down),
+                                            *(f"{m}:{tier_load.QUEUE_FULL}" for m in full)])
         if filtered:
             decision = decision.replace(reason=f"{decision.reason}; not capable: {capabilities.describe(filtered)}")
         if novel:
@@ -952,6 +973,21 @@ class Ingress:
         chain = self._allowed_chain(self.cfg.chain_for(decision.model), permitted, requested)
         chain, _ = self._capable(chain, needs, requested)  # its fallback tiers: the capable ones
         return chain, f"auto:{decision.strategy}{note}", decision
+
+    async def _why_down(self, model: str) -> str | None:
+        """Why a tier is not serving now (left out at start, or its Serve application is not
+        running), or None: the chain calls it."""
+        why = self._down.get(model)
+        if why is None and model in self._tiers:  # the other models: no await on the hot path
+            why = await self._tiers.check(model)
+        return why
+
+    async def _serving(self, candidates: list[str]) -> tuple[list[str], list[str]]:
+        """`auto`'s candidates without the tiers that are down (and those); all of them when
+        every one is down (the chain then says why, in a 503)."""
+        down = [c for c in candidates if await self._why_down(c) is not None]
+        kept = [c for c in candidates if c not in down]
+        return (kept, down) if kept else (candidates, [])
 
     async def _open(self, candidates: list[str]) -> tuple[list[str], dict[str, dict]]:
         """`auto`'s candidates without the models whose provider limit is used up (and those,
@@ -1012,7 +1048,13 @@ class Ingress:
         skipped: list[str] = []  # tiers whose provider limit is used up: `model:provider_limit_rpd`
         refusals: list[dict] = []
         missed_first: list[str] = []  # tiers left for their first-token timeout (route reason)
+        down: dict[str, str] = {}  # tiers not serving now (deployments/tier_apps.py): skipped, no call
         for i, model in enumerate(chain):
+            why = await self._why_down(model)
+            if why is not None:
+                skipped.append(f"{model}:down")
+                down[model] = why
+                continue
             backend = self._backends.get(model)
             tier_body = capabilities.for_model(body, self._caps.get(model)) if kind == "chat" else body
             hold: str | None = None
@@ -1086,6 +1128,8 @@ class Ingress:
                                          stream, load_aware=False)
         if refusals and not tried:  # every tier used up: the client may come back at the reset
             raise provider_limit_exceeded(refusals, tried)
+        if down and not tried:  # no tier to call: say which are down and why (Serve's message)
+            raise tier_unavailable(down)
         if skipped:
             last_error += f" (skipped: {','.join(skipped)})"
         raise upstream_exhausted(tried, last_error, timed_out, last_status, retry_after)

@@ -1,10 +1,11 @@
-"""Can a vLLM tier start at all? Checked before the graph binds it (Ray-free).
+"""Can a vLLM tier start at all? Checked before anything is deployed (Ray-free).
 
-ray.serve.llm's LLMServer is a deployment of the doka application: one that fails to start
-(weights missing, no GPU for a GPU engine, vLLM absent) fails the whole application's deploy
-after Serve's retries, taking every healthy tier with it. The causes seen on a first run are
-all knowable before binding, so app/graph.py leaves such a tier out, logs why, and the ingress
-names it on /health/readiness; the rest of the gateway serves, and chains skip the tier.
+Each vLLM tier is its own Serve application (deployments/tier_apps.py), so one that fails to
+start fails only itself. The causes seen on a first run (weights missing, no GPU for a GPU engine,
+vLLM absent) are knowable before deploying, though, and deserve a reason a person can act on
+rather than an engine traceback after Serve's retries: the gateway's builder (app/graph.py)
+passes them to the ingress, which names the tier on /health/readiness from the start and skips
+it in chains, and the tier's own builder refuses with the same reason.
 """
 
 from __future__ import annotations

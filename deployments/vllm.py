@@ -119,14 +119,18 @@ def llm_config_for(entry: ModelEntry) -> "LLMConfig":
 
 
 def build_vllm_app(entry: ModelEntry, cfg: DokaConfig | None = None) -> "Application":
-    """One LLMServer deployment (as a bindable Application) for the graph builder."""
+    """One LLMServer deployment as an Application: the whole of that tier's Serve application."""
     from ray.serve.llm import build_llm_deployment
 
     source = entry.vllm.model_source if entry.vllm else ""
     if source.startswith((".", "/", "~")) and not Path(os.path.expanduser(source)).exists():
         logger.warning("doka: vLLM model %s: %s does not exist (run `doka models make-tiny`); "
                        "its tier will fail over", entry.model_name, source)
-    return build_llm_deployment(llm_config_for(entry), name_prefix="LLMServer:", deployment_cls=_server_cls())
+    from deployments.tier_apps import deployment_name
+
+    # the name the ingress asks Serve for (deployments/tier_apps.py), set rather than derived
+    return build_llm_deployment(llm_config_for(entry), name_prefix="LLMServer:", deployment_cls=_server_cls(),
+                                override_serve_options={"name": deployment_name(entry.model_name)})
 
 
 def build_vllm_models(cfg: DokaConfig) -> dict[str, "Application"]:

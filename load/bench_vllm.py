@@ -57,14 +57,20 @@ def _deploy(port: int, interval_ms: float | None = None) -> None:
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 
     from app.config import parse_config
-    from app.graph import build_app
+    from app.graph import build_apps
+    from deployments.tier_apps import tier_apps
     from deployments.vllm import llm_config_for
 
     cfg = parse_config(_gateway_config(port, interval_ms))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg), name=GW_APP, route_prefix=GW_PREFIX)
+    apps = build_apps(cfg)  # the gateway, and the vLLM tier as its own application (no route)
+    gateway = apps.pop(GW_APP)
+    for name, tier in apps.items():
+        serve.run(tier, name=name, route_prefix=None)
+    serve.run(gateway, name=GW_APP, route_prefix=GW_PREFIX)
     llm_config = llm_config_for(cfg.model(MODEL))
-    server = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=GW_APP)
+    where = tier_apps(cfg)[MODEL]
+    server = serve.get_deployment_handle(where["deployment"], app_name=where["app"])
     ingress = serve.deployment(make_fastapi_ingress(OpenAiIngress),
                                **OpenAiIngress.get_deployment_options([llm_config]))
     ingress = ingress.options(ray_actor_options={"num_cpus": 0.1})

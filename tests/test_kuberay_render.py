@@ -105,6 +105,11 @@ def test_serve_config_v2_is_the_app_config(crds):
     assert deps["Router"]["user_config"] == {"strategy": "learned", "artifact": "latest",
                                              "registry": "s3://doka/registry"}
     assert deps["Ingress"]["autoscaling_config"]["max_replicas"] == 8
+    # the vLLM tier is an application of its own, unrouted, built from the same config's entry
+    (tier,) = sc["applications"][1:]
+    assert (tier["name"], tier["route_prefix"], tier["import_path"]) == (
+        "doka-tier-qwen2.5-7b", None, "app.graph:tier_app_builder")
+    assert tier["args"]["entry"]["vllm"] == cfg.model("qwen2.5-7b").vllm.model_dump(mode="json", exclude_unset=True)
 
 
 def test_gpu_worker_group_only_when_the_config_needs_gpus(crds):

@@ -94,6 +94,9 @@ def test_missing_tier_is_left_out_and_sigterm_stops_everything(tmp_path, sig):
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["status"] == "degraded" and "weights not found" in body["down"]["local-tiny"], body
+        # its own Serve application failed (its builder says why): one line from `doka run`, not fatal
+        said = [line for line in lines if line.startswith("doka: vLLM tier local-tiny is not serving:")]
+        assert len(said) == 1 and "DEPLOY_FAILED" in said[0] and "weights not found" in said[0], said
         for model in ("auto", "default", "local-tiny"):  # local-tiny: answered along its chain
             r = httpx.post(f"{base}/v1/chat/completions", timeout=60, json={
                 "model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})

@@ -19,6 +19,7 @@ def _entry(**vllm) -> ModelEntry:
 
 
 def test_default_config_local_tiny_maps_to_a_cpu_llm_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.tier_apps import deployment_name
     from deployments.vllm import build_vllm_models, llm_config_for
 
     monkeypatch.chdir(REPO)
@@ -33,7 +34,7 @@ def test_default_config_local_tiny_maps_to_a_cpu_llm_config(monkeypatch: pytest.
     apps = build_vllm_models(cfg)
     assert list(apps) == ["local-tiny"]
     dep = apps["local-tiny"]._bound_deployment
-    assert dep.name == "LLMServer:local-tiny"
+    assert dep.name == "LLMServer:local-tiny" == deployment_name("local-tiny")  # what the ingress asks for
     assert dep.func_or_class.__name__ == "DokaLLMServer"
 
 

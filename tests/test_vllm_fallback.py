@@ -1,5 +1,5 @@
 """A broken vLLM tier (a model path that does not exist) must not break the gateway: the chain
-answers from the next tier (the mock upstream) within the vLLM tier's timeout."""
+skips it (deployments/tier_check.py knows before any deploy) and answers from the next tier."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import MockUpstream
-from tests.vllm_support import deploy_gateway, vllm_gateway_config
+from tests.vllm_support import delete_gateway, deploy_gateway, vllm_gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +19,13 @@ TIER_TIMEOUT = 5.0
 
 @pytest.fixture(scope="module")
 def broken_gateway(ray_cluster: None, mock_upstream: MockUpstream, tmp_path_factory) -> Iterator[str]:
-    from ray import serve
-
     missing = tmp_path_factory.mktemp("vllm") / "no-such-model"
     raw = vllm_gateway_config(mock_upstream.port, 0, name="local-broken", model_source=str(missing),
                               timeout=TIER_TIMEOUT, app_name=APP)
-    # not blocking: the app never becomes RUNNING (its LLMServer cannot start), the ingress does
+    # tier_check knows it cannot start: no tier application; the gateway names it and skips it
     url = deploy_gateway(raw, PREFIX, blocking=False)
     yield url
-    serve.delete(APP)
+    delete_gateway(raw)
 
 
 def test_broken_vllm_tier_falls_back_to_next_tier(broken_gateway: str, mock: MockUpstream) -> None:
@@ -39,8 +37,8 @@ def test_broken_vllm_tier_falls_back_to_next_tier(broken_gateway: str, mock: Moc
     )
     resp = raw.parse()
     assert raw.headers["x-doka-model"] == "mock-mixtral"
-    assert raw.headers["x-doka-tiers-tried"] == "local-broken,mock-mixtral"
-    assert raw.headers["x-doka-route-reason"] == "fallback:tier2"
+    assert raw.headers["x-doka-tiers-tried"] == "mock-mixtral"  # skipped, never called
+    assert raw.headers["x-doka-route-reason"] == "fallback:tier2;skipped=local-broken:down"
     assert resp.choices[0].message.content
     assert resp.usage.total_tokens > 0
 
@@ -56,3 +54,11 @@ def test_broken_vllm_tier_falls_back_when_streaming(broken_gateway: str, mock: M
         assert raw.headers["x-doka-model"] == "mock-mixtral"
         chunks = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_readiness_names_the_left_out_tier(broken_gateway: str) -> None:
+    import httpx
+
+    r = httpx.get(f"{broken_gateway}/health/readiness", timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert "weights not found" in r.json()["down"]["local-broken"]

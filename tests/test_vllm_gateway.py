@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import MockUpstream
-from tests.vllm_support import TINY_MODEL_DIR, deploy_gateway, vllm_gateway_config
+from tests.vllm_support import TINY_MODEL_DIR, delete_gateway, deploy_gateway, vllm_gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,6 @@ PREFIX = "/vllm-test"
 
 @pytest.fixture(scope="module")
 def vllm_gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[str]:
-    from ray import serve
-
     from deployments.local_models import make_tiny_model
 
     make_tiny_model(TINY_MODEL_DIR)
@@ -29,7 +27,14 @@ def vllm_gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[str
                               timeout=120, app_name=APP)
     url = deploy_gateway(raw, PREFIX, blocking=True)
     yield url
-    serve.delete(APP)
+    delete_gateway(raw)
+
+
+def test_readiness_is_ok_with_the_tier_application_running(vllm_gateway: str) -> None:
+    import httpx
+
+    body = httpx.get(f"{vllm_gateway}/health/readiness", timeout=30).json()
+    assert body["status"] == "ok" and "down" not in body and "local-tiny" in body["models"], body
 
 
 def _client(url: str):

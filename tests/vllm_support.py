@@ -35,16 +35,24 @@ def vllm_gateway_config(mock_port: int, server_port: int, *, name: str, model_so
 
 
 def deploy_gateway(raw: dict[str, Any], route_prefix: str, blocking: bool) -> str:
-    """Deploy the graph for `raw` under its own app name and prefix; returns the base URL."""
+    """Deploy the config's applications (app/graph.py `build_apps`): each vLLM tier its own, with
+    no route, then the gateway under its app name and `route_prefix`; returns the base URL.
+
+    `blocking`: wait until each tier application runs (a tier that cannot load never does; the
+    gateway runs without it either way)."""
     from ray import serve
 
     from app.config import parse_config
-    from app.graph import build_app
+    from app.graph import build_apps
 
     cfg = parse_config(raw)
     port = serve_http_port()
-    # serve._run: serve.run cannot skip waiting for RUNNING, which a broken vLLM tier never reaches
-    serve._run(build_app(cfg), name=cfg.server.app_name, route_prefix=route_prefix, _blocking=blocking)
+    apps = build_apps(cfg)
+    gateway = apps.pop(cfg.server.app_name)
+    for name, tier in apps.items():
+        # serve._run: serve.run cannot skip waiting for RUNNING, which a broken vLLM tier never reaches
+        serve._run(tier, name=name, route_prefix=None, _blocking=blocking)
+    serve.run(gateway, name=cfg.server.app_name, route_prefix=route_prefix)
     url = f"http://127.0.0.1:{port}{route_prefix}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -55,3 +63,17 @@ def deploy_gateway(raw: dict[str, Any], route_prefix: str, blocking: bool) -> st
             pass
         time.sleep(0.5)
     raise RuntimeError(f"gateway app {cfg.server.app_name} did not come up at {url}")
+
+
+def delete_gateway(raw: dict[str, Any]) -> None:
+    """Delete the gateway application and its tier applications."""
+    from ray import serve
+
+    from app.config import parse_config
+    from deployments.tier_apps import tier_apps
+
+    cfg = parse_config(raw)
+    deployed = serve.status().applications
+    for name in [cfg.server.app_name, *(w["app"] for w in tier_apps(cfg).values())]:
+        if name in deployed:
+            serve.delete(name)
