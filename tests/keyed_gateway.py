@@ -26,18 +26,29 @@ class KeyedGateway:
         """(Re)deploy the app; returns once it answers."""
         from ray import serve
 
-        from app.graph import build_app
+        from app.graph import build_apps
 
-        serve.run(build_app(self.cfg), name=self.app, route_prefix=self.prefix)
+        apps = build_apps(self.cfg)  # the gateway, and each vLLM tier as its own application
+        gateway = apps.pop(self.cfg.server.app_name)
+        for name, tier in apps.items():
+            serve.run(tier, name=name, route_prefix=None)
+        serve.run(gateway, name=self.app, route_prefix=self.prefix)
         wait_healthy(f"{self.url}/health/liveliness", 60)
+
+    def delete(self) -> None:
+        from ray import serve
+
+        from deployments.tier_apps import tier_apps
+
+        for name in [self.app, *(w["app"] for w in tier_apps(self.cfg).values())]:
+            if name in serve.status().applications:
+                serve.delete(name)
 
 
 def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, master: str,
                   ingress_replicas: int = 1, edit: Callable[[dict], None] | None = None) -> Iterator[KeyedGateway]:
     """Body of a module fixture: the gateway for the test config with keys on, deleted after;
     `edit` changes the raw config first (a module's own cascades, say)."""
-    from ray import serve
-
     from app.config import parse_config
 
     port = free_port()
@@ -45,6 +56,7 @@ def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, 
     raw["server"]["data_dir"] = str(data_dir)
     raw["accounts"] = {"require_keys": True, "master_key": master, "settle_interval_s": 0.2}
     raw["deployments"]["ingress"]["num_replicas"] = ingress_replicas
+    raw["server"]["app_name"] = app  # its vLLM tiers' applications are named after it
     if edit is not None:
         edit(raw)
     port = serve_http_port(port)
@@ -53,7 +65,7 @@ def keyed_gateway(mock: MockUpstream, data_dir: Path, *, app: str, prefix: str, 
     mock.reset()
     yield gw
     mock.reset()
-    serve.delete(app)
+    gw.delete()
 
 
 def admin(gw: KeyedGateway, method: str, path: str, **kw: Any) -> httpx.Response:
