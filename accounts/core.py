@@ -385,6 +385,23 @@ class AccountsCore:
         return self._authorize_now(api_key, model, est_tokens, request_id, owner, row=(row,),  # type: ignore[return-value]
                                    key_hash=key_hash)
 
+    async def _usable_key(self, api_key: str | None) -> tuple[str, dict[str, Any] | None]:
+        """(hash, key row) of a usable virtual key, row None for the master key; 401 for a missing
+        or unknown key, the key's own refusal when it is revoked, expired or blocked. For the calls
+        that are not model calls (batch ownership, feedback): no allow-list, quota or reservation."""
+        if not api_key:
+            raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
+        h = hash_key(api_key)
+        if self.master_key_hash is not None and h == self.master_key_hash:
+            return h, None
+        if not api_key.startswith(KEY_PREFIX):
+            raise unauthorized("invalid API key")
+        key = await self._lookup(h)
+        if key is None:
+            raise unauthorized("invalid API key")
+        _refuse_unusable(key)
+        return h, key
+
     async def batch_principal(self, api_key: str | None, models: list[str] | None = None) -> dict[str, Any]:
         """Who owns files and batches: {key_id, key_hash} of a usable key (401 else).
 
@@ -393,17 +410,9 @@ class AccountsCore:
         """
         await self._start()
         try:
-            if not api_key:
-                raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
-            h = hash_key(api_key)
-            if self.master_key_hash is not None and h == self.master_key_hash:
+            h, key = await self._usable_key(api_key)
+            if key is None:  # the master key
                 return _ok({"key_id": MASTER_ID, "key_hash": h})
-            if not api_key.startswith(KEY_PREFIX):
-                raise unauthorized("invalid API key")
-            key = await self._lookup(h)
-            if key is None:
-                raise unauthorized("invalid API key")
-            _refuse_unusable(key)
             if models is not None:
                 allowed = key["models"] or []
                 bad = sorted({m for m in models if allowed and m not in allowed})
@@ -487,17 +496,9 @@ class AccountsCore:
         key that did not make the request gets the same 404 as an unknown id (ids do not leak).
         """
         try:
-            if not api_key:
-                raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
-            h = hash_key(api_key)
-            if self.master_key_hash is not None and h == self.master_key_hash:
+            _, key = await self._usable_key(api_key)
+            if key is None:  # the master key
                 return _ok({"key_id": MASTER_ID, "master": True})
-            if not api_key.startswith(KEY_PREFIX):
-                raise unauthorized("invalid API key")
-            key = await self._lookup(h)
-            if key is None:
-                raise unauthorized("invalid API key")
-            _refuse_unusable(key)
             owned = any(r["request_id"] == request_id and r["key_id"] == key["id"] for r in self._buffer)
             if not owned:
                 owned = await self._db(db.request_owned_by, request_id, key["id"])
