@@ -138,12 +138,14 @@ def test_demo_chain_falls_from_a_dead_vllm_tier_to_ollama_then_openai(app, key, 
             steps.append((raw.headers["x-doka-model"], raw.headers["x-doka-route-reason"],
                           raw.headers["x-doka-tiers-tried"], text, raw.headers["x-doka-request-id"]))
     (m1, why1, tried1, text1, rid1), (m2, why2, tried2, text2, rid2) = steps
-    assert (m1, why1, tried1) == ("mock-ollama", "fallback:tier2", "local-tiny,mock-ollama")
+    # the vLLM tier that could not start is skipped, never called (deployments/tier_apps.py)
+    assert (m1, why1, tried1) == ("mock-ollama", "fallback:tier2;skipped=local-tiny:down", "mock-ollama")
     assert text1.startswith(f"mock answer from {OLLAMA}")
-    assert (m2, why2, tried2) == ("mock-gpt-4", "fallback:tier3", "local-tiny,mock-ollama,mock-gpt-4")
+    assert (m2, why2, tried2) == ("mock-gpt-4", "fallback:tier3;skipped=local-tiny:down", "mock-ollama,mock-gpt-4")
     assert text2.startswith("mock answer from gpt-4-turbo")
     assert mock.state()["counts"]["fault_503"] == 1
     rows = [_row(app, key, rid1), _row(app, key, rid2)]
     assert [(r["model"], r["status"], r["route_reason"]) for r in rows] == [
-        ("mock-ollama", 200, "fallback:tier2"), ("mock-gpt-4", 200, "fallback:tier3")]
+        ("mock-ollama", 200, "fallback:tier2;skipped=local-tiny:down"),
+        ("mock-gpt-4", 200, "fallback:tier3;skipped=local-tiny:down")]
     assert rows[0]["cost_usd"] == 0.0 and rows[1]["cost_usd"] > 0
