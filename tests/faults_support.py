@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -38,6 +38,12 @@ class App:
         r = self.admin("GET", "/spend/logs", params={"key_id": key_id, "limit": 100_000})
         assert r.status_code == 200, r.text
         return r.json()["data"]
+
+    def openai(self, key: dict[str, Any], timeout: float = 30) -> Any:
+        """The unmodified OpenAI SDK on this app with a key from `new_key` (no SDK retries)."""
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key["key"], max_retries=0, timeout=timeout)
 
     def ledger_ids(self, key_id: str) -> set[str]:
         return {row["request_id"] for row in self.ledger(key_id)}
@@ -79,6 +85,15 @@ def deploy_app(name: str, prefix: str, mock_port: int, data_dir: str, *, keys: b
     url = f"http://127.0.0.1:{port}{prefix}"
     wait_ok(f"{url}/health/liveliness", 120)
     return App(name, url, raw)
+
+
+def deployed_app(name: str, prefix: str, mock_port: int, data_dir: str, **kw: Any) -> Iterator[App]:
+    """Body of a module fixture: `deploy_app`, yield it, delete it after the module."""
+    from ray import serve
+
+    app = deploy_app(name, prefix, mock_port, data_dir, **kw)
+    yield app
+    serve.delete(app.name)
 
 
 wait_ok = wait_healthy  # the fault tests' name for it

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
 
-from tests.faults_support import deploy_app
+from tests.faults_support import deployed_app
 
 APP, PREFIX = "doka-ollama", "/ollama"
 OLLAMA = "qwen2.5:3b"  # the model name the Ollama server gets (litellm_params.model after `ollama_chat/`)
@@ -35,20 +34,12 @@ def _tweak(raw: dict) -> None:
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    a = deploy_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("ollama")), tweak=_tweak)
-    yield a
-    serve.delete(a.name)
+    yield from deployed_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("ollama")), tweak=_tweak)
 
 
 @pytest.fixture(scope="module")
 def key(app):
     return app.new_key()
-
-
-def _client(app, key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{app.url}/v1", api_key=key["key"], max_retries=0, timeout=30)
 
 
 def _row(app, key, request_id: str) -> dict:
@@ -58,7 +49,7 @@ def _row(app, key, request_id: str) -> dict:
 
 
 def test_plain_answer_through_ollamas_api_is_free(app, key, mock):
-    raw = _client(app, key).chat.completions.with_raw_response.create(
+    raw = app.openai(key).chat.completions.with_raw_response.create(
         model="mock-ollama", messages=[{"role": "user", "content": "hello from the home lab"}], max_tokens=32)
     resp = raw.parse()
     assert raw.headers["x-doka-model"] == "mock-ollama" and raw.headers["x-doka-route-reason"] == "explicit"
@@ -77,7 +68,7 @@ def test_plain_answer_through_ollamas_api_is_free(app, key, mock):
 @pytest.mark.parametrize("include_usage", [True, False], ids=["usage-asked", "usage-not-asked"])
 def test_streamed_answer_charges_ollamas_counts(app, key, mock, include_usage):
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
-    with _client(app, key).chat.completions.with_streaming_response.create(
+    with app.openai(key).chat.completions.with_streaming_response.create(
             model="mock-ollama", messages=[{"role": "user", "content": "stream it please"}], stream=True,
             **extra) as raw:
         chunks = list(raw.parse())
@@ -98,7 +89,7 @@ def test_streamed_answer_charges_ollamas_counts(app, key, mock, include_usage):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_tool_call_round_trip(app, key, mock, stream):
-    client = _client(app, key)
+    client = app.openai(key)
     resp = client.chat.completions.create(model="mock-ollama", messages=ASK_TOOL, tools=TOOLS, stream=stream)
     if stream:
         name, args, call_id, finish = "", "", None, None
@@ -126,7 +117,7 @@ def test_tool_call_round_trip(app, key, mock, stream):
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_demo_chain_falls_from_a_dead_vllm_tier_to_ollama_then_openai(app, key, mock, stream):
     """Each step in order, its route reason in the headers and on its ledger row."""
-    client = _client(app, key)
+    client = app.openai(key)
     steps = []
     for fault in ({}, {OLLAMA: "503"}):  # Ollama up, then Ollama failing too
         mock.state(faults=fault)

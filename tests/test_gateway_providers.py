@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.faults_support import deploy_app
+from tests.faults_support import deployed_app
 
 APP, PREFIX = "doka-providers", "/providers"
 CLAUDE, GEMINI, COHERE = "claude-3-5-sonnet-20241022", "gemini-1.5-flash", "command-r-plus"
@@ -39,20 +39,12 @@ def _tweak(raw: dict) -> None:
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    a = deploy_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("providers")), tweak=_tweak)
-    yield a
-    serve.delete(a.name)
+    yield from deployed_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("providers")), tweak=_tweak)
 
 
 @pytest.fixture(scope="module")
 def key(app):
     return app.new_key()
-
-
-def _client(app, key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{app.url}/v1", api_key=key["key"], max_retries=0, timeout=30)
 
 
 def _row(app, key, request_id: str) -> dict:
@@ -89,7 +81,7 @@ def test_router_path_models_have_an_egress_of_their_own(app):
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini", "mock-command-r"])
 def test_chat_is_translated_and_billed(app, key, mock, model):
-    raw = _client(app, key).chat.completions.with_raw_response.create(
+    raw = app.openai(key).chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=64)
     resp = raw.parse()
     assert raw.headers["x-doka-model"] == model
@@ -105,7 +97,7 @@ def test_chat_is_translated_and_billed(app, key, mock, model):
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini"])
 def test_stream_is_translated_with_usage_and_billed(app, key, mock, model):
-    raw = _client(app, key).chat.completions.with_raw_response.create(
+    raw = app.openai(key).chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "hello there"}], max_tokens=64, stream=True,
         stream_options={"include_usage": True})
     chunks = list(raw.parse())
@@ -122,7 +114,7 @@ def test_stream_is_translated_with_usage_and_billed(app, key, mock, model):
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini", "mock-command-r"])
 def test_tool_call_round_trip(app, key, mock, model):
-    client = _client(app, key)
+    client = app.openai(key)
     first = client.chat.completions.create(model=model, messages=ASK_TOOL, tools=TOOLS, max_tokens=64)
     call = first.choices[0].message.tool_calls[0]
     if model != "mock-command-r":  # LiteLLM 1.106's Cohere v2 mapping leaves finish_reason "stop"
@@ -142,7 +134,7 @@ def test_tool_call_round_trip(app, key, mock, model):
 
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini"])
 def test_streamed_tool_call(app, key, mock, model):
-    stream = _client(app, key).chat.completions.create(model=model, messages=ASK_TOOL, tools=TOOLS,
+    stream = app.openai(key).chat.completions.create(model=model, messages=ASK_TOOL, tools=TOOLS,
                                                        max_tokens=64, stream=True)
     name, args, finish = "", "", None
     for c in stream:
@@ -158,7 +150,7 @@ def test_streamed_tool_call(app, key, mock, model):
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_failing_anthropic_tier_falls_back_to_openai(app, key, mock, stream):
     mock.state(faults={CLAUDE: "529"})
-    raw = _client(app, key).chat.completions.with_raw_response.create(
+    raw = app.openai(key).chat.completions.with_raw_response.create(
         model="claude-chain", messages=[{"role": "user", "content": "hi"}], max_tokens=16, stream=stream)
     body = raw.parse()
     text = "".join(c.choices[0].delta.content or "" for c in body if c.choices) if stream else \
@@ -181,7 +173,7 @@ def test_failing_anthropic_tier_falls_back_to_openai(app, key, mock, stream):
 def test_provider_errors_map_to_openai_errors(app, key, mock, model, upstream, fault, status, exc):
     mock.state(faults={upstream: fault})
     with pytest.raises(exc) as err:
-        _client(app, key).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+        app.openai(key).chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
                                                   max_tokens=16)
     assert err.value.status_code == status
     body = err.value.response.json()
@@ -196,7 +188,7 @@ def test_provider_errors_map_to_openai_errors(app, key, mock, model, upstream, f
 def test_stream_error_before_first_chunk_is_mapped(app, key, mock):
     mock.state(faults={CLAUDE: "429"})
     with pytest.raises(openai.RateLimitError):
-        _client(app, key).chat.completions.create(model="mock-claude-direct", stream=True, max_tokens=16,
+        app.openai(key).chat.completions.create(model="mock-claude-direct", stream=True, max_tokens=16,
                                                   messages=[{"role": "user", "content": "hi"}])
     assert app.inflight(key["key_id"]) == 0
 
@@ -227,7 +219,7 @@ def test_pass_through_keeps_tool_calls_and_image_parts_unchanged(app, key, mock)
     ]
     body = {"model": "mock-gpt-4", "messages": messages, "tools": TOOLS, "tool_choice": "auto", "max_tokens": 32,
             "temperature": 0.2}
-    resp = _client(app, key).chat.completions.create(**body)
+    resp = app.openai(key).chat.completions.create(**body)
     assert resp.choices[0].message.content
     assert _last_body(mock, "gpt-4-turbo") == {**body, "model": "gpt-4-turbo"}
 
@@ -307,7 +299,7 @@ def test_request_litellm_cannot_translate_is_a_400(app, key, mock):
     """A malformed image part: LiteLLM's Anthropic transformation refuses it, the client gets 400."""
     bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}]}]
     with pytest.raises(openai.BadRequestError) as err:
-        _client(app, key).chat.completions.create(model="mock-claude", messages=bad, max_tokens=16)
+        app.openai(key).chat.completions.create(model="mock-claude", messages=bad, max_tokens=16)
     assert "Image url not in expected format" in err.value.response.json()["error"]["message"]
     assert mock.state()["counts"].get("api_anthropic", 0) == 0  # refused before any provider call
     assert _row(app, key, err.value.response.headers["x-doka-request-id"])["status"] == 400
@@ -318,7 +310,7 @@ def test_hanging_anthropic_tier_times_out_and_falls_back(app, key, mock):
     """The Anthropic tier never answers: after its timeout the chain answers from mock-gpt-4 and
     the one ledger row is the fallback's; no reservation is left open."""
     mock.state(faults={CLAUDE: "timeout"})
-    raw = _client(app, key).chat.completions.with_raw_response.create(
+    raw = app.openai(key).chat.completions.with_raw_response.create(
         model="claude-chain", messages=[{"role": "user", "content": "hi"}], max_tokens=16)
     assert raw.headers["x-doka-model"] == "mock-gpt-4" and raw.headers["x-doka-route-reason"] == "fallback:tier2"
     assert mock.state()["counts"]["fault_timeout"] == 1

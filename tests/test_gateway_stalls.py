@@ -18,7 +18,7 @@ import time
 import openai
 import pytest
 
-from tests.faults_support import deploy_app
+from tests.faults_support import deployed_app
 
 APP, PREFIX = "doka-stalls", "/stalls"
 FIRST_TOKEN_S, IDLE_S, TIER_S = 2.0, 2.0, 20.0
@@ -46,20 +46,12 @@ def _tweak(raw: dict) -> None:
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, mock_upstream, tmp_path_factory):
-    from ray import serve
-
-    a = deploy_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("stalls")), tweak=_tweak)
-    yield a
-    serve.delete(a.name)
+    yield from deployed_app(APP, PREFIX, mock_upstream.port, str(tmp_path_factory.mktemp("stalls")), tweak=_tweak)
 
 
 @pytest.fixture(scope="module")
 def key(app):
     return app.new_key()
-
-
-def _client(app, key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{app.url}/v1", api_key=key["key"], max_retries=0, timeout=60)
 
 
 def _rows(app, key, request_id: str) -> list[dict]:
@@ -78,7 +70,7 @@ def test_a_tier_that_never_answers_falls_through_after_its_first_token_timeout(a
                                                                                    staller):
     mock.state(faults={STALLER: fault})
     started = time.monotonic()
-    with _client(app, key).chat.completions.with_streaming_response.create(
+    with app.openai(key, timeout=60).chat.completions.with_streaming_response.create(
             model=chain, messages=[{"role": "user", "content": "hello"}], stream=True) as raw:
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
         headers = raw.headers
@@ -97,7 +89,7 @@ def test_a_tier_that_never_answers_falls_through_after_its_first_token_timeout(a
 def test_a_stream_that_stalls_after_its_first_chunk_ends_with_an_error_event_and_is_charged(app, key, mock, model):
     mock.state(faults={STALLER: "stall"})
     got: list[str] = []
-    with _client(app, key).chat.completions.with_streaming_response.create(
+    with app.openai(key, timeout=60).chat.completions.with_streaming_response.create(
             model=model, messages=[{"role": "user", "content": "hello"}], stream=True) as raw:
         rid = raw.headers["x-doka-request-id"]
         with pytest.raises(openai.APIError) as err:
