@@ -1,6 +1,6 @@
 """The ingress side of provider limits: ask the accounts core before calling a limited model.
 
-Why a seam of its own: the chain loop (deployments/ingress.py `_run_chain`) needs one question
+Why a seam of its own: the chain loop (app/request/run.py `ChainRunner.run`) needs one question
 per tier ("may I call mock-groq now?") and one answer back when the call is over, and `auto`
 needs the candidates that are used up. All counting happens in the accounts core
 (accounts.provider_limits), which every ingress replica shares, so the limit holds across

@@ -2,5 +2,5 @@
 
 `lines` parses input files, `store` keeps files' and batches' state in the accounts database,
 `files` keeps file bytes in fsspec storage, `core` is the API and the runner; the ingress
-(deployments/ingress.py) is the HTTP shell and serves each line through its own request path.
+(deployments/ingress.py) is the HTTP shell and serves each line through the gateway core (app/request/core.py).
 """

@@ -11,7 +11,7 @@ mid-way used to hold the request for the tier's whole `timeout`. Per tier
 - after it, a gap longer than the idle timeout ends the stream with an OpenAI error event
   (`StreamStalled.error()`, code `stream_stalled`), charged for what was delivered.
 
-Ray-free and small, so the ingress (`_run_chain`, `_sse`) only asks it for numbers and errors.
+Ray-free and small, so the gateway core (app/request/run.py, stream.py) only asks it for numbers and errors.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ vLLM's SchedulerStats num_waiting_reqs / num_running_reqs, the numbers behind
 `vllm:num_requests_waiting`); each ingress replica polls them in the background every 0.5 s
 (`LoadPoller`), never per request, and keeps the latest reading per vLLM replica (`TierLoads`).
 A tier with `model_info.queue_limit` is full while its replicas' waiting requests add up to the
-limit or more: chains skip it and `auto` leaves it out (deployments/ingress.py), unless no other
+limit or more: chains skip it and `auto` leaves it out (app/request/plan.py, run.py), unless no other
 tier is left, when the request queues there as it would without a limit.
 """
 

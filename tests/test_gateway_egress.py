@@ -131,7 +131,7 @@ def test_passthrough_stream_forwards_each_event_as_the_provider_wrote_it():
     from aiohttp import web
 
     from deployments.egress import PassThroughChunk
-    from deployments.ingress import OpenAIDialect
+    from app.request.respond import OpenAIDialect
 
     async def completions(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -14,7 +14,7 @@ import pytest
 
 from app.config import parse_config
 from app.errors import OpenAIError
-from deployments.ingress import routing_options
+from app.request.options import routing_options
 from deployments.router import RouterDeployment, merge_user_config
 from router.engine import LearnedEngine
 from router.reloader import ArtifactSlot, Target, router_signing_key
