@@ -265,3 +265,24 @@ async def test_a_stream_falls_back_before_its_first_chunk_only(tmp_path):
     assert resp.headers["x-doka-model"] == STRONG
     text = b"".join(await read_stream(resp))
     assert text.count(b"data: ") == 4  # 3 chunks + [DONE]
+
+
+async def test_a_client_leaving_a_cascade_is_charged_the_calls_that_answered(tmp_path):
+    tiers = FakeTiers()
+    tiers.script[CHEAP] = Script(text="4")
+    tiers.script[MID] = Script(text="4", delay=30)  # the verifier is still thinking when the client leaves
+    gw = Gateway(core_config(tmp_path), tiers)
+    key = await gw.key()
+    req = http_request(body("verified"), key)
+    task = asyncio.ensure_future(gw.core.serve(req, "chat", _schema()))
+    while len(tiers.calls) < 2:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the weak call has answered by now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rows = await gw.rows(req.scope["state"]["doka_request_id"])
+    assert len(rows) == 1 and rows[0]["status"] == 499
+    assert rows[0]["prompt_tokens"] == 10 and rows[0]["completion_tokens"] == 5  # the weak call, not the verifier
+    assert rows[0]["cost_usd"] == pytest.approx(gw.cfg.model(CHEAP).cost(10, 5))
+    assert await gw.reserved() == 0
