@@ -226,13 +226,17 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
 _SHIPPED: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
 
-def _shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality."""
+def _shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality; None where
+    the fold leaves it nothing to train on (the RouterBench-only default when RouterBench is the
+    held-out source)."""
     from router.families import get_family
 
     family, only = _SHIPPED[design]
     if only:
         rows = rows[np.isin(column(ds, "source")[rows], only)]
+    if not len(rows):
+        return None
     fam = get_family(family)
     kw = {"groups": column(ds, "task")[rows]} if fam.grouped else {}
     state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False, **kw)
@@ -253,7 +257,10 @@ def _shipped(family: str, only_source: str | None = None, name: str | None = Non
     _SHIPPED[name] = (family, sources or ((only_source,) if only_source else None))
 
     def design(X, ds, rows, strong, weak, tune=True):
-        return _pair_score(_shipped_fit(name, X, ds, rows), ds, strong, weak)
+        fit = _shipped_fit(name, X, ds, rows)
+        if fit is None:
+            raise ValueError(f"{name}: no training rows of {sources or only_source} in this fold")
+        return _pair_score(fit, ds, strong, weak)
 
     return design
 
@@ -471,7 +478,7 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
     out = []
     for f in folds:
         fitted: dict[tuple[str, str], Callable] = {}
-        pair_free = None
+        pair_free = untrainable = None
         fold_fit = None
         for task in sorted(set(tasks[f.test])):
             rows = f.test[tasks[f.test] == task]
@@ -487,8 +494,12 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                         fold_fit = FOLD_FITS[design](X, ds, f.train)
                     fitted[(strong, weak)] = _contrastive_or_difficulty(fold_fit, X, ds, f.train, strong, weak, True)
                 elif design in PAIR_FREE:
-                    if pair_free is None:
+                    if pair_free is None and not untrainable:
                         pair_free = _shipped_fit(design, X, ds, f.train)
+                        untrainable = pair_free is None
+                    if untrainable:  # nothing of its sources left in training: the fold is not scored
+                        print(f"{design}: fold {f.name} leaves it no training rows; not scored", flush=True)
+                        break
                     fitted[(strong, weak)] = _pair_score(pair_free, ds, strong, weak)
                 else:
                     fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
