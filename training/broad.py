@@ -334,8 +334,9 @@ class ContrastiveFit:
     projected prompt and each model's embedding; `trained` the models with enough labels."""
 
     def __init__(self, mu: np.ndarray, sd: np.ndarray, W: np.ndarray, b: np.ndarray, E: np.ndarray, trained: set[str],
-                 labels: list[str]):
+                 labels: list[str], config: ContrastiveConfig):
         self.mu, self.sd, self.W, self.b, self.E, self.trained, self.labels = mu, sd, W, b, E, trained, labels
+        self.config = config
 
     def predict(self, Z: np.ndarray) -> np.ndarray:
         H = ((Z - self.mu) / self.sd) @ self.W + self.b
@@ -404,7 +405,7 @@ def _fit_contrastive_once(X: np.ndarray, ds: Dataset, rows: np.ndarray, cfg: Con
         W = proj.weight.T.numpy().astype(np.float64)
         b = proj.bias.numpy().astype(np.float64)
         En = torch.nn.functional.normalize(E, dim=1).numpy().astype(np.float64)
-    return ContrastiveFit(mu, sd, W, b, En, trained, list(ds.labels))
+    return ContrastiveFit(mu, sd, W, b, En, trained, list(ds.labels), cfg)
 
 
 def _inner_contrastive(X: np.ndarray, ds: Dataset, rows: np.ndarray, k: int = 3) -> ContrastiveConfig:
@@ -492,6 +493,7 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                 if design in FOLD_FITS:
                     if fold_fit is None:
                         fold_fit = FOLD_FITS[design](X, ds, f.train)
+                        print(f"{design}: fold {f.name}: {fold_fit.config}", flush=True)
                     fitted[(strong, weak)] = _contrastive_or_difficulty(fold_fit, X, ds, f.train, strong, weak, True)
                 elif design in PAIR_FREE:
                     if pair_free is None and not untrainable:
