@@ -156,3 +156,57 @@ def test_every_broad_design_calls_the_strong_model_where_it_gains(monkeypatch):
         score = design(X, ds, rows, "gpt-4-1106-preview", "mixtral-8x7b-chat")(X[task0])
         apgr = two_model_report(score, ds.scores[task0, js], ds.scores[task0, jw], bootstrap=0)["router"]["apgr"]
         assert apgr > 0.58, (name, apgr)
+
+
+def test_contrastive_pairs_never_push_tied_models_apart():
+    """RouterDC's sample-LLM loss: each prompt's top-k models against its bottom-k, a pair
+    counting only where the positive scored strictly higher (0/1 tasks tie often)."""
+    from training.broad import contrastive_pairs
+
+    nan = np.nan
+    scores = np.array([[1.0, 0.0, 1.0, 0.0, nan],   # two right, two wrong
+                       [1.0, 1.0, 1.0, 1.0, 1.0],   # all tied: nothing to learn
+                       [0.9, nan, nan, nan, nan],   # one label: nothing to learn
+                       [0.2, 0.8, 0.5, nan, 0.1]])  # k=2 of 4 labelled
+    pos, neg, valid = contrastive_pairs(scores, k=2)
+    assert set(pos[0][valid[0].any(axis=1)]) == {0, 2} and set(neg[0][valid[0].any(axis=0)]) == {1, 3}
+    assert valid[0].all()
+    assert not valid[1].any() and not valid[2].any()
+    assert list(pos[3]) == [1, 2] and set(neg[3]) == {0, 4} and valid[3].all()
+    for i in range(len(scores)):  # every counted pair: positive strictly better, both labelled
+        for a, b in zip(*np.nonzero(valid[i])):
+            assert scores[i, pos[i, a]] > scores[i, neg[i, b]]
+
+
+def test_contrastive_design_routes_to_the_strong_model_where_it_wins():
+    """On a synthetic set where the answer is known (the strong model beats the weak one only on
+    prompts with x0 > 0; elsewhere both are right; a third model is always wrong), the contrastive
+    score sim(prompt, strong) - sim(prompt, weak) is higher on fresh prompts where the strong
+    model wins, with and without inner tuning; a pair the training rows barely label falls back
+    to the difficulty design instead of an untrained embedding."""
+    from training.broad import DESIGNS, design_difficulty, fit_contrastive
+    from training.dataset import Record, from_records
+
+    rng = np.random.default_rng(1)
+
+    def make(n, tag):
+        recs, X = [], rng.normal(size=(n, 6))
+        for i, x in enumerate(X):
+            strong_wins = x[0] > 0
+            recs.append(Record(id=f"{tag}{i}", prompt=f"{tag} {i}", task=f"routerbench:t{i % 4}", source="routerbench",
+                               scores={"gpt-4-1106-preview": 1.0, "mixtral-8x7b-chat": 0.0 if strong_wins else 1.0,
+                                       "bad": 0.0, **({"rare": 1.0} if i < 20 else {})}))
+        return from_records(recs), X
+
+    ds, X = make(1200, "train")
+    test_ds, Xt = make(400, "test")
+    rows = np.arange(len(ds))
+    wins = Xt[:, 0] > 0
+    for tune in (False, True):
+        fit = fit_contrastive(X, ds, rows, tune=tune)
+        score = fit.pair_score("gpt-4-1106-preview", "mixtral-8x7b-chat")(Xt)
+        assert score[wins].mean() > score[~wins].mean() + 0.1, tune
+        assert np.mean(score[wins][:, None] > score[~wins][None, :]) > 0.9, tune  # AUC
+    assert fit.pair_score("rare", "mixtral-8x7b-chat") is None  # 20 labels: not learned
+    fallback = DESIGNS["contrastive"](X, ds, rows, "rare", "mixtral-8x7b-chat", tune=False)(Xt)
+    assert np.allclose(fallback, design_difficulty(X, ds, rows, "rare", "mixtral-8x7b-chat", tune=False)(Xt))
