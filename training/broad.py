@@ -351,7 +351,7 @@ class ContrastiveFit:
         return lambda Z: (lambda S: S[:, js] - S[:, jw])(self.predict(Z))
 
 
-def _fit_contrastive_once(X: np.ndarray, ds: Dataset, rows: np.ndarray, cfg: ContrastiveConfig) -> ContrastiveFit:
+def fit_contrastive_once(X: np.ndarray, ds: Dataset, rows: np.ndarray, cfg: ContrastiveConfig) -> ContrastiveFit:
     import torch
     from sklearn.cluster import MiniBatchKMeans
 
@@ -420,7 +420,7 @@ def _inner_contrastive(X: np.ndarray, ds: Dataset, rows: np.ndarray, k: int = 3)
         rs = []
         for p in parts:
             te = np.isin(tasks, p)
-            fit = _fit_contrastive_once(X, ds, rows[~te], cfg)
+            fit = fit_contrastive_once(X, ds, rows[~te], cfg)
             for t in p:
                 tr = rows[tasks == t]
                 strong, weak = scoring_pair(ds, tr)
@@ -442,7 +442,7 @@ def _inner_contrastive(X: np.ndarray, ds: Dataset, rows: np.ndarray, k: int = 3)
 def fit_contrastive(X: np.ndarray, ds: Dataset, rows: np.ndarray, tune: bool = True) -> ContrastiveFit:
     """Fit on the training rows, the config chosen by inner grouped CV on those rows only."""
     cfg = _inner_contrastive(X, ds, rows) if tune else ContrastiveConfig()
-    return _fit_contrastive_once(X, ds, rows, cfg)
+    return fit_contrastive_once(X, ds, rows, cfg)
 
 
 def _contrastive_or_difficulty(fit: ContrastiveFit, X, ds, rows, strong, weak, tune) -> Callable[[np.ndarray], np.ndarray]:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from training.broad import STRONG, WEAK, ContrastiveConfig, _fit_contrastive_once, canonical_task, column, held_out_folds
+from training.broad import STRONG, WEAK, ContrastiveConfig, fit_contrastive_once, canonical_task, column, held_out_folds
 from training.dataset import load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
@@ -36,7 +36,7 @@ def main() -> None:
 
     for ss in (0.0, 1.0):
         t = time.perf_counter()
-        fit = _fit_contrastive_once(X, ds, fold.train, ContrastiveConfig(ss_weight=ss))
+        fit = fit_contrastive_once(X, ds, fold.train, ContrastiveConfig(ss_weight=ss))
         took = time.perf_counter() - t
         score = fit.pair_score(STRONG, WEAK)
         out = []
