@@ -49,6 +49,10 @@ run: bootstrap
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider -rfE --junitxml=.doka/test-results.xml
 
+# the request path's Ray-free core (app/request/) with fake tiers and router: seconds, no Ray
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_request_core.py
+
 # mock direct vs doka vs LiteLLM proxy at 1/10/50 clients, then routing decision latency
 bench: bootstrap
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
