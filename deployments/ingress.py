@@ -267,7 +267,7 @@ class Ingress:
 
         schema = {"chat": ChatCompletionRequest, "completion": CompletionRequest, "embedding": EmbeddingRequest}[call.kind]
         try:
-            resp = await self.core.serve(LineRequest(call, "/v1/batches"), call.kind, schema, call.body)
+            resp = await self._serve(LineRequest(call, "/v1/batches"), call.kind, schema, call.body)  # type: ignore[arg-type]
             return resp.status_code, loads(resp.body)
         except OpenAIError as e:
             return e.status, e.body()
