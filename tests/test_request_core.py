@@ -286,3 +286,22 @@ async def test_a_client_leaving_a_cascade_is_charged_the_calls_that_answered(tmp
     assert rows[0]["prompt_tokens"] == 10 and rows[0]["completion_tokens"] == 5  # the weak call, not the verifier
     assert rows[0]["cost_usd"] == pytest.approx(gw.cfg.model(CHEAP).cost(10, 5))
     assert await gw.reserved() == 0
+
+
+async def test_a_tier_at_its_provider_limit_is_skipped_and_its_hold_released(tmp_path):
+    tiers = FakeTiers()
+    tiers.script[CHEAP] = Script(delay=0.3)
+    gw = Gateway(core_config(tmp_path, **{CHEAP: {"limits": {"rpd": 1}}}), tiers)
+    key = await gw.key()
+    call = asyncio.ensure_future(serve(gw, body("default"), key))
+    while not tiers.calls:
+        await asyncio.sleep(0.01)
+    assert (await gw.accounts.accounts.call("stats"))["provider_holds"] == 1  # held while the call runs
+    first = await call
+    assert first.headers["x-doka-model"] == CHEAP
+    second = await serve(gw, body("default"), key)  # the day's one request is used: the next tier, no call
+    assert second.headers["x-doka-model"] == STRONG
+    assert f"skipped={CHEAP}:provider_limit_rpd" in second.headers["x-doka-route-reason"]
+    assert [m for m, _ in tiers.calls] == [CHEAP, STRONG]
+    await gw.rows()  # settlements and provider-limit releases finished
+    assert (await gw.accounts.accounts.call("stats"))["provider_holds"] == 0
