@@ -30,7 +30,7 @@ from app.config import ConfigError, DokaConfig, parse_config
 from app.errors import OpenAIError, bad_request, unknown_model
 from app.placement import egress_homes, router_home
 from app.request.core import GatewayCore
-from app.request.http import error_response, read_json, request_id_of
+from app.request.http import error_response, read_json
 from app.request.ledger import NoAccounts
 from app.request.respond import dumps, loads
 from app.request.tiers import Tiers

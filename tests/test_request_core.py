@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from app.errors import OpenAIError
-from tests.request_core_support import (CHAT, MASTER, FakeRouter, FakeTiers, Gateway, Script, core_config,
+from tests.request_core_support import (CHAT, FakeRouter, FakeTiers, Gateway, Script, core_config,
                                         http_request, read_stream)
 
 CHEAP, MID, STRONG = "mock-mixtral", "mock-gpt-3.5", "mock-gpt-4"
