@@ -51,12 +51,10 @@ def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> d
     raw["server"].update(port=server_port, data_dir=str(REPO / ".doka" / "test"))
     raw["accounts"] = {"require_keys": False, "master_key": None}
     raw["router"].update(strategy="weighted_round_robin", registry=None)
-    # small replicas: the whole graph must fit next to other test clusters on 2 cores
-    raw["deployments"] = {
-        "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-        "router": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-        "egress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-    }
+    # small replicas: the whole graph must fit next to other test clusters on 2 cores; a deleted
+    # or replaced replica re-checks for in-flight requests every 0.5 s, not Serve's 2 s
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 256, "graceful_shutdown_wait_loop_s": 0.5}
+    raw["deployments"] = {"ingress": dict(small), "router": dict(small), "egress": dict(small)}
     for key, value in overrides.items():
         raw[key] = value
     return raw
