@@ -28,6 +28,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MOCK_API_KEY", "mock-key")
+# Behind HAProxy a draining ingress replica stays reachable this long before it closes its
+# listener and waits for in-flight requests (Ray's default: 30 s, for cloud load balancers to
+# deregister it). Every app a test deletes or redeploys waited that out; 2 s covers a local
+# HAProxy reload (test_shutdown_drain.py proves streams still finish with it). Set here, before
+# any cluster starts, so the session cluster, private heads and `doka run` children inherit it.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
 
 
 def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> dict[str, Any]:
@@ -45,12 +51,10 @@ def gateway_test_config(mock_port: int, server_port: int, **overrides: Any) -> d
     raw["server"].update(port=server_port, data_dir=str(REPO / ".doka" / "test"))
     raw["accounts"] = {"require_keys": False, "master_key": None}
     raw["router"].update(strategy="weighted_round_robin", registry=None)
-    # small replicas: the whole graph must fit next to other test clusters on 2 cores
-    raw["deployments"] = {
-        "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-        "router": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-        "egress": {"num_cpus": 0.1, "max_ongoing_requests": 256},
-    }
+    # small replicas: the whole graph must fit next to other test clusters on 2 cores; a deleted
+    # or replaced replica re-checks for in-flight requests every 0.5 s, not Serve's 2 s
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 256, "graceful_shutdown_wait_loop_s": 0.5}
+    raw["deployments"] = {"ingress": dict(small), "router": dict(small), "egress": dict(small)}
     for key, value in overrides.items():
         raw[key] = value
     return raw

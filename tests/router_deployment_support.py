@@ -63,7 +63,9 @@ def train_artifact(out: Path, code_label: str = GPT4, chat_label: str = MIXTRAL,
 def publish(registry: Path, artifact: Path, key: str = KEY) -> str:
     from router.registry import Registry
 
-    time.sleep(1.1)  # versions carry a seconds timestamp; keep them distinct
+    # versions carry a seconds timestamp (taken when trained): into the next whole second, so
+    # whatever is trained after this publish sorts after it (was a flat 1.1 s)
+    time.sleep(1.02 - time.time() % 1)
     return Registry(str(registry)).publish(artifact, key=key)
 
 

@@ -47,21 +47,37 @@ class LocalHead:
         return (self.temp_dir / "ray-start.log").read_text()[-2000:]
 
     def stop(self) -> None:
-        """SIGTERM our own process group (ray start and everything it spawned), then SIGKILL."""
+        """SIGTERM our own process group (ray start and everything it spawned), then SIGKILL once
+        the GCS and raylet have shut down or 10 s passed: `ray start --block` itself never exits
+        on SIGTERM, and a raylet with workers left takes longer still, so waiting for `ray start`
+        (the old way) always ran out a 30 s bound before the SIGKILL that ends it anyway."""
         kill_haproxy(self.env)  # Serve starts HAProxy in a session of its own
         try:
             pgid = os.getpgid(self.proc.pid)
         except ProcessLookupError:
             return
         os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
+        deadline = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < deadline and _group_runs(pgid, {"gcs_server", "raylet"}):
+            time.sleep(0.2)
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.proc.wait(timeout=30)
+
+
+def _group_runs(pgid: int, names: set[str]) -> bool:
+    """Whether a live (not zombie) process of process group `pgid` has one of `names`."""
+    import psutil
+
+    for p in psutil.process_iter(["name", "status"]):
+        try:
+            if p.info["name"] in names and p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def start_head(num_cpus: int = 6, extra_env: dict[str, str] | None = None) -> LocalHead:
@@ -133,7 +149,7 @@ def _wait_running(head: LocalHead, name: str, timeout_s: float = 300) -> dict[st
             return app
         if app.get("status") == "DEPLOY_FAILED":
             raise AssertionError(f"{name} failed: {app.get('message')}")
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"{name} not RUNNING after {timeout_s}s: {app.get('status')} {app.get('message')}")
 
 
@@ -141,7 +157,7 @@ def _wait_deleted(head: LocalHead, name: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while name in _apps(head):
         assert time.monotonic() < deadline, f"{name} was not deleted"
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def _shape(app: dict[str, Any]) -> dict[str, Any]:

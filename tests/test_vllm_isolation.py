@@ -37,7 +37,7 @@ def _wait(predicate, what: str, timeout: float = 600) -> Any:
         got = predicate()
         if got:
             return got
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
 
 
