@@ -5,6 +5,8 @@ and each vLLM tier's application), the router (in this replica or its deployment
 accounts handle, Serve's application status for tier health, and the replica's lifecycle
 (reconfigure, graceful drain, the batch runner). Each model endpoint hands its request to
 `GatewayCore.serve`, which does the rest without Ray: read the request path in app/request/.
+The FastAPI app, OpenAPI spec and error handlers are in deployments/http_app.py, the Batch API
+routes in deployments/batch_routes.py.
 
 `/v1/messages` and `/v1/responses` translate to an OpenAI chat body first (app/anthropic_api.py,
 app/responses_api.py) and pass a dialect that writes the answer and the stream in their format.
@@ -13,24 +15,22 @@ app/responses_api.py) and pass a dialect that writes the answer and the stream i
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from accounts.actor import master_key as configured_master_key
 from accounts.estimate import prompt_tokens
 from app import anthropic_api, capabilities, responses_api
 from app.config import ConfigError, DokaConfig, parse_config
-from app.errors import OpenAIError, bad_request, unknown_model
+from app.errors import bad_request, unknown_model
 from app.placement import egress_homes, router_home
 from app.request.core import GatewayCore
-from app.request.http import error_response, read_json
+from app.request.http import read_json
 from app.request.ledger import NoAccounts
 from app.request.respond import dumps, loads
 from app.request.tiers import Tiers
@@ -38,85 +38,16 @@ from app.request_params import refuse_unknown
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate_body
 from deployments import stalls, tier_load
 from deployments.backends import ModelBackend, backend_factories
+from deployments.batch_routes import BatchRoutes
 from deployments.egress import EgressService
+from deployments.http_app import app, metrics_caller_is_master
 from deployments.router import InProcessRouter
 from deployments.tier_apps import AppState, TierWatch, states_from_serve_status
 from observability.gateway import Observability
 
 logger = logging.getLogger("ray.serve")
 
-app = FastAPI(title="doka", description="OpenAI-compatible LLM gateway on Ray Serve", docs_url="/docs")
-
-from accounts import api_key_from_headers  # noqa: E402
-from accounts.actor import master_key as configured_master_key  # noqa: E402
-from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
-
-app.include_router(admin_router())
-from console.routes import console_router  # noqa: E402  (the operator console, docs/console.md)
-
-app.include_router(console_router())
-
-
-def _openapi() -> dict[str, Any]:
-    """FastAPI's spec plus the request bodies the model endpoints read themselves (shown at /docs).
-
-    The endpoints read raw JSON (to bound its size and answer errors in their own shape), so
-    FastAPI cannot see their body models; the same pydantic models that validate them are added.
-    """
-    if app.openapi_schema:
-        return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
-    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = spec.setdefault("components", {}).setdefault("schemas", {})
-    for path, model in (("/v1/chat/completions", ChatCompletionRequest), ("/v1/completions", CompletionRequest),
-                        ("/v1/embeddings", EmbeddingRequest), ("/v1/messages", anthropic_api.MessagesRequest),
-                        ("/v1/messages/count_tokens", anthropic_api.CountTokensRequest),
-                        ("/v1/responses", responses_api.ResponsesRequest)):
-        op = spec.get("paths", {}).get(path, {}).get("post")
-        if op is None:
-            continue
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-    app.openapi_schema = spec
-    return spec
-
-
-app.openapi = _openapi  # type: ignore[method-assign]
-
-
-def metrics_caller_is_master(headers: Any, master: str | None) -> bool:
-    """True for the master key (Bearer or x-api-key), False with no key; 401 for any other key."""
-    given = api_key_from_headers(headers)
-    if not given:
-        return False
-    if master and hmac.compare_digest(given.encode(), master.encode()):
-        return True
-    raise OpenAIError(401, "per-key metrics need the master key; scrape /metrics without a key for the "
-                      "gateway series", type="authentication_error", code="invalid_master_key")
-
-
-@app.exception_handler(OpenAIError)
-async def _openai_error(request: Request, e: OpenAIError) -> JSONResponse:
-    return error_response(request, e)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-    return error_response(request, bad_request(f"Invalid request: {e.errors()[0].get('msg', 'invalid')}"))
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-    msg = "Not found" if e.status_code == 404 else str(e.detail)
-    return error_response(request, OpenAIError(e.status_code, msg))
-
-
-@app.exception_handler(Exception)
-async def _server_error(request: Request, e: Exception) -> JSONResponse:
-    logger.exception("ingress: unhandled error")
-    return error_response(request, OpenAIError(500, f"Internal gateway error: {type(e).__name__}", type="server_error"))
+__all__ = ["Ingress", "RouterPort", "app", "load_accounts", "NoAccounts"]
 
 
 def load_accounts(cfg: DokaConfig, handle: DeploymentHandle | None) -> Any:
@@ -158,7 +89,7 @@ async def _serve_states() -> dict[str, AppState]:
 
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
-class Ingress:
+class Ingress(BatchRoutes):
     def __init__(
         self,
         config: dict[str, Any],
@@ -227,50 +158,9 @@ class Ingress:
         self._tiers = TierWatch({n: w["app"] for n, w in apps.items() if n in backends}, _serve_states)
         return backends
 
-    def _batch_gateway(self) -> Any:
-        """The Batch API (batches/): files and batches in the accounts database and fsspec storage."""
-        from batches.http import ANONYMOUS, BatchGateway, build_core
-
-        async def principal(request: Request, models: list[str] | None) -> tuple[str, str | None]:
-            if isinstance(self._accounts, NoAccounts):
-                return ANONYMOUS, None
-            p = await self._accounts.batch_principal(request, models)
-            return p["key_id"], p["key_hash"]
-
-        async def schema_owner() -> None:  # the accounts core migrates the database it shares with batches
-            await self._accounts.accounts.call("ready")
-
-        return BatchGateway(build_core(self.cfg), principal, {m.model_name for m in self.cfg.model_list},
-                            None if isinstance(self._accounts, NoAccounts) else schema_owner)
-
-    def _start_batches(self) -> None:
-        """Start the batch runner once this replica has an event loop (constructor or health check)."""
-        if self._batches is None or getattr(self, "_batch_starter", None) is not None:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        limit = self.cfg.batches.yield_above
-
-        self._batch_starter = asyncio.ensure_future(self._batches.run_when_ready(
-            lambda: self._batches.core.start(self._serve_line, lambda: self.core.interactive > limit)))
-
     async def check_health(self) -> None:
         """Serve's periodic health check; also starts the batch runner if the constructor could not."""
         self._start_batches()
-
-    async def _serve_line(self, call: Any) -> tuple[int, dict]:
-        """One batch line through the core, as an already-authenticated request of the batch's key
-        (batches.http.LineRequest): (status, response body or OpenAI error body)."""
-        from batches.http import LineRequest
-
-        schema = {"chat": ChatCompletionRequest, "completion": CompletionRequest, "embedding": EmbeddingRequest}[call.kind]
-        try:
-            resp = await self._serve(LineRequest(call, "/v1/batches"), call.kind, schema, call.body)  # type: ignore[arg-type]
-            return resp.status_code, loads(resp.body)
-        except OpenAIError as e:
-            return e.status, e.body()
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """The router user_config, when the router runs in this replica (`router.placement:
@@ -285,11 +175,7 @@ class Ingress:
         Serve stops an app's deployments in no particular order, so a draining ingress may find
         the accounts replica replaced; the settle then waits for the new one instead of being lost.
         """
-        if getattr(self, "_batches", None) is not None:  # in-flight lines finish and are recorded
-            starter = getattr(self, "_batch_starter", None)
-            if starter is not None and not starter.done():
-                starter.cancel()  # still waiting for the database: nothing runs yet
-            await self._batches.core.stop(self.cfg.deployments.ingress.graceful_shutdown_timeout_s / 2)
+        await self._stop_batches()  # in-flight batch lines finish and are recorded
         pending = self.core.pending() if getattr(self, "core", None) is not None else []
         if pending:
             logger.info("ingress: waiting for %d ledger settlements before exiting", len(pending))
@@ -358,51 +244,6 @@ class Ingress:
 
     async def _read_json(self, request: Request) -> Any:
         return await read_json(request, self.cfg.server.max_body_bytes)
-
-    # ------------------------------------------------------------------ Batch API (batches/)
-    @app.post("/v1/files")
-    async def files_upload(self, request: Request) -> Response:
-        """Upload a JSONL batch input file (multipart: `file`, `purpose=batch`)."""
-        return await self._batch_api().upload(request)
-
-    @app.get("/v1/files")
-    async def files_list(self, request: Request) -> Response:
-        return await self._batch_api().list_files(request)
-
-    @app.get("/v1/files/{file_id}")
-    async def files_get(self, request: Request, file_id: str) -> Response:
-        return await self._batch_api().get_file(request, file_id)
-
-    @app.get("/v1/files/{file_id}/content")
-    async def files_content(self, request: Request, file_id: str) -> Response:
-        return await self._batch_api().content(request, file_id)
-
-    @app.delete("/v1/files/{file_id}")
-    async def files_delete(self, request: Request, file_id: str) -> Response:
-        return await self._batch_api().delete_file(request, file_id)
-
-    @app.post("/v1/batches")
-    async def batches_create(self, request: Request) -> Response:
-        """Create a batch from an uploaded file; its lines run in the background (batches/core.py)."""
-        return await self._batch_api().create(request, await self._read_json(request))
-
-    @app.get("/v1/batches")
-    async def batches_list(self, request: Request) -> Response:
-        return await self._batch_api().list_batches(request)
-
-    @app.get("/v1/batches/{batch_id}")
-    async def batches_get(self, request: Request, batch_id: str) -> Response:
-        return await self._batch_api().retrieve(request, batch_id)
-
-    @app.post("/v1/batches/{batch_id}/cancel")
-    async def batches_cancel(self, request: Request, batch_id: str) -> Response:
-        return await self._batch_api().cancel(request, batch_id)
-
-    def _batch_api(self) -> Any:
-        if self._batches is None:
-            raise OpenAIError(404, "the Batch API is off on this gateway (batches.enabled: false)", code="not_found")
-        self._start_batches()
-        return self._batches
 
     @app.get("/v1/models")
     @app.get("/models", include_in_schema=False)
