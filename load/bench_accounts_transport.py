@@ -11,7 +11,6 @@ use Ray calls: their cost is per call, whatever the batch carries.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile

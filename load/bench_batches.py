@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from load.bench_gateway import Gateway, load, start_mock
+from load.harness import Gateway, load, start_mock
 
 BODY = {"model": "mock-gpt-3.5", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]}
 

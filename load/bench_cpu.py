@@ -16,7 +16,7 @@ import collections
 import time
 
 from load.harness import BODY, REGISTRY, Gateway, py_load, start_mock
-from load.bench_memory import _title, role_of, session_processes
+from load.bench_memory import process_title, role_of, session_processes
 
 
 def cpu_by_role(procs: list) -> collections.Counter:
@@ -26,7 +26,7 @@ def cpu_by_role(procs: list) -> collections.Counter:
     for p in procs:
         try:
             t = p.cpu_times()
-            out[role_of(_title(p))] += t.user + t.system
+            out[role_of(process_title(p))] += t.user + t.system
         except psutil.Error:
             pass
     return out

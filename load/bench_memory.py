@@ -62,7 +62,7 @@ def role_of(title: str) -> str:
     return "other: " + title[:60]
 
 
-def _title(p: Any) -> str:
+def process_title(p: Any) -> str:
     try:
         cmd = p.cmdline()
     except Exception:
@@ -99,7 +99,7 @@ def snapshot(procs: list[Any]) -> list[Proc]:
     for p in procs:
         try:
             m = p.memory_full_info()
-            title = _title(p)
+            title = process_title(p)
             out.append(Proc(p.pid, role_of(title), title, m.rss, getattr(m, "pss", 0), m.uss))
         except psutil.Error:
             pass

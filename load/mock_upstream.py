@@ -26,7 +26,7 @@ import argparse
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
