@@ -327,7 +327,7 @@ async def _keys_page(ctx: Ctx, revealed: dict[str, Any] | None = None, error: st
     rows = []
     for k in keys:
         limits = ", ".join(f"{f}={k[f]}" for f in LIMIT_FIELDS if k.get(f) is not None) or "none"
-        state = (f'<span class="bad">revoked</span>' if k.get("revoked_at") else '<span class="ok">active</span>')
+        state = ('<span class="bad">revoked</span>' if k.get("revoked_at") else '<span class="ok">active</span>')
         actions = "" if k.get("revoked_at") else (
             _limits_form(ctx, k) + f'<form method="post" action="{ctx.base}/keys/{e(k["key_id"])}/revoke">'
             f'{hidden_csrf(ctx.csrf)}<button class="danger revoke">Revoke</button></form>')
