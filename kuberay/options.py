@@ -8,16 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from app.config import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from app.config_base import ConfigError, StrictModel
 
 
-class PodSize(_Strict):
+class PodSize(StrictModel):
     """Container requests = limits (Ray sizes itself from the limits)."""
 
     cpu: str = "2"
@@ -25,7 +21,7 @@ class PodSize(_Strict):
     gpus: int = Field(0, ge=0)
 
 
-class WorkerGroupOptions(_Strict):
+class WorkerGroupOptions(StrictModel):
     name: str
     size: PodSize
     min_replicas: int = Field(0, ge=0)
@@ -49,7 +45,7 @@ def _gpu_group() -> WorkerGroupOptions:
     )
 
 
-class StorageOptions(_Strict):
+class StorageOptions(StrictModel):
     """Optional PostgreSQL (accounts ledger) and MinIO/S3 (artifact registry, datasets, traces)."""
 
     postgres: bool = Field(False, description="pods get DOKA_DATABASE_URL from the Secret")
@@ -61,7 +57,7 @@ class StorageOptions(_Strict):
         "/var/lib/doka-accounts: ReadWriteMany, or a single CPU worker). PostgreSQL is the production choice")
 
 
-class TrainingOptions(_Strict):
+class TrainingOptions(StrictModel):
     """The router-training RayJob (`python -m kuberay.train_job`): dataset and registry are URLs
     the head pod can reach (s3:// on MinIO); the job publishes and moves `latest`."""
 
@@ -74,7 +70,7 @@ class TrainingOptions(_Strict):
     active_deadline_s: int = Field(3600, ge=1)
 
 
-class RenderOptions(_Strict):
+class RenderOptions(StrictModel):
     name: str = Field("doka", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
     namespace: str = "default"
     image: str = "ghcr.io/doka-gateway/doka:0.1.0"
