@@ -1,248 +1,30 @@
 """The console's routes (`console_router()`, included by the ingress under /console).
 
-Thin shell: who is signed in (console.session), what to show (accounts core calls and
-accounts.console_queries), how it looks (console.pages). Admin pages need an admin session
-(master key, or a key whose metadata has `"role": "admin"`); any other virtual key sees only
-its own key's page. Every POST checks the session's CSRF token before doing anything.
+Thin shell: who is signed in (console/signin.py: sign-in, SSO, sessions, CSRF, the `page`
+decorator), what to show (accounts core calls and accounts.console_queries), how it looks
+(console.pages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
-import hmac
 import io
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs, quote
+from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from accounts.errors import AccountsError
-from console import gateway_view, oidc, router_versions
-from console import session as sess
-from console.pages import bar_chart, e, hidden_csrf, layout, money, table
+from console import gateway_view, router_versions
+from console.pages import bar_chart, e, hidden_csrf, money, table
+from console.signin import PREFIX, Ctx, current_accounts, login, login_form, logout, page, sso_callback, sso_start
 
-PREFIX = "/console"
 STATIC = {"console.css": "text/css; charset=utf-8"}
 LIMIT_FIELDS = ("tokens_per_day", "tokens_per_month", "max_budget", "rpm_limit", "tpm_limit")
-
-
-class Refused(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-def _base(request: Request) -> str:
-    """The console's URL path under whatever route prefix the app is served at."""
-    path = request.url.path
-    return path[: path.index(PREFIX) + len(PREFIX)] if PREFIX in path else PREFIX
-
-
-def _accounts() -> Any:
-    from accounts.gateway import current
-
-    return current()
-
-
-def _secret() -> bytes:
-    from accounts.gateway import _current_master
-
-    mk = _current_master()
-    if not mk:
-        raise Refused(HTMLResponse("<p>The console needs accounts on and a master key (DOKA_MASTER_KEY).</p>",
-                                   status_code=503))
-    return sess.secret_from(mk)
-
-
-async def _form(request: Request) -> dict[str, str]:
-    raw = (await request.body()).decode("utf-8", "replace")
-    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-
-
-class Ctx:
-    """One request's signed-in session, its CSRF token and the console's base path."""
-
-    def __init__(self, request: Request, s: sess.Session, secret: bytes) -> None:
-        self.request, self.s, self.secret = request, s, secret
-        self.base = _base(request)
-        self.csrf = sess.csrf_token(s, secret)
-
-    def page(self, title: str, body: str, active: str = "", status: int = 200) -> HTMLResponse:
-        who = "master key" if self.s.subject == "master" else self.s.subject
-        return HTMLResponse(layout(self.base, title, body, active=active, who=who, csrf=self.csrf,
-                                   admin=self.s.admin), status_code=status)
-
-
-async def _signed_in(request: Request, *, admin: bool, change: bool) -> tuple[Ctx, dict[str, str]]:
-    secret = _secret()
-    s = sess.decode(request.cookies.get(sess.COOKIE), secret)
-    base = _base(request)
-    if s is None:
-        if request.method == "GET":
-            raise Refused(RedirectResponse(f"{base}/login", status_code=303))
-        raise Refused(PlainTextResponse("not signed in", status_code=401))
-    form: dict[str, str] = {}
-    if change:
-        form = await _form(request)
-        if not sess.csrf_ok(s, secret, request.headers.get("x-csrf-token") or form.get("csrf")):
-            raise Refused(PlainTextResponse("CSRF token missing or wrong", status_code=403))
-    if s.role == "key":  # a revoked or expired key's session ends at once
-        try:
-            info = await _accounts().call("key_info", None, s.key_id)
-        except AccountsError:
-            info = None
-        if info is None or info.get("revoked_at") or _expired(info):
-            r = RedirectResponse(f"{base}/login", status_code=303)
-            r.delete_cookie(sess.COOKIE, path=base)
-            raise Refused(r)
-    if admin and not s.admin:
-        raise Refused(PlainTextResponse("admin only: sign in with the master key or an admin key", status_code=403))
-    return Ctx(request, s, secret), form
-
-
-def _expired(info: dict[str, Any]) -> bool:
-    exp = info.get("expires_at")
-    return bool(exp) and datetime.fromisoformat(exp) <= datetime.now(timezone.utc)
-
-
-def page(*, admin: bool = True, change: bool = False):
-    """Decorator: sign-in (and CSRF on changes) checked before the handler runs."""
-
-    def wrap(fn: Callable[..., Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                ctx, form = await _signed_in(request, admin=admin, change=change)
-                return await fn(ctx, form) if change else await fn(ctx)
-            except Refused as r:
-                return r.response
-            except AccountsError as err:
-                return PlainTextResponse(err.message, status_code=err.status)
-
-        endpoint.__name__ = fn.__name__
-        endpoint.__doc__ = fn.__doc__
-        return endpoint
-
-    return wrap
-
-
-def _login_page(base: str, error: str | None = None, status: int = 200) -> HTMLResponse:
-    err = f'<p class="error">{e(error)}</p>' if error else ""
-    body = (f'{err}<div class="card"><form method="post" action="{base}/login" class="inline">'
-            f'<label>Key <input type="password" name="key" id="key" size="48" autocomplete="off" '
-            f'placeholder="master key, admin key or your virtual key"></label><button id="signin">Sign in</button>'
-            f'</form><p class="muted">The master key or an admin key opens every page; any other key sees its '
-            f'own usage.</p></div>')
-    sso = _oidc_config()
-    if sso is not None:
-        body += f'<div class="card"><a class="button" id="sso" href="{base}/sso/start">{e(sso.label)}</a></div>'
-    return HTMLResponse(layout(base, "Sign in", body), status_code=status)
-
-
-async def login_form(request: Request) -> Response:
-    return _login_page(_base(request))
-
-
-async def login(request: Request) -> Response:
-    """Sign in with a key: master -> admin; a key with metadata role=admin -> admin; else its own page."""
-    base = _base(request)
-    try:
-        secret = _secret()
-    except Refused as r:
-        return r.response
-    from accounts.gateway import _current_master
-
-    given = (await _form(request)).get("key", "").strip()
-    if not given:
-        return _login_page(base, "give a key", 400)
-    if hmac.compare_digest(given.encode(), (_current_master() or "").encode()):
-        s = sess.new_session("admin", "master")
-    else:
-        try:
-            info = await _accounts().call("key_info", given, None)
-        except AccountsError:
-            info = None
-        if info is None or info.get("revoked_at") or _expired(info):
-            return _login_page(base, "unknown, revoked or expired key", 401)
-        role = "admin" if (info.get("metadata") or {}).get("role") == "admin" else "key"
-        s = sess.new_session(role, info.get("key_alias") or info["key_id"], key_id=info["key_id"])
-    return _with_session(RedirectResponse(f"{base}/{'keys' if s.admin else 'me'}", status_code=303), request, base,
-                         s, secret)
-
-
-# ------------------------------------------------------------------ single sign-on (OpenID Connect)
-def _oidc_config() -> Any | None:
-    ing = gateway_view.ingress()
-    return ing.cfg.console.oidc if ing is not None else None
-
-
-def _sso_refused(base: str, err: oidc.SSOError) -> HTMLResponse:
-    return _login_page(base, f"single sign-on: {err}", err.status)
-
-
-def _sso_setup(request: Request) -> tuple[str, Any, bytes]:
-    """(console base path, the OIDC config, the session secret), or Refused (404 when SSO is off)."""
-    cfg = _oidc_config()
-    if cfg is None:
-        raise Refused(PlainTextResponse("single sign-on is not configured (console.oidc)", status_code=404))
-    return _base(request), cfg, _secret()
-
-
-def _with_session(r: Response, request: Request, base: str, s: sess.Session, secret: bytes) -> Response:
-    r.set_cookie(sess.COOKIE, sess.encode(s, secret), max_age=sess.TTL_S, path=base, httponly=True,
-                 samesite="strict", secure=request.url.scheme == "https")
-    return r
-
-
-async def sso_start(request: Request) -> Response:
-    """Send the browser to the issuer (authorization code + PKCE), the pending login in a cookie."""
-    try:
-        base, cfg, secret = _sso_setup(request)
-        redirect_uri = cfg.redirect_uri or f"{request.url.scheme}://{request.url.netloc}{base}/sso/callback"
-        url, pending = await oidc.client_for(cfg).start(redirect_uri)
-    except Refused as r:
-        return r.response
-    except oidc.SSOError as err:
-        return _sso_refused(_base(request), err)
-    r = RedirectResponse(url, status_code=303)
-    # Lax, not Strict: the issuer's redirect back is a cross-site navigation that must carry it
-    r.set_cookie(oidc.PENDING_COOKIE, oidc.seal(pending, secret), max_age=oidc.PENDING_TTL_S, path=base,
-                 httponly=True, samesite="lax", secure=request.url.scheme == "https")
-    return r
-
-
-async def sso_callback(request: Request) -> Response:
-    """The issuer's redirect back: state checked, code redeemed, ID token verified, allow-list applied."""
-    base = _base(request)
-    try:
-        base, cfg, secret = _sso_setup(request)
-        pending = oidc.unseal(request.cookies.get(oidc.PENDING_COOKIE), secret)
-        who = await oidc.client_for(cfg).finish(pending, dict(request.query_params))
-        if not oidc.allowed(cfg, who):
-            raise oidc.SSOError(f"{who.name or who.subject} is not on the console's admin allow-list", 403)
-    except Refused as r:
-        return r.response
-    except (oidc.SSOError, ValueError) as err:
-        r = _sso_refused(base, err if isinstance(err, oidc.SSOError) else oidc.SSOError(str(err)))
-        r.delete_cookie(oidc.PENDING_COOKIE, path=base)
-        return r
-    s = sess.new_session("admin", f"sso:{who.name or who.subject}")
-    # a page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that began
-    # at the issuer is cross-site; this page's own navigation to the console is same-site
-    target = f"{base}/keys"
-    r = _with_session(HTMLResponse(f'<!doctype html><meta http-equiv="refresh" content="0;url={e(target)}">'
-                                   f'<p>Signed in. <a href="{e(target)}">Continue</a></p>'), request, base, s, secret)
-    r.delete_cookie(oidc.PENDING_COOKIE, path=base)
-    return r
-
-
-@page(admin=False, change=True)
-async def logout(ctx: Ctx, form: dict[str, str]) -> Response:
-    r = RedirectResponse(f"{ctx.base}/login", status_code=303)
-    r.delete_cookie(sess.COOKIE, path=ctx.base)
-    return r
 
 
 @page(admin=False)
@@ -295,7 +77,7 @@ def _key_fields(form: dict[str, str], *, creating: bool) -> dict[str, Any]:
 async def _keys_page(ctx: Ctx, revealed: dict[str, Any] | None = None, error: str | None = None) -> Response:
     q = ctx.request.query_params
     team, user = q.get("team") or None, q.get("user") or None
-    keys = await _accounts().call("list_keys", team=team, user=user, include_revoked=q.get("revoked") == "on",
+    keys = await current_accounts().call("list_keys", team=team, user=user, include_revoked=q.get("revoked") == "on",
                                   limit=500, offset=0)
     text = (q.get("q") or "").lower()
     if text:
@@ -349,7 +131,7 @@ async def keys(ctx: Ctx) -> Response:
 async def create_key(ctx: Ctx, form: dict[str, str]) -> Response:
     """Create a key; the answer page shows the plain key once (it is never stored)."""
     try:
-        made = await _accounts().call("generate_key", _key_fields(form, creating=True))
+        made = await current_accounts().call("generate_key", _key_fields(form, creating=True))
     except AccountsError as err:
         return await _keys_page(ctx, error=err.message)
     return await _keys_page(ctx, revealed=made)
@@ -358,7 +140,7 @@ async def create_key(ctx: Ctx, form: dict[str, str]) -> Response:
 @page(change=True)
 async def update_key(ctx: Ctx, form: dict[str, str]) -> Response:
     try:
-        await _accounts().call("update_key", None, ctx.request.path_params["key_id"],
+        await current_accounts().call("update_key", None, ctx.request.path_params["key_id"],
                                _key_fields(form, creating=False))
     except AccountsError as err:
         return await _keys_page(ctx, error=err.message)
@@ -367,7 +149,7 @@ async def update_key(ctx: Ctx, form: dict[str, str]) -> Response:
 
 @page(change=True)
 async def revoke_key(ctx: Ctx, form: dict[str, str]) -> Response:
-    await _accounts().call("delete_key", [], [ctx.request.path_params["key_id"]])
+    await current_accounts().call("delete_key", [], [ctx.request.path_params["key_id"]])
     return RedirectResponse(f"{ctx.base}/keys", status_code=303)
 
 
@@ -379,7 +161,7 @@ def _spend_args(ctx: Ctx) -> dict[str, Any]:
 
 @page()
 async def spend(ctx: Ctx) -> Response:
-    args, acc = _spend_args(ctx), _accounts()
+    args, acc = _spend_args(ctx), current_accounts()
     groups = ("team", "key", "model", "day")  # four aggregates over the rollup, read side by side
     found = await asyncio.gather(*(acc.call("console_query", "spend", group_by=g, **args) for g in groups))
     by = dict(zip(groups, found))
@@ -404,7 +186,7 @@ async def spend_csv(ctx: Ctx) -> Response:
     group = ctx.request.query_params.get("group_by", "day")
     if group not in ("key", "team", "model", "day"):
         return PlainTextResponse("group_by is one of key, team, model, day", status_code=400)
-    rows = await _accounts().call("console_query", "spend", group_by=group, limit=100_000, **_spend_args(ctx))
+    rows = await current_accounts().call("console_query", "spend", group_by=group, limit=100_000, **_spend_args(ctx))
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow([group, "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"])
@@ -432,7 +214,7 @@ def _requests_table(ctx: Ctx, rows: list[dict[str, Any]]) -> str:
 @page()
 async def requests_page(ctx: Ctx) -> Response:
     q = ctx.request.query_params
-    rows = await _accounts().call("console_query", "recent_requests", key_id=q.get("key_id") or None,
+    rows = await current_accounts().call("console_query", "recent_requests", key_id=q.get("key_id") or None,
                                   model=q.get("model") or None, errors_only=q.get("errors") == "on", limit=200)
     form = (f'<form method="get" class="inline" action="{ctx.base}/requests"><input type="text" name="key_id" '
             f'placeholder="key id" value="{e(q.get("key_id"))}"><input type="text" name="model" placeholder="model '
@@ -444,7 +226,7 @@ async def requests_page(ctx: Ctx) -> Response:
 @page()
 async def request_detail(ctx: Ctx) -> Response:
     rid = ctx.request.path_params["request_id"]
-    rows = await _accounts().call("console_query", "request_rows", request_id=rid)
+    rows = await current_accounts().call("console_query", "request_rows", request_id=rid)
     if not rows:
         return ctx.page("Request", f'<p class="error">no ledger row for request {e(rid)}</p>', "requests", 404)
     steps = "".join(
@@ -494,7 +276,7 @@ async def _routing(ctx: Ctx, note: str | None = None, error: str | None = None, 
         return _no_ingress(ctx, "Routing", "routing")
     q = ctx.request.query_params
     start = q.get("start") or (datetime.now(timezone.utc) - timedelta(days=13)).strftime("%Y-%m-%d")
-    got = await _accounts().call("console_query", "auto_decisions", start=start)
+    got = await current_accounts().call("console_query", "auto_decisions", start=start)
     rows = got["by_day_model"]
     total = sum(r["requests"] for r in rows) or 1
     share: dict[str, list[float]] = {}
@@ -577,7 +359,7 @@ async def promote_version(ctx: Ctx, form: dict[str, str]) -> Response:
 async def me(ctx: Ctx) -> Response:
     if ctx.s.key_id is None:
         return RedirectResponse(f"{ctx.base}/keys", status_code=303)
-    acc = _accounts()
+    acc = current_accounts()
     info = await acc.call("key_info", None, ctx.s.key_id)
     usage = info.get("usage") or {}
     card = table(("field", "value"), [(k, info.get(k)) for k in
