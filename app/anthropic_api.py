@@ -7,9 +7,10 @@ LiteLLM-translated provider, a local vLLM model) can answer an Anthropic SDK or 
 Hand-written on purpose: LiteLLM's own adapter
 (`litellm.llms.anthropic.pass_through.adapters.transformation`) pulls all of litellm into the
 ingress process, which otherwise never imports it: +2.9 s of start-up and +135 MB resident
-(measured in docs/benchmarks.md, "Anthropic Messages translation"). These pydantic models and
-a few dict comprehensions cover the Messages API's request fields (app/anthropic_schema.py) and content blocks (text,
-image, tool_use, tool_result), non-stream answers and the SSE event sequence the SDK expects.
+(measured in docs/benchmarks.md, "Anthropic Messages translation"). Pydantic models of the
+request fields and content blocks (text, image, tool_use, tool_result; app/anthropic_schema.py)
+and a few dict comprehensions cover the Messages API, non-stream answers and the SSE event
+sequence the SDK expects.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from app.anthropic_schema import (
-    CountTokensRequest, DocumentBlock, ImageBlock, MessagesRequest, SearchResultBlock, ServerBlock,
-    MessagesBase, TextBlock, ToolChoice, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
+    CountTokensRequest, DocumentBlock, ImageBlock, MessagesBase, MessagesRequest, SearchResultBlock,
+    ServerBlock, TextBlock, ToolChoice, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
 )
 from app.errors import OpenAIError, bad_request
 from app.schemas import first_choice_delta

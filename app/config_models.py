@@ -77,7 +77,7 @@ class ModelInfo(StrictModel):
         "else 4096 (what admission holds per choice when a request sets no max_tokens)")
 
     limits: ProviderLimits | None = Field(
-        None, description="the provider's request/token limits per minute and per day (app/config.py "
+        None, description="the provider's request/token limits per minute and per day (app/config_models.py "
         "ProviderLimits); a used-up model is skipped by its chain and by `auto`, and a request for it "
         "alone is a 429 with Retry-After at the window's reset. Needs accounts.require_keys")
 

@@ -15,22 +15,19 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from accounts import api_key_from_headers
+from accounts.gateway import admin_router
 from app import anthropic_api, responses_api
 from app.errors import OpenAIError, bad_request
 from app.request.http import error_response
 from app.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from console.routes import console_router
 
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="doka", description="OpenAI-compatible LLM gateway on Ray Serve", docs_url="/docs")
-
-from accounts import api_key_from_headers  # noqa: E402
-from accounts.gateway import admin_router  # noqa: E402  (key/usage admin API, master key only)
-
-app.include_router(admin_router())
-from console.routes import console_router  # noqa: E402  (the operator console, docs/console.md)
-
-app.include_router(console_router())
+app.include_router(admin_router())  # key/usage admin API, master key only
+app.include_router(console_router())  # the operator console, docs/console.md
 
 
 def _openapi() -> dict[str, Any]:
