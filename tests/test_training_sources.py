@@ -210,3 +210,33 @@ def test_contrastive_design_routes_to_the_strong_model_where_it_wins():
     assert fit.pair_score("rare", "mixtral-8x7b-chat") is None  # 20 labels: not learned
     fallback = DESIGNS["contrastive"](X, ds, rows, "rare", "mixtral-8x7b-chat", tune=False)(Xt)
     assert np.allclose(fallback, design_difficulty(X, ds, rows, "rare", "mixtral-8x7b-chat", tune=False)(Xt))
+
+
+def test_pooled_protocol_scores_each_held_out_source_as_one_mixed_set():
+    """`--by pooled`: a held-out source is one row, scored on gpt-4 vs mixtral over all its tasks
+    together, so a router that ranks whole kinds of prompt (code above small talk) is seen doing so;
+    per task (`--by source`) the same router has nothing to rank within each task."""
+    from training.broad import evaluate_folds
+    from training.dataset import Record, from_records
+
+    recs, X = [], []
+    rng = np.random.default_rng(1)
+    for src, tasks in (("routerbench", ("code", "chat")), ("arenabench", ("code", "chat"))):
+        for t in tasks:
+            for i in range(60):
+                code = t == "code"  # the strong model gains on code, both answer chat
+                recs.append(Record(id=f"{src}-{t}-{i}", prompt=f"{src} {t} {i}", task=f"{src}:{t}", source=src,
+                                   scores={"gpt-4-1106-preview": 1.0,
+                                           "mixtral-8x7b-chat": float(rng.random() < 0.2) if code else 1.0}))
+                X.append([(1.0 if code else -1.0) + rng.normal(0, 0.2), rng.normal()])
+    ds, X = from_records(recs), np.array(X)
+    folds = held_out_folds(ds, "source", min_test=1)
+    pooled = evaluate_folds(X, ds, folds, "shipped_difficulty", bootstrap=0, pooled=True)
+    assert sorted(r["held_out"] for r in pooled) == ["arenabench (pooled)", "routerbench (pooled)"]
+    assert all(r["n"] == 120 and r["pair"] == "gpt-4-1106-preview vs mixtral-8x7b-chat" for r in pooled)
+    per_task = evaluate_folds(X, ds, folds, "shipped_difficulty", bootstrap=0)
+    # per task only the code tasks have a gap to recover (chat is a tie), and within one the kind is no signal
+    assert sorted(r["held_out"] for r in per_task) == ["arenabench:code", "routerbench:code"]
+    # across kinds the ranking is the whole signal: well above random pooled, nothing within a task
+    assert all(r["apgr"] > 0.7 for r in pooled), pooled
+    assert all(abs(r["apgr"] - 0.5) < 0.15 for r in per_task), per_task

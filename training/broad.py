@@ -1,6 +1,7 @@
 """Broad routing evaluation over the combined data (training.sources): leave-one-task-out over
 every task and leave-one-source-out, each held-out task scored on gpt-4-1106-preview vs
-mixtral-8x7b-chat where it labels both, else its source's strongest vs weakest model.
+mixtral-8x7b-chat where it labels both, else its own strongest vs weakest model; `pooled` scores
+each held-out source as one mixed set, as MMLU or MT-Bench mix subjects.
 
 Designs are small functions `fit(X, ds) -> predict(X) -> score` (higher = call the strong
 model). Hyper-parameters are chosen only inside the training fold (grouped by task), never on
@@ -464,6 +465,9 @@ DESIGNS: dict[str, Callable] = {"shipped_difficulty": _shipped("difficulty"),
                                 # trained only on what `doka router bootstrap` may use without an opt-in
                                 "shipped_task_difficulty_permitted": _shipped("task_difficulty", name="shipped_task_difficulty_permitted",
                                                                               sources=PERMITTED),
+                                "shipped_difficulty_permitted": _shipped("difficulty", name="shipped_difficulty_permitted",
+                                                                         sources=PERMITTED),
+                                "shipped_mf_permitted": _shipped("mf", name="shipped_mf_permitted", sources=PERMITTED),
                                 "difficulty": design_difficulty, "pair_heads": design_pair_heads, "irt": design_irt,
                                 "pairwise": design_pairwise, "contrastive": design_contrastive}
 # fitted once per fold, whatever pair a held-out task is scored on (the shipped families predict every model)
@@ -472,10 +476,18 @@ PAIR_FREE = set(_SHIPPED)
 FOLD_FITS: dict[str, Callable] = {"contrastive": fit_contrastive}
 
 
-def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200) -> list[dict]:
+def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, bootstrap: int = 200,
+                   pooled: bool = False) -> list[dict]:
     """Fit on each fold's training rows (once per scoring pair), score every task of the held-out
-    rows on its own pair: a leave-one-source-out fold yields one row per task of that source."""
+    rows on its own pair: a leave-one-source-out fold yields one row per task of that source.
+    `pooled`: the fold's held-out rows are scored as one mixed set instead (`<fold> (pooled)`), as
+    the benchmarks routers are judged on mix subjects and categories (MMLU, MT-Bench): ranking
+    *between* kinds of prompt counts there, and a per-task score cannot see it."""
     tasks = column(ds, "task")
+    if pooled:
+        tasks = np.array(tasks, dtype=object)
+        for f in folds:
+            tasks[f.test] = f"{f.name} (pooled)"
     out = []
     for f in folds:
         fitted: dict[tuple[str, str], Callable] = {}
@@ -552,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=".doka/data/combined_all.jsonl")
     ap.add_argument("--designs", nargs="+", default=["difficulty"], choices=sorted(DESIGNS))
-    ap.add_argument("--by", nargs="+", default=["task", "source"], choices=["task", "source"])
+    ap.add_argument("--by", nargs="+", default=["task", "source"], choices=["task", "source", "pooled"],
+                    help="leave-one-task-out, leave-one-source-out, or `pooled`: leave-one-source-out with each "
+                         "held-out source scored as one mixed set (gpt-4 vs mixtral where it labels both)")
     ap.add_argument("--featurizer", default=BROAD_FEATURIZER_ID)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--out", default=".doka/bench/broad")
@@ -575,12 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for by in args.by:
-        folds = held_out_folds(ds, by)
+        folds = held_out_folds(ds, "source" if by == "pooled" else by)
         for d in args.designs:
-            rows = evaluate_folds(X, ds, folds, d, args.bootstrap)
+            rows = evaluate_folds(X, ds, folds, d, args.bootstrap, pooled=by == "pooled")
             s = summary(rows)
             results[f"{by}/{d}"] = {"summary": s, "folds": rows}
-            print(f"\n## leave-one-{by}-out, {d}: median {s['median']:.3f}, mean {s['mean']:.3f}, worst "
+            print(f"\n## {'leave-one-source-out, pooled' if by == 'pooled' else f'leave-one-{by}-out'}, {d}: median {s['median']:.3f}, mean {s['mean']:.3f}, worst "
                   f"{s['worst']:.3f} over {s['folds']} folds; 200+ prompts with 95% CI below 0.5: "
                   f"{s['tasks_200_ci_below_0.5'] or 'none'}; (nearly) constant scores on: "
                   f"{s['constant_scores'] or 'none'}\n\n{markdown(rows)}", flush=True)
