@@ -72,7 +72,11 @@ def batch_object(row: dict[str, Any]) -> dict[str, Any]:
                                "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at",
                                "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")}
     out.update(object="batch", metadata=row["metadata"], errors=row["errors"],
-               request_counts={"total": row["total"], "completed": row["completed"], "failed": row["failed"]})
+               request_counts={"total": row["total"], "completed": row["completed"], "failed": row["failed"]},
+               usage={"input_tokens": row["input_tokens"], "input_tokens_details": {"cached_tokens": row["cached_tokens"]},
+                      "output_tokens": row["output_tokens"],
+                      "output_tokens_details": {"reasoning_tokens": row["reasoning_tokens"]},
+                      "total_tokens": row["input_tokens"] + row["output_tokens"]})
     return out
 
 
@@ -319,7 +323,8 @@ class BatchCore:
         result = L.result_line(bid, line, status, body)
         for attempt in range(5):  # the database blinked: the answer is in hand, keep it
             try:
-                await self._db(self.store.record_line, bid, line.idx, line.custom_id, status >= 400, result)
+                await self._db(self.store.record_line, bid, line.idx, line.custom_id, status >= 400, result,
+                               L.line_usage(body) if status < 400 else None)
                 return
             except Exception:
                 if attempt == 4:

@@ -99,3 +99,19 @@ def result_line(batch_id: str, line: Line, status: int | None, body: dict[str, A
         "error": error,
     }
     return json.dumps(obj, separators=(",", ":"))
+
+
+def line_usage(body: Any) -> dict[str, int]:
+    """A served line's token counts, named as the batch totals are (Batch.usage): OpenAI's chat and
+    completion `usage` (prompt/completion tokens and their details), embeddings' prompt tokens."""
+    u = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(u, dict):
+        return {}
+
+    def n(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+    return {"input_tokens": n(u.get("prompt_tokens")),
+            "cached_tokens": n((u.get("prompt_tokens_details") or {}).get("cached_tokens")),
+            "output_tokens": n(u.get("completion_tokens")),
+            "reasoning_tokens": n((u.get("completion_tokens_details") or {}).get("reasoning_tokens"))}

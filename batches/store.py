@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, Engine, Float, Integer, MetaData, String, Table, Text,
                         insert, or_, select, update)
 
+USAGE_COLUMNS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 meta = MetaData()
 files = Table(
     "doka_files", meta,
@@ -34,6 +35,8 @@ batches = Table(
                                       "expired_at", "cancelling_at", "cancelled_at")),
     Column("output_file_id", String(64)), Column("error_file_id", String(64)), Column("errors", JSON),
     Column("stop_code", String(64)), Column("lease_owner", String(64)), Column("lease_until", Float),
+    # token totals of the served lines (migration 0006_batch_usage), summed in record_line
+    *(Column(c, BigInteger, nullable=False, default=0) for c in USAGE_COLUMNS),
 )
 lines = Table(
     "doka_batch_lines", meta,
@@ -144,8 +147,10 @@ class BatchStore:
         with self.engine.connect() as c:
             return set(c.execute(select(lines.c.idx).where(lines.c.batch_id == batch_id)).scalars())
 
-    def record_line(self, batch_id: str, idx: int, custom_id: str, failed: bool, line: str) -> bool:
-        """Record a line's result and count it, in one transaction; False if it was recorded already."""
+    def record_line(self, batch_id: str, idx: int, custom_id: str, failed: bool, line: str,
+                    usage: dict[str, int] | None = None) -> bool:
+        """Record a line's result, count it and add its `usage` (USAGE_COLUMNS) to the batch's totals,
+        in one transaction; False if it was recorded already (so nothing is counted twice)."""
         try:
             with self.engine.begin() as c:
                 exists = c.execute(select(lines.c.idx).where(lines.c.batch_id == batch_id, lines.c.idx == idx)).first()
@@ -154,7 +159,9 @@ class BatchStore:
                 c.execute(insert(lines).values(batch_id=batch_id, idx=idx, custom_id=custom_id, failed=failed,
                                                line=line))
                 col = batches.c.failed if failed else batches.c.completed
-                c.execute(update(batches).where(batches.c.id == batch_id).values({col.name: col + 1}))
+                values = {col.name: col + 1}
+                values.update({k: batches.c[k] + n for k, n in (usage or {}).items() if k in USAGE_COLUMNS and n})
+                c.execute(update(batches).where(batches.c.id == batch_id).values(values))
         except IntegrityError:  # another runner recorded it at the same moment: counted there
             return False
         return True

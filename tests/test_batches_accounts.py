@@ -35,6 +35,9 @@ async def test_migration_0005_creates_the_batch_tables(db_url):
     engine = accounts_db.make_engine(db_url)
     accounts_db.migrate(engine)
     assert {"doka_files", "doka_batches", "doka_batch_lines"} <= set(inspect(engine).get_table_names())
+    # 0006_batch_usage: the batch's token totals
+    cols = {c["name"] for c in inspect(engine).get_columns("doka_batches")}
+    assert {"input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"} <= cols
     engine.dispose()
 
 

@@ -144,6 +144,7 @@ def test_batch_runs_to_completion_with_output_and_error_files(tmp_path: Path) ->
         core = make_core(tmp_path, concurrency=4)
         b = await new_batch(core, jsonl(10))
         assert b["status"] == "validating" and b["request_counts"] == {"total": 10, "completed": 0, "failed": 0}
+        assert b["usage"]["total_tokens"] == 0
         seen: list[str] = []
 
         async def serve(call: LineCall) -> tuple[int, dict]:
@@ -160,6 +161,9 @@ def test_batch_runs_to_completion_with_output_and_error_files(tmp_path: Path) ->
         done = await core.retrieve("k1", b["id"])
         assert done["status"] == "completed" and done["completed_at"] and done["finalizing_at"]
         assert done["request_counts"] == {"total": 10, "completed": 9, "failed": 1}
+        # usage: the 9 answered lines' tokens (3 in, 1 out each); the 404 line adds nothing
+        assert done["usage"] == {"input_tokens": 27, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 9,
+                                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 36}
         assert done["metadata"] == {"job": "t"}
         assert sorted(seen) == sorted(f"{b['id']}-{i}" for i in range(10))
         out = await output(core, done)

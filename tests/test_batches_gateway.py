@@ -121,6 +121,11 @@ def test_mixed_200_line_batch_with_the_openai_sdk(gw):
     assert len(ids) == len(set(ids))
     assert {r["request_id"] for r in ledger if r["status"] == 200} == {o["response"]["request_id"] for o in out}
     assert all(r["cost_usd"] >= 0 and r["prompt_tokens"] > 0 for r in ledger if r["status"] == 200)
+    # Batch.usage (the SDK's BatchUsage): the answered lines' tokens, as the output file's bodies report them
+    usage = [o["response"]["body"]["usage"] for o in out]
+    assert done.usage.input_tokens == sum(u["prompt_tokens"] for u in usage) > 0
+    assert done.usage.output_tokens == sum(u["completion_tokens"] for u in usage) > 0
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
     assert b.id in [x.id for x in c.batches.list().data]
     assert c.files.retrieve(done.output_file_id).purpose == "batch_output"
 
