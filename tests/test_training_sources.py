@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.broad import canonical_task, difficulty_target, held_out_folds, scoring_pair
+from training.broad_data import canonical_task, difficulty_target, held_out_folds, scoring_pair
 from training.dataset import DatasetError, load_jsonl
 from training.sources import SOURCES, import_sources, read_source
 
@@ -132,7 +132,7 @@ def test_every_broad_design_calls_the_strong_model_where_it_gains(monkeypatch):
     """Sign check for every design of the broad benchmark: fitted on data where the strong model's
     advantage grows with a feature, each one's in-sample APGR is well above random (the first
     pass's irt and pair_heads returned weak - strong and scored below 0.5 in-sample)."""
-    from training.broad import DESIGNS
+    from training.broad_designs import DESIGNS
     from training.dataset import Record, from_records
     from training.metrics import two_model_report
 
@@ -161,7 +161,7 @@ def test_every_broad_design_calls_the_strong_model_where_it_gains(monkeypatch):
 def test_contrastive_pairs_never_push_tied_models_apart():
     """RouterDC's sample-LLM loss: each prompt's top-k models against its bottom-k, a pair
     counting only where the positive scored strictly higher (0/1 tasks tie often)."""
-    from training.broad import contrastive_pairs
+    from training.broad_contrastive import contrastive_pairs
 
     nan = np.nan
     scores = np.array([[1.0, 0.0, 1.0, 0.0, nan],   # two right, two wrong
@@ -184,7 +184,8 @@ def test_contrastive_design_routes_to_the_strong_model_where_it_wins():
     score sim(prompt, strong) - sim(prompt, weak) is higher on fresh prompts where the strong
     model wins, with and without inner tuning; a pair the training rows barely label falls back
     to the difficulty design instead of an untrained embedding."""
-    from training.broad import DESIGNS, design_difficulty, fit_contrastive
+    from training.broad_contrastive import fit_contrastive
+    from training.broad_designs import DESIGNS, design_difficulty
     from training.dataset import Record, from_records
 
     rng = np.random.default_rng(1)

@@ -10,7 +10,7 @@ Every record keeps `task`, `source` (a short key), `label_type` (the source's wo
 - Win probability against gpt-4-1106-preview (alpacaeval): as is (the reference model is 0.5).
 
 These [0, 1] values still mean different things per task (a 0.5 win rate is not a 0.5 accuracy),
-so training targets are standardised per task (`training.broad.difficulty_target`), never mixed raw.
+so training targets are standardised per task (`training.broad_data.difficulty_target`), never mixed raw.
 """
 
 from __future__ import annotations

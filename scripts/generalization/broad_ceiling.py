@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from router.featurizer import STATS_MEAN, STATS_SCALE, prompt_stats
-from training.broad import fit_ridge, task_weights, column, difficulty_target, held_out_folds, scoring_pair
+from training.broad_data import fit_ridge, task_weights, column, difficulty_target, held_out_folds, scoring_pair
 from training.dataset import load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report

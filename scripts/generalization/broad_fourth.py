@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from router.families import get_family
-from training.broad import PERMITTED, STRONG, WEAK, column, fit_ridge, held_out_folds, scoring_pair, task_weights
+from training.broad_data import PERMITTED, STRONG, WEAK, column, fit_ridge, held_out_folds, scoring_pair, task_weights
 from training.dataset import load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report

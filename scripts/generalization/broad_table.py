@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.broad import STRONG, WEAK, paired_difference, summary
+from training.broad import paired_difference, summary
+from training.broad_data import STRONG, WEAK
 
 
 def _rows(spec: str) -> list[dict]:

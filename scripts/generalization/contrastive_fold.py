@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from training.broad import STRONG, WEAK, ContrastiveConfig, fit_contrastive_once, canonical_task, column, held_out_folds
+from training.broad_contrastive import ContrastiveConfig, fit_contrastive_once
+from training.broad_data import STRONG, WEAK, canonical_task, column, held_out_folds
 from training.dataset import load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
