@@ -4,6 +4,10 @@ One `AccountsCore` serves every ingress replica (it runs as one named Ray actor,
 `accounts.actor`), so admission is decided in a single event loop with no await between the
 check and the reservation. The database is touched only on a key-cache miss, by the
 periodic ledger flush, and by the admin API.
+
+This module holds the state and the hot path (key lookup, meters, authorize, settle); the
+ledger flush and sweep (`core_ledger`), the admin API (`core_admin`) and the provider-limit
+calls (`core_provider`) are mixins over the same state.
 """
 
 from __future__ import annotations
@@ -12,28 +16,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from typing import Any
 
 from accounts import db
-from accounts.errors import AccountsError, bad_request, forbidden, not_found, unauthorized, unavailable
-from accounts.keys import KEY_PREFIX, KeyLimits, hash_key, key_hint, new_key, new_key_id, public_key_info
+from accounts.core_admin import KeyAdmin
+from accounts.core_ledger import MAX_BUFFER, LedgerWriter
+from accounts.core_provider import ProviderLimitCalls
+from accounts.errors import AccountsError, err, forbidden, not_found, ok, unauthorized
+from accounts.keys import KEY_PREFIX, hash_key
 from accounts.meter import KeyMeter, Reservation, period_start, to_naive_utc
-from accounts.provider_limits import Hold, ProviderLimiter
+from accounts.provider_limits import ProviderLimiter
 from accounts.spool import LedgerSpool
 
 log = logging.getLogger("doka.accounts")
-T = TypeVar("T")
 MASTER_ID = "master"
-MAX_BUFFER = 200_000  # ledger rows kept in memory while the database is down
 MAX_CACHED_KEYS = 100_000
-ORPHAN_STATUS = 502
-ORPHAN_REASON = "orphaned: the ingress replica was lost before settling"
-DB_DOWN = (OperationalError, InterfaceError, PoolTimeout, OSError)  # outage, not a bug: answer 503
 
 
 def _node_ip() -> str:
@@ -55,31 +52,7 @@ def _refuse_unusable(key: dict[str, Any]) -> None:
     if key["expires_at"] is not None and key["expires_at"] <= to_naive_utc(time.time()):
         raise unauthorized("API key has expired", "key_expired")
 
-
-_COUNTERS: dict[str, Any] = {}
-
-
-def _count(name: str, n: int) -> None:
-    """Add to a Ray Serve metric (exported as ray_<name>_total) when running in a replica."""
-    try:
-        from ray.serve import metrics
-
-        if name not in _COUNTERS:
-            _COUNTERS[name] = metrics.Counter(name, description=f"accounts: {name.replace('_', ' ')}")
-        _COUNTERS[name].inc(n)
-    except Exception:  # outside Ray (library use, unit tests): the core's stats() counts it
-        pass
-
-
-def _ok(value: Any) -> dict[str, Any]:
-    return {"ok": value}
-
-
-def _err(e: AccountsError) -> dict[str, Any]:
-    return {"error": e.to_dict()}
-
-
-class AccountsCore:
+class AccountsCore(LedgerWriter, KeyAdmin, ProviderLimitCalls):
     """Async, single-loop owner of all accounts state. Methods return `{"ok"}`/`{"error"}` dicts."""
 
     def __init__(
@@ -133,66 +106,6 @@ class AccountsCore:
         self._last_batch: dict[str, tuple[int | None, asyncio.Future]] = {}  # client -> (seq, its answers)
 
     # ---------------------------------------------------------------- plumbing
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one blocking DB call off the loop; any DB failure becomes a 503."""
-        await self._start()
-        if not self._migrated:
-            try:
-                await asyncio.to_thread(db.migrate, self.engine)
-                self._migrated = True
-            except DB_DOWN as e:
-                raise unavailable(f"accounts database unavailable: {type(e).__name__}") from e
-        try:
-            return await asyncio.to_thread(fn, self.engine, *args, **kwargs)
-        except DB_DOWN as e:
-            raise unavailable(f"accounts database unavailable: {type(e).__name__}") from e
-
-    async def _start(self) -> None:
-        if self._flush_lock is None:
-            self._flush_lock = asyncio.Lock()
-        if self._flusher is None and not self._closed:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settle_interval_s)
-            try:
-                await self.flush()
-                self._sweep_reservations()
-            except Exception:  # never let the loop die; the next tick retries
-                log.exception("accounts flush loop")
-
-    def _sweep_reservations(self) -> None:
-        """Close reservations whose ingress replica died before settling them.
-
-        A reservation is orphaned when its owner has not been heard of for `owner_lease_s`
-        (ingress replicas heartbeat; see `heartbeat`), or, with no owner (library use), after
-        `reservation_ttl_s`. Its hold is released and it gets a ledger row (status 502, nothing
-        charged: the gateway failed it, and what was delivered is unknown) so no admitted
-        request is missing from the ledger.
-        """
-        now, mono = time.time(), time.monotonic()
-        dead = {o for o, seen in self._owners.items() if mono - seen > self.owner_lease_s}
-        cutoff = now - self.reservation_ttl_s
-
-        def orphaned(res: Reservation) -> bool:
-            return res.owner in dead if res.owner is not None else res.created < cutoff
-
-        orphans = [rid for rid, res in self._reservations.items() if orphaned(res)]
-        for owner in dead:
-            del self._owners[owner]
-        for rid in orphans:
-            res = self._reservations.pop(rid)
-            if res.key_id in self._meters:
-                self._meters[res.key_id].release(res)
-            self._record(res.key_id, res.model, None, 0, 0, 0.0, None, ORPHAN_STATUS, ORPHAN_REASON,
-                         res.request_id, False)
-        if orphans:
-            log.warning("accounts: closed %d reservations of lost ingress replicas", len(orphans))
-        lost_holds = self.plimits.orphaned(dead, cutoff, now)
-        if lost_holds:
-            log.warning("accounts: settled %d provider-limit holds of lost ingress replicas", len(lost_holds))
-
     async def serve_wire(self) -> dict[str, Any]:
         """Start (once) the socket the ingress sends its batches over (accounts.wire); its address.
 
@@ -202,103 +115,20 @@ class AccountsCore:
 
         if self._wire is None:
             self._wire = WireServer(self.batch, host=_node_ip())
-        return _ok(await self._wire.start())
+        return ok(await self._wire.start())
 
     async def heartbeat(self, owner: str) -> dict[str, Any]:
         """An ingress replica is alive: its open reservations stay open (see _sweep_reservations)."""
         self._owners[owner] = time.monotonic()
-        return _ok(True)
+        return ok(True)
 
     async def ready(self) -> dict[str, Any]:
         """Migrate now (start-up); returns an error dict when the database is down."""
         try:
             await self._db(lambda engine: None)
-            return _ok(True)
+            return ok(True)
         except AccountsError as e:
-            return _err(e)
-
-    async def flush(self) -> dict[str, Any]:
-        """Write buffered ledger rows in one batch; on an outage keep them for the next try.
-
-        A row the database refuses (a value it cannot store) is quarantined and counted; the
-        rest of the batch is written. The spool segments the batch covered go only after that.
-        """
-        if self._flush_lock is None:
-            self._flush_lock = asyncio.Lock()
-        assert self._flush_lock is not None
-        async with self._flush_lock:
-            await self._flush_provider_usage()
-            rows, self._buffer = self._buffer, []
-            covered = self._spool.rotate() if self._spool is not None else []
-            if not rows:
-                if self._spool is not None:
-                    self._spool.discard(covered)
-                return _ok(0)
-            try:
-                refused = await self._db(db.insert_ledger_safe, rows, outage=DB_DOWN)
-            except Exception as e:  # outage (503) or anything unforeseen: lose nothing
-                self.flush_failures += 1
-                self._keep(rows)
-                msg = e.message if isinstance(e, AccountsError) else repr(e)
-                log.warning("ledger flush failed (%d rows kept): %s", len(rows), msg)
-                return _err(e if isinstance(e, AccountsError) else unavailable(f"ledger flush failed: {msg}"))
-            if refused:
-                self.rows_quarantined += len(refused)
-                _count("doka_ledger_rows_quarantined", len(refused))
-                log.error("ledger: %d rows refused by the database, quarantined (first: %s)", len(refused),
-                          refused[0][1])
-                if self._spool is not None:
-                    self._spool.quarantine(refused)
-            if self._spool is not None:
-                self._spool.discard(covered)
-            return _ok(len(rows) - len(refused))
-
-    async def _flush_provider_usage(self) -> None:
-        """Write the provider windows that changed (absolute counts: a repeat is harmless)."""
-        rows = self.plimits.dirty()
-        if not rows:
-            return
-        try:
-            await self._db(db.save_provider_usage, rows)
-        except Exception as e:  # outage: keep them for the next flush
-            self.plimits.mark_dirty(rows)
-            log.warning("provider usage flush failed (%d windows kept): %r", len(rows), e)
-
-    def _keep(self, rows: list[dict[str, Any]]) -> None:
-        """Put unwritten rows back in front of the buffer, dropping (and counting) past MAX_BUFFER."""
-        self._buffer = rows + self._buffer
-        over = len(self._buffer) - MAX_BUFFER
-        if over > 0:
-            del self._buffer[:over]
-            self.rows_dropped += over
-            _count("doka_ledger_rows_dropped", over)
-            log.error("ledger: %d rows dropped (buffer full while the database is down)", over)
-
-    async def close(self) -> dict[str, Any]:
-        """Stop the flush loop and write what is buffered (gateway shutdown)."""
-        self._closed = True
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        return await self.flush()  # the spool stays open: a late settlement is still spooled
-
-    def __ray_shutdown__(self) -> None:
-        """Graceful actor exit: write what is still buffered."""
-        rows = self.plimits.dirty()
-        if rows:
-            try:
-                db.save_provider_usage(self.engine, rows)
-            except Exception:
-                log.exception("final provider usage flush failed")
-        if self._buffer:
-            try:
-                if self._spool is not None:
-                    self._spool.sync()  # whatever happens next, the spool has every row
-                db.insert_ledger_safe(self.engine, self._buffer, outage=DB_DOWN)
-                self._buffer = []
-            except Exception:
-                log.exception("final ledger flush failed")
-
+            return err(e)
     # ---------------------------------------------------------------- keys & meters
     async def _lookup(self, key_hash: str) -> dict[str, Any] | None:
         cached = self._keys.get(key_hash)
@@ -381,7 +211,7 @@ class AccountsCore:
             if row is not None and row["id"] not in self._meters:
                 await self._build_meter(row)
         except AccountsError as e:
-            return _err(e)
+            return err(e)
         return self._authorize_now(api_key, model, est_tokens, request_id, owner, row=(row,),  # type: ignore[return-value]
                                    key_hash=key_hash)
 
@@ -412,7 +242,7 @@ class AccountsCore:
         try:
             h, key = await self._usable_key(api_key)
             if key is None:  # the master key
-                return _ok({"key_id": MASTER_ID, "key_hash": h})
+                return ok({"key_id": MASTER_ID, "key_hash": h})
             if models is not None:
                 allowed = key["models"] or []
                 bad = sorted({m for m in models if allowed and m not in allowed})
@@ -425,9 +255,9 @@ class AccountsCore:
                 refusal = self._meters[key["id"]].check(key, 1, 1e-12, time.time())
                 if refusal is not None and refusal.code in ("budget_exceeded", "insufficient_quota"):
                     raise refusal
-            return _ok({"key_id": key["id"], "key_hash": h})
+            return ok({"key_id": key["id"], "key_hash": h})
         except AccountsError as e:
-            return _err(e)
+            return err(e)
 
     def _cached_row(self, key_hash: str) -> tuple[dict[str, Any] | None] | None:
         """The key's row as a 1-tuple when the cache (and its meter) can decide now, else None."""
@@ -452,12 +282,12 @@ class AccountsCore:
             if owner is not None:
                 self._owners[owner] = time.monotonic()
             if not self.require_keys and not api_key and not key_hash:
-                return _ok({"key_id": None, "reservation_id": None, "anonymous": True})
+                return ok({"key_id": None, "reservation_id": None, "anonymous": True})
             if not api_key and not key_hash:
                 raise unauthorized("missing API key: send 'Authorization: Bearer sk-doka-...'", "missing_api_key")
             h = key_hash or hash_key(api_key)  # type: ignore[arg-type]
             if self.master_key_hash is not None and h == self.master_key_hash:
-                return _ok({"key_id": MASTER_ID, "reservation_id": None, "master": True})
+                return ok({"key_id": MASTER_ID, "reservation_id": None, "master": True})
             if not key_hash and not api_key.startswith(KEY_PREFIX):  # type: ignore[union-attr]
                 raise unauthorized("invalid API key")
             found = row if row is not None else self._cached_row(h)
@@ -482,12 +312,12 @@ class AccountsCore:
             res.owner, res.request_id, res.model = owner, request_id, model
             rid = uuid.uuid4().hex
             self._reservations[rid] = res
-            return _ok({
+            return ok({
                 "key_id": key["id"], "reservation_id": rid, "key_alias": key["alias"], "team": key["team"],
                 "user": key["user"], "metadata": key["meta"] or {}, "models": allowed,
             })
         except AccountsError as e:
-            return _err(e)
+            return err(e)
 
     async def feedback_principal(self, api_key: str | None, request_id: str) -> dict[str, Any]:
         """Who may score `request_id`: a valid key that made that request (the master key: any).
@@ -498,15 +328,15 @@ class AccountsCore:
         try:
             _, key = await self._usable_key(api_key)
             if key is None:  # the master key
-                return _ok({"key_id": MASTER_ID, "master": True})
+                return ok({"key_id": MASTER_ID, "master": True})
             owned = any(r["request_id"] == request_id and r["key_id"] == key["id"] for r in self._buffer)
             if not owned:
                 owned = await self._db(db.request_owned_by, request_id, key["id"])
             if not owned:
                 raise not_found(f"no request {request_id!r} was made with this key", "request_id")
-            return _ok({"key_id": key["id"], "key_alias": key["alias"], "team": key["team"], "user": key["user"]})
+            return ok({"key_id": key["id"], "key_alias": key["alias"], "team": key["team"], "user": key["user"]})
         except AccountsError as e:
-            return _err(e)
+            return err(e)
 
     async def settle(self, reservation_id: str | None, key_id: str | None, **outcome: Any) -> dict[str, Any]:
         """Replace the reservation by the actual usage and queue the ledger row; returns the cost."""
@@ -548,7 +378,7 @@ class AccountsCore:
             meter.commit(prompt_tokens + completion_tokens, cost_usd, time.time())
         self._record(key_id, model_requested, model, prompt_tokens, completion_tokens, cost_usd, latency_ms,
                      status, route_reason, request_id, stream, client_request_id, row_uid)
-        return _ok(cost_usd)
+        return ok(cost_usd)
 
     async def batch(self, ops: list[tuple[str, tuple, dict[str, Any]]], client: str | None = None,
                     seq: int | None = None) -> list[dict[str, Any]]:
@@ -616,184 +446,3 @@ class AccountsCore:
         """Recorded rows reach the disk before any settlement is acknowledged (see accounts.spool)."""
         if self._spool is not None:
             await self._spool.sync_async()
-
-    # ---------------------------------------------------------------- provider limits
-    async def _load_provider_usage(self) -> None:
-        """Once: the current windows' counts from the database, so a restart resets no limit.
-
-        A database that is down leaves the counts at what this process saw (admission goes on:
-        a limit must not take the gateway down) and the load is tried again on the next call.
-        """
-        if self._plimits_loaded:
-            return
-        if self._plimits_loading is not None:
-            return await asyncio.shield(self._plimits_loading)
-        fut = self._plimits_loading = asyncio.get_running_loop().create_future()
-        try:
-            rows = await self._db(db.load_provider_usage, self.plimits.wanted(time.time()))
-            self.plimits.load(rows, time.time())
-            self._plimits_loaded = True
-        except Exception as e:
-            log.warning("accounts: provider usage not loaded (%r); counting from what this process saw", e)
-        finally:
-            self._plimits_loading = None
-            fut.set_result(None)
-
-    async def provider_admit(self, model: str, tokens: int, owner: str | None = None) -> dict[str, Any]:
-        """Hold one call to `model` (and `tokens`, its worst case) within its provider limits.
-
-        `{"ok": {"hold": id}}`, `{"ok": {"refused": {...limit, retry_after...}}}`, or
-        `{"ok": {}}` for a model without limits. Decided with no await between check and hold.
-        """
-        if self.plimits.limited(model):
-            await self._load_provider_usage()
-        if owner is not None:
-            self._owners[owner] = time.monotonic()
-        got = self.plimits.admit(model, tokens, time.time(), owner)
-        if got is None:
-            return _ok({})
-        if isinstance(got, Hold):
-            return _ok({"hold": got.id})
-        return _ok({"refused": got.to_dict()})
-
-    async def provider_settle(self, hold_id: str, tokens: int) -> dict[str, Any]:
-        """The call was made: count it with the tokens it used. False: closed already."""
-        return _ok(self.plimits.settle(hold_id, tokens, time.time()))
-
-    async def provider_release(self, hold_id: str) -> dict[str, Any]:
-        """The call was never made: drop the hold. False: closed already."""
-        return _ok(self.plimits.release(hold_id, time.time()))
-
-    async def provider_used_up(self, models: list[str]) -> dict[str, Any]:
-        """Which of `models` cannot take a request now ({model: refusal}); for `auto`'s candidates."""
-        if any(self.plimits.limited(m) for m in models):
-            await self._load_provider_usage()
-        return _ok({m: r.to_dict() for m, r in self.plimits.used_up(models, time.time()).items()})
-
-    async def provider_remaining(self) -> dict[str, Any]:
-        """What is left per limited model and limit in the current windows, and the calls in
-        flight per model (/metrics)."""
-        if self.plimits.limits:
-            await self._load_provider_usage()
-        return _ok({"windows": self.plimits.remaining(time.time()), "in_flight": self.plimits.in_flight()})
-
-    # ---------------------------------------------------------------- admin
-    async def _find(self, key: str | None, key_id: str | None) -> dict[str, Any]:
-        if key:
-            row = await self._db(db.get_key, key_hash=hash_key(key))
-        elif key_id:
-            row = await self._db(db.get_key, key_id=key_id)
-        else:
-            raise AccountsError(400, "give `key` or `key_id`", type="invalid_request_error", code="invalid_request")
-        if row is None:
-            raise not_found("no such key", "key" if key else "key_id")
-        return row
-
-    async def _admin(self, coro) -> dict[str, Any]:
-        try:
-            return _ok(await coro)
-        except AccountsError as e:
-            return _err(e)
-
-    @staticmethod
-    def _columns(fields: dict[str, Any], *, only_set: bool) -> dict[str, Any]:
-        """API field names (KeyLimits) -> validated column values."""
-        try:
-            return KeyLimits.model_validate(fields).column_values(only_set=only_set)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            raise bad_request(f"{loc}: {err['msg']}", param=loc or None) from e
-
-    async def generate_key(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Create a key from KeyLimits fields; the answer holds the plain key, once."""
-
-        async def run():
-            values = self._columns(fields, only_set=False)
-            plain = new_key()
-            row = await self._db(db.insert_key, {**values, "id": new_key_id(), "key_hash": hash_key(plain),
-                                                "key_hint": key_hint(plain)})
-            return {"key": plain, **public_key_info(row)}
-
-        return await self._admin(run())
-
-    async def key_info(self, key: str | None = None, key_id: str | None = None) -> dict[str, Any]:
-        async def run():
-            row = await self._find(key, key_id)
-            meter = self._meters.get(row["id"]) or await self._build_meter(row)
-            return {**public_key_info(row), "usage": meter.snapshot(time.time())}
-
-        return await self._admin(run())
-
-    async def list_keys(self, **filters: Any) -> dict[str, Any]:
-        async def run():
-            return [public_key_info(r) for r in await self._db(db.list_keys, **filters)]
-
-        return await self._admin(run())
-
-    async def update_key(self, key: str | None, key_id: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-        """Change the KeyLimits fields given; cached copies are dropped so it applies at once."""
-
-        async def run():
-            values = self._columns(fields, only_set=True)
-            old = await self._find(key, key_id)
-            row = await self._db(db.update_key, old["id"], values)
-            self._invalidate(old)
-            if row["budget_period"] != old["budget_period"] and old["id"] in self._meters:
-                await self._build_meter(row, keep=self._meters[old["id"]])
-            return public_key_info(row)
-
-        return await self._admin(run())
-
-    async def delete_key(self, keys: list[str], key_ids: list[str]) -> dict[str, Any]:
-        """Revoke (soft delete: the ledger keeps pointing at the key)."""
-
-        async def run():
-            rows = [await self._find(k, None) for k in keys] + [await self._find(None, i) for i in key_ids]
-            for row in rows:
-                await self._db(db.update_key, row["id"], {"revoked_at": to_naive_utc(time.time())})
-                self._invalidate(row)
-            return {"deleted_keys": [r["id"] for r in rows]}
-
-        return await self._admin(run())
-
-    async def usage(self, group_by: list[str], **filters: Any) -> dict[str, Any]:
-        async def run():
-            await self.flush()
-            return await self._db(db.usage, group_by, **filters)
-
-        return await self._admin(run())
-
-    async def ledger(self, key_id: str | None = None, limit: int = 10_000, newest_first: bool = False) -> dict[str, Any]:
-        async def run():
-            await self.flush()
-            rows = await self._db(db.ledger_rows, key_id=key_id, limit=limit, newest_first=newest_first)
-            for r in rows:
-                r["created_at"] = r["created_at"].isoformat()
-            return rows
-
-        return await self._admin(run())
-
-    async def stats(self) -> dict[str, Any]:
-        return _ok({"buffered": len(self._buffer), "reservations": len(self._reservations),
-                    "cached_keys": len(self._keys), "flush_failures": self.flush_failures,
-                    "wire_batches": self._wire.batches if self._wire is not None else 0,
-                    "rows_quarantined": self.rows_quarantined, "rows_dropped": self.rows_dropped,
-                    "provider_holds": self.plimits.open_holds(),
-                    "spool": str(self._spool.dir) if self._spool is not None else None})
-
-    async def console_query(self, name: str, **kwargs: Any) -> dict[str, Any]:
-        """A read query of the console (accounts.console_queries, by name), after a flush."""
-        from accounts.console_queries import QUERIES
-
-        async def run():
-            fn = QUERIES.get(name)
-            if fn is None:
-                raise bad_request(f"unknown console query {name!r}")
-            await self.flush()
-            try:
-                return await self._db(fn, **kwargs)
-            except (TypeError, ValueError) as e:
-                raise bad_request(str(e)) from e
-
-        return await self._admin(run())

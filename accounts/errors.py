@@ -90,3 +90,13 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_req
 
 def not_found(message: str, param: str | None = None) -> AccountsError:
     return AccountsError(404, message, type="invalid_request_error", code="not_found", param=param)
+
+
+def ok(value: Any) -> dict[str, Any]:
+    """A call's answer as it crosses the actor boundary: `{"ok": value}`."""
+    return {"ok": value}
+
+
+def err(e: AccountsError) -> dict[str, Any]:
+    """A refusal as it crosses the actor boundary: `{"error": {...}}` (AccountsError.from_dict reads it)."""
+    return {"error": e.to_dict()}

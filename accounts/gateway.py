@@ -83,7 +83,8 @@ def _forward(name: str) -> Any:
 
 
 # Every public coroutine of the core is a method of the deployment (what Accounts calls by name).
-CORE_METHODS = tuple(n for n, f in vars(AccountsCore).items() if not n.startswith("_") and inspect.iscoroutinefunction(f))
+# (getmembers, not vars: the admin, ledger and provider-limit calls come from the core's mixins)
+CORE_METHODS = tuple(n for n, f in inspect.getmembers(AccountsCore, inspect.iscoroutinefunction) if not n.startswith("_"))
 for _name in CORE_METHODS:
     setattr(AccountsService, _name, _forward(_name))
 AccountsService = serve.deployment(name="Accounts", num_replicas=1, max_ongoing_requests=1000,
