@@ -335,3 +335,15 @@ async def test_key_info_while_a_new_keys_first_request_is_held_keeps_the_hold(db
         assert during["inflight"] == 1 and during["reserved_tokens"] > 0, during
         assert after["inflight"] == 0 and after["reserved_tokens"] == 0 and after["tokens_today"] == 10, after
     await a.close()
+
+
+def test_the_accounts_deployment_exposes_every_core_call_mixins_included():
+    """The Serve deployment forwards the core's public coroutines by name; the admin, ledger and
+    provider-limit calls live in mixins (accounts.core_*), and a class-only listing lost them."""
+    import inspect
+
+    from accounts.gateway import CORE_METHODS, AccountsService
+
+    calls = {n for n, f in inspect.getmembers(AccountsCore, inspect.iscoroutinefunction) if not n.startswith("_")}
+    assert {"authorize", "settle", "generate_key", "key_info", "flush", "close", "provider_admit", "console_query"} <= calls
+    assert set(CORE_METHODS) == calls and all(inspect.iscoroutinefunction(getattr(AccountsService, n)) for n in calls)
