@@ -346,4 +346,4 @@ def test_the_accounts_deployment_exposes_every_core_call_mixins_included():
 
     calls = {n for n, f in inspect.getmembers(AccountsCore, inspect.iscoroutinefunction) if not n.startswith("_")}
     assert {"authorize", "settle", "generate_key", "key_info", "flush", "close", "provider_admit", "console_query"} <= calls
-    assert set(CORE_METHODS) == calls and all(inspect.iscoroutinefunction(getattr(AccountsService, n)) for n in calls)
+    assert set(CORE_METHODS) == calls and all(inspect.iscoroutinefunction(getattr(AccountsService.func_or_class, n)) for n in calls)
