@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from load.isolation import free_port, haproxy_env, kill_haproxy, on_port
+from load.isolation import free_port, haproxy_env, kill_haproxy, on_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-doka-bench-master"  # a throwaway cluster's master key, only on 127.0.0.1
@@ -84,20 +84,6 @@ def create_key(gateway: str) -> str:
     if r.status_code != 200:
         raise RuntimeError(f"{gateway}/key/generate: {r.status_code} {r.text[:300]}")
     return r.json()["key"]
-
-
-def wait_http(url: str, timeout: float, log: Path | None = None) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up within {timeout:g}s" + (f" (log: {log})" if log else ""))
 
 
 # ---------------------------------------------------------------- load generators

@@ -9,6 +9,7 @@ proxy never starts. Benches and tests give each cluster its own through `haproxy
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +19,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, log: Path | None = None, poll: float = 0.5) -> None:
+    """Block until `url` answers 200; fail loudly (naming the process's log) instead of letting
+    every request after it hit a dead port. Benches and tests alike wait through this."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise RuntimeError(f"{url} did not come up within {timeout:g}s" + (f" (log: {log})" if log else ""))
 
 
 def on_port(url: str, port: int) -> str:

@@ -10,7 +10,6 @@ import copy
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from load.isolation import free_port, kill_haproxy, on_port
+from load.isolation import free_port, kill_haproxy, on_port, wait_http
 from load.isolation import haproxy_env as isolated_haproxy_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,15 +74,11 @@ class MockUpstream:
             [sys.executable, "-m", "load.mock_upstream", "--port", str(port), "--latency-ms", str(latency_ms)],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("mock upstream did not start")
+        try:
+            wait_http(f"{self.url}/health", 30, log_dir / f"mock-upstream-{port}.log", poll=0.1)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def state(self, **patch: Any) -> dict[str, Any]:
         if patch:
@@ -156,19 +151,6 @@ def serve_http_port(preferred: int | None = None) -> int:
     return int(client.http_config.port)
 
 
-def wait_healthy(url: str, timeout: float) -> None:
-    """Block until `url` answers 200; fail loudly instead of letting every test hit a dead port."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} not healthy within {timeout}s")
-
-
 # Modules that connect to a Ray cluster of their own (ray.init / ray.shutdown): they run before
 # any test that joins the session cluster, so neither tears down the other's connection.
 OWN_CLUSTER_MODULES = ("test_kuberay_cluster.py", "test_training_ray.py")
@@ -212,7 +194,7 @@ def gateway(ray_cluster: None, mock_upstream: MockUpstream) -> Iterator[Gateway]
     raw["server"]["port"] = port
     serve.run(build_app(cfg), name=cfg.server.app_name, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/health/liveliness", 120)
+    wait_http(f"{url}/health/liveliness", 120, poll=0.25)
     yield Gateway(url, raw)
     serve.delete(cfg.server.app_name)
 

@@ -6,6 +6,7 @@ instance (like tests/test_accounts_gateway.py), so the session gateway is never 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from tests.conftest import free_port, gateway_test_config, serve_http_port, wait_healthy
+from tests.conftest import free_port, gateway_test_config, serve_http_port, wait_http
 
 MASTER = "sk-master-faults"
 LEASE_S = 4.0  # a killed ingress's open reservations are closed (and logged) this long after it went silent
@@ -96,7 +97,7 @@ def deployed_app(name: str, prefix: str, mock_port: int, data_dir: str, **kw: An
     serve.delete(app.name)
 
 
-wait_ok = wait_healthy  # the fault tests' name for it
+wait_ok = functools.partial(wait_http, poll=0.25)  # the fault tests' name for it
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:

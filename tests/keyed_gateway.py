@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from tests.conftest import MockUpstream, free_port, gateway_test_config, serve_http_port, wait_healthy
+from tests.conftest import MockUpstream, free_port, gateway_test_config, serve_http_port, wait_http
 
 
 @dataclass
@@ -33,7 +33,7 @@ class KeyedGateway:
         for name, tier in apps.items():
             serve.run(tier, name=name, route_prefix=None)
         serve.run(gateway, name=self.app, route_prefix=self.prefix)
-        wait_healthy(f"{self.url}/health/liveliness", 60)
+        wait_http(f"{self.url}/health/liveliness", 60, poll=0.25)
 
     def delete(self) -> None:
         from ray import serve
