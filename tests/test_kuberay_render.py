@@ -16,7 +16,8 @@ from app.cli import main as doka
 from app.config import ConfigError, load_config, parse_config
 from app.serve_config import serve_config
 from kuberay.options import load_options
-from kuberay.render import MOAT_ENV, needed_gpus, render_all, render_files
+from kuberay.checks import needed_gpus
+from kuberay.render import MOAT_ENV, render_all, render_files
 from kuberay.validate import load_crd_schemas, manifest_errors
 
 REPO = Path(__file__).resolve().parent.parent
