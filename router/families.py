@@ -68,6 +68,8 @@ def _clip(P: np.ndarray) -> np.ndarray:
     with slope 1 and approaches 0 or 1 without reaching it (an overshoot of 100 is still told
     from one of 99), so the order survives."""
     P = np.asarray(P, dtype=np.float64)
+    if P.size and _EDGE <= P.min() and P.max() <= 1.0 - _EDGE:
+        return P  # the usual case on a routing decision: nothing to map
     over = np.maximum(P - (1.0 - _EDGE), 0.0) / _EDGE
     under = np.maximum(_EDGE - P, 0.0) / _EDGE
     return np.where(over > 0, 1.0 - _EDGE / (1.0 + over), np.where(under > 0, _EDGE / (1.0 + under), P))
