@@ -4,7 +4,7 @@ X=np.load(E+"X_minilm-l6-v2-static+stats_tr.npy"); Xt=np.load(E+"X_minilm-l6-v2-
 for sh in (0, 100):
     run(fam("difficulty", shrink=sh), X, Xt, f"difficulty shrink={sh}")
 # difficulty with ridge target = logit-ish / per-model IRT: fit ease on the 'discriminating' models only
-from router.families import fit_difficulty
+from router.families_irt import fit_difficulty
 def diff_subset(models):
     def sc(Xa,Ya,Xb):
         Yb=Ya.copy(); Yb[:,[j for j in range(11) if j not in models]]=np.nan

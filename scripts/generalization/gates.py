@@ -10,7 +10,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from common import E, S, TASKS, W, Ytr, run_t, tte, ttr
-from router.families import FAMILIES, impute_missing
+from router.families import FAMILIES
+from router.family_base import impute_missing
 
 FID = "minilm-l6-v2-static+stats"
 Xtr, Xte = np.load(E + f"X_{FID}_tr.npy"), np.load(E + f"X_{FID}_te.npy")

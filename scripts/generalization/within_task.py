@@ -13,7 +13,7 @@ or `fixed` (hard -> strong for ease/rank, high -> strong for pairs: no fitted si
 import sys; sys.path.insert(0, "scripts/generalization")
 from common import *
 from sklearn.linear_model import Ridge
-from router.families import impute_missing
+from router.family_base import impute_missing
 X = np.load(E + "X_minilm-l6-v2-static+stats_tr.npy"); Xt = np.load(E + "X_minilm-l6-v2-static+stats_te.npy")
 
 
