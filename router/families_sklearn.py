@@ -114,10 +114,13 @@ def fit_svm(X, Y, p, progress):
     return state
 
 
+_predict_svr = _predict_per_label(proba=False)
+
+
 def predict_svm(state, X):
     if "lo" in state:  # artifacts trained before the clamp have no range: predicted as they were
         X = np.clip(np.asarray(X, dtype=np.float64), state["lo"], state["hi"])
-    return _predict_per_label(proba=False)(state, X)
+    return _predict_svr(state, X)
 
 
 def _make_svr(p):

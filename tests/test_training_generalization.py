@@ -10,6 +10,7 @@ import pytest
 
 from app.cli import main
 from app.config import load_config
+from router.families import FAMILIES
 from router.runtime import LearnedRouter
 from training.bootstrap import DEFAULT_FAMILY
 from training.calibrate import calibrate
@@ -174,7 +175,7 @@ def test_default_router_scores_are_not_constant_on_tasks_it_never_saw(rotations,
     assert checked == 4 or not Path(DEFAULT_MORE_DIR).is_dir()
 
 
-@pytest.mark.parametrize("family", sorted(__import__("router.families", fromlist=["FAMILIES"]).FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_no_family_scores_an_unseen_task_as_a_constant(splits, family, tmp_path):
     """Every shipped family, trained on RouterBench, still ranks the prompts of each routing-more
     task it never saw (gpt-4 vs mixtral). Before: mlp and svm gave one value to 91-99% of
