@@ -20,6 +20,8 @@ weakest model, which on hard tasks (gpqa, MATH) are both failing, where harder m
   axis), each model's weights fitted on axes cross-fitted by task (so they say how much each axis
   carries to a task it was not trained on), the axes refitted on everything to predict; the same
   rotations as `rotations` (RouterBench train + arenabench + llmrouter).
+- `hybrid --weight W`: `difficulty` on a mixed target, RouterBench rows their raw mean score,
+  the other sources' rows only their within-task difficulty; the same rotations.
 
 Alpha: grouped inner cross-validation on the training fold only (`training.broad_data.inner_alpha`).
 
@@ -27,6 +29,7 @@ Alpha: grouped inner cross-validation on the training fold only (`training.broad
     python scripts/generalization/broad_fifth.py regime --data .doka/data/combined_all.jsonl
     python scripts/generalization/broad_fifth.py rotations --family task_difficulty --extra arenabench llmrouter
     python scripts/generalization/broad_fifth.py two-axis
+    python scripts/generalization/broad_fifth.py hybrid --weight 0.3
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ def default_axis(X: np.ndarray, ds: Dataset, rows: np.ndarray):
     RouterBench rows of the fold only): its gpt-4 vs mixtral score is monotone in it."""
     state = get_family("difficulty").fit(X[rows], ds.scores[rows], dict(FAMILIES["difficulty"].defaults), False)
     return lambda idx: -(X[idx] @ state["coef"] + state["bias"][0])
+
+
+def hybrid_hardness(X: np.ndarray, ds: Dataset, rows: np.ndarray, weight: float):
+    coef, b = hybrid_axis(X, ds, rows, weight)
+    return lambda idx: -(X[idx] @ coef + b)
 
 
 def regime_pair(ds: Dataset, rows: np.ndarray) -> tuple[int, int] | None:
@@ -146,7 +154,30 @@ def two_axis_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
     return lambda idx: 1 / (1 + np.exp(-(Wt[:, 0][None] + ((full(idx) - mu) / sd) @ Wt[:, 1:].T)))
 
 
-def two_axis_rotations() -> None:
+def hybrid_axis(X: np.ndarray, ds: Dataset, rows: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
+    src, tasks = column(ds, "source")[rows], column(ds, "task")[rows]
+    ease = np.nanmean(ds.scores[rows], axis=1)
+    rb = src == "routerbench"
+    sd = float(np.mean([ease[rb & (tasks == t)].std() for t in set(tasks[rb])]))
+    y = np.where(rb, ease, ease[rb].mean() + sd * difficulty_target(ds, rows))
+    return fit_ridge(X[rows], y, 100.0, np.where(rb, 1.0, weight))
+
+
+def hybrid_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray, weight: float = 0.3):
+    """`difficulty` on a mixed target: RouterBench rows keep their raw mean score (the between-task
+    signal in distribution), other sources' rows add only within-task difficulty (their per-task
+    z-score on RouterBench's scale, weighted `weight`); per-model logistic curves as `difficulty`."""
+    from router.families_irt import _logistic_lines
+
+    coef, b = hybrid_axis(X, ds, rows, weight)
+    Y = ds.scores[rows]
+    lines = _logistic_lines(X[rows] @ coef + b, Y, ~np.isnan(Y), 20.0)
+    return lambda idx: 1 / (1 + np.exp(-(lines["logit_intercept"][None] + (X[idx] @ coef + b)[:, None] * lines["logit_slope"][None])))
+
+
+def rb_rotations(label: str, fit) -> None:
+    """RouterBench's rotations for a research fit: trained on RouterBench train + arenabench +
+    llmrouter without the held-out task (every source's copy), gpt-4 vs mixtral on its test split."""
     from training.broad_data import canonical_task
     from training.dataset import from_records
     from training.sources import SOURCES, read_source
@@ -163,15 +194,16 @@ def two_axis_rotations() -> None:
         keep = (split != "test") & np.array([p not in held for p in prompts])
         if name:
             keep &= np.array([canonical_task(t) != canonical_task(f"routerbench:{name}") for t in task])
-        P = two_axis_fit(X, ds, np.flatnonzero(keep))(te)
+        P = fit(X, ds, np.flatnonzero(keep))(te)
         r = two_model_report(P[:, js] - P[:, jw], ds.scores[te, js], ds.scores[te, jw], bootstrap=200)["router"]
         cells.append(f"{name or 'in distribution'} {r['apgr']:.3f} ± {r['apgr_se']:.3f}")
-    print("two-axis on RouterBench train + arenabench + llmrouter: " + " | ".join(cells))
+    print(f"{label} on RouterBench train + arenabench + llmrouter: " + " | ".join(cells))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ease", "regime", "rotations", "two-axis"])
+    ap.add_argument("what", choices=["ease", "regime", "rotations", "two-axis", "hybrid"])
+    ap.add_argument("--weight", type=float, default=0.3, help="hybrid: weight of the other sources' rows")
     ap.add_argument("--data", default=".doka/data/combined_all.jsonl")
     ap.add_argument("--featurizer", default="minilm-l6-v2-static+stats")
     ap.add_argument("--family", default="task_difficulty")
@@ -180,7 +212,9 @@ def main() -> None:
     if args.what == "rotations":
         return rotations(args.family, args.extra)
     if args.what == "two-axis":
-        return two_axis_rotations()
+        return rb_rotations("two-axis", two_axis_fit)
+    if args.what == "hybrid":
+        return rb_rotations(f"hybrid (weight {args.weight})", lambda X, ds, rows: hybrid_fit(X, ds, rows, args.weight))
     ds = load_jsonl(args.data)
     X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
     task, source = column(ds, "task"), column(ds, "source")
@@ -191,6 +225,7 @@ def main() -> None:
     if stats is not None:
         designs["statistics only"] = lambda tr: hardness_fit(X, ds, tr, stats)
     designs["default's axis"] = lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"])
+    designs["hybrid axis"] = lambda tr: hybrid_hardness(X, ds, tr[np.isin(source[tr], PERMITTED)], args.weight)
     results: dict[str, list[float]] = {k: [] for k in designs}
     for fold in held_out_folds(ds, "task"):
         fits = {k: d(fold.train) for k, d in designs.items()}
