@@ -241,3 +241,37 @@ def test_pooled_protocol_scores_each_held_out_source_as_one_mixed_set():
     # across kinds the ranking is the whole signal: well above random pooled, nothing within a task
     assert all(r["apgr"] > 0.7 for r in pooled), pooled
     assert all(abs(r["apgr"] - 0.5) < 0.15 for r in per_task), per_task
+
+
+def test_a_shipped_design_is_not_scored_on_a_pair_its_training_rows_never_label():
+    """The RouterBench-only default cannot rank models only another source labels: such a fold is
+    reported as not scored (and why), not as a constant-score 0.5 that drags the median toward
+    random and reads as "the family gives constant scores on an unseen task"."""
+    from training.broad import evaluate_folds, summary
+    from training.broad_designs import pair_score, shipped_fit
+    from training.dataset import Record, from_records
+    from training.evaluate import constant_scores
+
+    rng = np.random.default_rng(3)
+    recs, X = [], []
+    for src, task, models in (("routerbench", "code", ("gpt-4-1106-preview", "mixtral-8x7b-chat")),
+                              ("routerbench", "chat", ("gpt-4-1106-preview", "mixtral-8x7b-chat")),
+                              ("llmrouter", "math", ("qwen-a", "qwen-b"))):
+        for i in range(80):
+            hard = rng.random() < 0.5
+            recs.append(Record(id=f"{src}-{task}-{i}", prompt=f"{src} {task} {i}", task=f"{src}:{task}", source=src,
+                               scores={models[0]: 1.0, models[1]: float(not hard or rng.random() < 0.2)}))
+            X.append([(1.0 if hard else -1.0) + rng.normal(0, 0.3), rng.normal()])
+    ds, X = from_records(recs), np.array(X)
+    folds = held_out_folds(ds, "task", min_test=1)
+    rows = evaluate_folds(X, ds, folds, "shipped_difficulty_routerbench_only", bootstrap=0)
+    by_task = {r["held_out"]: r for r in rows}
+    math = by_task["llmrouter:math"]
+    assert math["apgr"] is None and "qwen-a" in math["unscored"] and "qwen-b" in math["unscored"]
+    assert by_task["routerbench:code"]["apgr"] is not None and by_task["routerbench:chat"]["apgr"] is not None
+    s = summary(rows)
+    assert s["unscored"] == ["llmrouter:math"] and "llmrouter:math" not in s["constant_scores"] and s["folds"] == 2
+    # what the old report counted: the fitted artifact's score on that pair really is one value
+    math_fold = next(f for f in folds if f.name == "math")
+    fit = shipped_fit("shipped_difficulty_routerbench_only", X, ds, math_fold.train)
+    assert constant_scores(pair_score(fit, ds, "qwen-a", "qwen-b")(X[math_fold.test])) is not None

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from training.broad_data import BROAD_FEATURIZER_ID, Fold, column, held_out_folds, scoring_pair
-from training.broad_designs import DESIGNS, FOLD_FITS, PAIR_FREE, contrastive_or_difficulty, pair_score, shipped_fit
+from training.broad_designs import DESIGNS, FOLD_FITS, PAIR_FREE, contrastive_or_difficulty, pair_score, shipped_fit, shipped_rows
 from training.dataset import Dataset, load_jsonl
 from training.evaluate import constant_scores
 from training.metrics import two_model_report
@@ -63,9 +63,16 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                     if pair_free is None and not untrainable:
                         pair_free = shipped_fit(design, X, ds, f.train)
                         untrainable = pair_free is None
+                        labelled = ~np.isnan(ds.scores[shipped_rows(design, ds, f.train)]).all(axis=0)
                     if untrainable:  # nothing of its sources left in training: the fold is not scored
                         print(f"{design}: fold {f.name} leaves it no training rows; not scored", flush=True)
                         break
+                    unknown = [m for m, j in ((strong, js), (weak, jw)) if not labelled[j]]
+                    if unknown:  # an artifact ranks only models it was trained on: nothing to measure here
+                        out.append({"fold": str(f.name), "held_out": str(task), "n": int(len(keep)),
+                                    "pair": f"{strong} vs {weak}", "apgr": None,
+                                    "unscored": f"no training row of the fold labels {', '.join(unknown)}"})
+                        continue
                     fitted[(strong, weak)] = pair_score(pair_free, ds, strong, weak)
                 else:
                     fitted[(strong, weak)] = DESIGNS[design](X, ds, f.train, strong, weak)
@@ -82,20 +89,26 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
 
 
 def summary(rows: list[dict]) -> dict:
-    a = np.array([r["apgr"] for r in rows if r["apgr"] is not None])
+    """Median, mean and worst over the scored rows; `unscored` names the held-out tasks a shipped
+    design could not rank (its training rows never label their pair), which are not counted as 0.5."""
+    unscored = [str(r["held_out"]) for r in rows if r.get("unscored")]
+    rows = [r for r in rows if r["apgr"] is not None]
+    a = np.array([r["apgr"] for r in rows])
     if not len(a):
-        return {"median": float("nan"), "mean": float("nan"), "worst": float("nan"), "folds": 0, "tasks_200_ci_below_0.5": []}
+        return {"median": float("nan"), "mean": float("nan"), "worst": float("nan"), "folds": 0, "tasks_200_ci_below_0.5": [],
+                "constant_scores": [], "unscored": unscored}
     big_below = [str(r["held_out"]) for r in rows if r["n"] >= 200 and r["ci95"] and r["ci95"][1] < 0.5]
     return {"median": float(np.median(a)), "mean": float(a.mean()), "worst": float(a.min()), "folds": len(a),
-            "tasks_200_ci_below_0.5": big_below, "constant_scores": [str(r["held_out"]) for r in rows if r.get("constant")]}
+            "tasks_200_ci_below_0.5": big_below, "constant_scores": [str(r["held_out"]) for r in rows if r.get("constant")],
+            "unscored": unscored}
 
 
 def paired_difference(a: list[dict], b: list[dict]) -> dict:
     """Design a minus design b over the held-out tasks both scored: mean per-task APGR gain, its
     SE over tasks, a 95% interval and the win count; the bar for "beats" (a gain whose interval
     excludes 0), since the medians of near-random designs move by noise."""
-    bb = {r["held_out"]: r["apgr"] for r in b}
-    d = np.array([r["apgr"] - bb[r["held_out"]] for r in a if r["held_out"] in bb])
+    bb = {r["held_out"]: r["apgr"] for r in b if r["apgr"] is not None}
+    d = np.array([r["apgr"] - bb[r["held_out"]] for r in a if r["apgr"] is not None and r["held_out"] in bb])
     if not len(d):
         return {"tasks": 0}
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
@@ -106,6 +119,9 @@ def paired_difference(a: list[dict], b: list[dict]) -> dict:
 def markdown(rows: list[dict]) -> str:
     lines = ["| held out | n | pair | APGR ± SE | 95% interval |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
+        if r["apgr"] is None:
+            lines.append(f"| {r['held_out']} | {r['n']} | {r['pair']} | not scored: {r.get('unscored', '')} | |")
+            continue
         ci = f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r["ci95"] else "n/a"
         lines.append(f"| {r['held_out']} | {r['n']} | {r['pair']} | {r['apgr']:.3f} ± {r['se'] or 0:.3f} | {ci} |")
     return "\n".join(lines)
@@ -149,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## {'leave-one-source-out, pooled' if by == 'pooled' else f'leave-one-{by}-out'}, {d}: median {s['median']:.3f}, mean {s['mean']:.3f}, worst "
                   f"{s['worst']:.3f} over {s['folds']} folds; 200+ prompts with 95% CI below 0.5: "
                   f"{s['tasks_200_ci_below_0.5'] or 'none'}; (nearly) constant scores on: "
-                  f"{s['constant_scores'] or 'none'}\n\n{markdown(rows)}", flush=True)
+                  f"{s['constant_scores'] or 'none'}; not scored (pair unknown to it): "
+                  f"{s['unscored'] or 'none'}\n\n{markdown(rows)}", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -83,15 +83,20 @@ def design_irt(X, ds, rows, strong, weak, tune=True, dim: int = 8, epochs: int =
 _SHIPPED: dict[str, tuple[str, tuple[str, ...] | None]] = {}
 
 
+def shipped_rows(design: str, ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The training rows a PAIR_FREE design fits on: the fold's rows of its sources."""
+    only = _SHIPPED[design][1]
+    return rows[np.isin(column(ds, "source")[rows], only)] if only else rows
+
+
 def shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
     """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality; None where
     the fold leaves it nothing to train on (the RouterBench-only default when RouterBench is the
     held-out source)."""
     from router.families import get_family
 
-    family, only = _SHIPPED[design]
-    if only:
-        rows = rows[np.isin(column(ds, "source")[rows], only)]
+    family, _ = _SHIPPED[design]
+    rows = shipped_rows(design, ds, rows)
     if not len(rows):
         return None
     fam = get_family(family)
