@@ -26,7 +26,7 @@ def _rows(spec: str) -> list[dict]:
 
 def table_row(label: str, rows: list[dict], reference: list[dict] | None) -> str:
     s = summary(rows)
-    gm = [r["apgr"] for r in rows if r["pair"] == f"{STRONG} vs {WEAK}"]
+    gm = [r["apgr"] for r in rows if r["pair"] == f"{STRONG} vs {WEAK}" and r["apgr"] is not None]
     if reference is None or rows is reference:
         gain = "-"
     else:
