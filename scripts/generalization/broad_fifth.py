@@ -39,12 +39,16 @@ import argparse
 import numpy as np
 from scipy.stats import spearmanr
 
-from training.broad_data import PERMITTED, STRONG, WEAK, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
-from training.dataset import Dataset, load_jsonl
+from router.families import FAMILIES, get_family
+from router.families_irt import _logistic_lines, predict_difficulty
+from router.featurizer import ROUTING_FEATURIZER_ID, get_featurizer
+from training.broad_data import (PERMITTED, STRONG, WEAK, canonical_task, column, difficulty_target, fit_ridge, held_out_folds,
+                                 inner_alpha, task_weights)
+from training.broad_designs import DESIGNS, shipped_fit
+from training.dataset import Dataset, from_records, load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
-from router.families import FAMILIES, get_family
-from router.featurizer import get_featurizer
+from training.sources import SOURCES, read_source
 
 
 def hardness_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray, cols: np.ndarray | None = None):
@@ -80,37 +84,17 @@ def regime_pair(ds: Dataset, rows: np.ndarray) -> tuple[int, int] | None:
     return s, min(weaker, key=lambda j: abs(weaker[j] - 0.8 * means[s]))
 
 
-def rotations(family: str, extra: list[str]) -> None:
-    import tempfile
-    from pathlib import Path
+def shipped_family_fit(family: str):
+    """A family as `doka router train` fits it (`training.broad_designs.shipped_fit`)."""
+    design = f"shipped_{family}"
+    if design not in DESIGNS:
+        raise SystemExit(f"--family: one of {sorted(d[len('shipped_'):] for d in DESIGNS if d.startswith('shipped_'))}")
 
-    from router.runtime import LearnedRouter
-    from training.broad_data import canonical_task
-    from training.dataset import from_records
-    from training.evaluate import evaluate
-    from training.sources import SOURCES, read_source
-    from training.train import train
+    def fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
+        predict = shipped_fit(design, X, ds, rows)
+        return lambda idx: predict(X[idx])
 
-    rb = read_source(SOURCES["routerbench"])
-    more = [r for k in extra for r in read_source(SOURCES[k])]
-    train_rb = [r for r in rb if r.model_extra["split"] == "train"]
-    test_rb = [r for r in rb if r.model_extra["split"] == "test"]
-    work = Path(tempfile.mkdtemp())
-
-    def score(train_recs, test_recs, name: str) -> str:
-        held = {r.prompt for r in test_recs}
-        art = train(from_records([r for r in train_recs if r.prompt not in held]), family, work / name, signing_key="k",
-                    holdout=0.0, progress=False)
-        rep = evaluate(LearnedRouter.from_path(art, "k"), from_records(test_recs), strong=STRONG, weak=WEAK, progress=False)
-        return f"{name} {rep['router']['apgr']:.3f} ± {rep['router']['apgr_se']:.3f}"
-
-    cells = []
-    for task in ("arc-challenge", "mbpp", "winogrande"):
-        name = canonical_task(f"routerbench:{task}")
-        cells.append(score([r for r in train_rb + more if canonical_task(r.model_extra["task"]) != name],
-                           [r for r in test_rb if r.model_extra["task"] == f"routerbench:{task}"], task))
-    cells.append(score(train_rb + more, test_rb, "in distribution"))
-    print(f"{family} on RouterBench train + {extra or 'nothing'}: " + " | ".join(cells))
+    return fit
 
 
 def _two_axes(X: np.ndarray, ds: Dataset, rows: np.ndarray):
@@ -136,8 +120,6 @@ def _logistic_weights(H: np.ndarray, y: np.ndarray, lam: float = 1.0) -> np.ndar
 
 
 def two_axis_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
-    from training.broad_data import canonical_task
-
     groups = np.array([canonical_task(t) for t in column(ds, "task")[rows]])
     H = np.zeros((len(rows), 2))
     for g in set(groups):  # out-of-fold axes for the per-model weights
@@ -167,23 +149,18 @@ def hybrid_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray, weight: float = 0.3
     """`difficulty` on a mixed target: RouterBench rows keep their raw mean score (the between-task
     signal in distribution), other sources' rows add only within-task difficulty (their per-task
     z-score on RouterBench's scale, weighted `weight`); per-model logistic curves as `difficulty`."""
-    from router.families_irt import _logistic_lines
-
     coef, b = hybrid_axis(X, ds, rows, weight)
     Y = ds.scores[rows]
-    lines = _logistic_lines(X[rows] @ coef + b, Y, ~np.isnan(Y), 20.0)
-    return lambda idx: 1 / (1 + np.exp(-(lines["logit_intercept"][None] + (X[idx] @ coef + b)[:, None] * lines["logit_slope"][None])))
+    state = {"coef": coef, "bias": np.array([b]), **_logistic_lines(X[rows] @ coef + b, Y, ~np.isnan(Y), 20.0)}
+    return lambda idx: predict_difficulty(state, X[idx])
 
 
-def rb_rotations(label: str, fit) -> None:
-    """RouterBench's rotations for a research fit: trained on RouterBench train + arenabench +
-    llmrouter without the held-out task (every source's copy), gpt-4 vs mixtral on its test split."""
-    from training.broad_data import canonical_task
-    from training.dataset import from_records
-    from training.sources import SOURCES, read_source
-
-    ds = from_records([r for k in ("routerbench", "arenabench", "llmrouter") for r in read_source(SOURCES[k])])
-    X = embed_texts(ds.prompts, get_featurizer("minilm-l6-v2-static+stats"), progress=False).astype(np.float64)
+def rb_rotations(label: str, fit, extra: tuple[str, ...] = ("arenabench", "llmrouter")) -> None:
+    """RouterBench's rotations: `fit` on RouterBench's train split plus the `extra` sources without
+    the held-out task (every source's copy, and any prompt equal to a test prompt), scored gpt-4 vs
+    mixtral on the held-out task's test split; then in distribution."""
+    ds = from_records([r for k in ("routerbench", *extra) for r in read_source(SOURCES[k])])
+    X = embed_texts(ds.prompts, get_featurizer(ROUTING_FEATURIZER_ID), progress=False).astype(np.float64)
     split, task = column(ds, "split"), column(ds, "task")
     js, jw = ds.labels.index(STRONG), ds.labels.index(WEAK)
     prompts = np.array(ds.prompts, dtype=object)
@@ -197,7 +174,7 @@ def rb_rotations(label: str, fit) -> None:
         P = fit(X, ds, np.flatnonzero(keep))(te)
         r = two_model_report(P[:, js] - P[:, jw], ds.scores[te, js], ds.scores[te, jw], bootstrap=200)["router"]
         cells.append(f"{name or 'in distribution'} {r['apgr']:.3f} ± {r['apgr_se']:.3f}")
-    print(f"{label} on RouterBench train + arenabench + llmrouter: " + " | ".join(cells))
+    print(f"{label} on RouterBench train + {', '.join(extra) or 'nothing'}: " + " | ".join(cells))
 
 
 def main() -> None:
@@ -210,7 +187,7 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[])
     args = ap.parse_args()
     if args.what == "rotations":
-        return rotations(args.family, args.extra)
+        return rb_rotations(args.family, shipped_family_fit(args.family), tuple(args.extra))
     if args.what == "two-axis":
         return rb_rotations("two-axis", two_axis_fit)
     if args.what == "hybrid":
