@@ -1,0 +1,157 @@
+"""Broad protocol, sixth pass (docs/benchmarks.md): the two axes added, not fitted together.
+
+The fifth pass found two signals that do not meet: the default's raw-ease ridge on RouterBench
+(between-task: which kinds of prompt gpt-4 gains on; it is what routes RouterBench's rotations)
+and a within-task ridge trained on every permitted source (which prompt is harder inside a task;
+it carries to unseen code and math). Fitting them together (`two-axis`, `hybrid`) lost one or the
+other. Here the two ridges are fitted apart and their predictions added with a weight fixed in
+advance, `lam` = 1: the within-task prediction (in within-task standard deviations) times the
+mean within-task standard deviation of RouterBench's raw ease, so one unit of it moves a prompt
+as far as one within-task sd of the default's own scale. The sum is one linear map, so it ships as
+a `difficulty` state (one dot product, logistic curves per model fitted on RouterBench as the
+default's are); other weights are printed as a sensitivity check only, never picked on a fold.
+
+- `ease`: Spearman of each axis with every held-out task's true mean score (32 tasks).
+- `regime`: hardness as the router on each task's regime pair (as `broad_fifth.py regime`).
+- `pairs`: hardness as the router on *every* pair of a held-out task's models whose means differ
+  by at least 0.05 and that label 90% of it, APGR averaged per task: does it find where the
+  stronger model gains, whichever pair is asked.
+- `rotations`: the shipped form (curves) on RouterBench's held-out rotations and in distribution,
+  trained on RouterBench's train split + arenabench + llmrouter.
+
+    python scripts/generalization/broad_sixth.py ease
+    python scripts/generalization/broad_sixth.py regime
+    python scripts/generalization/broad_sixth.py pairs
+    python scripts/generalization/broad_sixth.py rotations
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from broad_fifth import default_axis, hardness_fit, rb_rotations, regime_pair
+from router.families import FAMILIES, get_family
+from router.families_irt import _logistic_lines, predict_difficulty
+from router.featurizer import get_featurizer
+from training.broad_data import PERMITTED, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
+from training.dataset import Dataset, load_jsonl
+from training.embeddings import embed_texts
+from training.metrics import two_model_report
+
+WEIGHTS = (1.0, 0.5, 2.0)  # 1 is the design; the others are shown as sensitivity only
+
+
+def summed_state(X: np.ndarray, ds: Dataset, rows: np.ndarray, lam: float) -> dict[str, np.ndarray]:
+    """A `difficulty` state whose axis is the default's raw-ease ridge (RouterBench rows of
+    `rows`) plus `lam` times the within-task ridge (permitted rows of `rows`) on RouterBench's
+    within-task scale; each model's logistic curve fitted on the RouterBench rows."""
+    source, tasks = column(ds, "source")[rows], column(ds, "task")[rows]
+    rb = rows[source == "routerbench"]
+    base = get_family("difficulty").fit(X[rb], ds.scores[rb], dict(FAMILIES["difficulty"].defaults), False)
+    coef, bias = base["coef"], float(base["bias"][0])
+    if lam:
+        perm = rows[np.isin(source, PERMITTED)]
+        ptasks = column(ds, "task")[perm]
+        y, w = difficulty_target(ds, perm), task_weights(ptasks)
+        c2, b2 = fit_ridge(X[perm], y, inner_alpha(X[perm], y, ptasks, w), w)
+        ease = np.nanmean(ds.scores[rb], axis=1)
+        rb_tasks = tasks[source == "routerbench"]
+        sd = float(np.mean([ease[rb_tasks == t].std() for t in set(rb_tasks)]))
+        coef, bias = coef + lam * sd * c2, bias + lam * sd * b2
+    Y = ds.scores[rb]
+    shrink = float(FAMILIES["difficulty"].defaults["shrink"])
+    return {"coef": coef, "bias": np.array([bias]), **_logistic_lines(X[rb] @ coef + bias, Y, ~np.isnan(Y), shrink)}
+
+
+def summed_hardness(X: np.ndarray, ds: Dataset, rows: np.ndarray, lam: float):
+    state = summed_state(X, ds, rows, lam)
+    return lambda idx: -(X[idx] @ state["coef"] + state["bias"][0])
+
+
+def summed_fit(lam: float):
+    def fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
+        state = summed_state(X, ds, rows, lam)
+        return lambda idx: predict_difficulty(state, X[idx])
+
+    return fit
+
+
+def all_pairs(ds: Dataset, rows: np.ndarray, gap: float = 0.05) -> list[tuple[int, int]]:
+    labelled = ~np.isnan(ds.scores[rows])
+    cols = np.flatnonzero(labelled.mean(axis=0) >= 0.9)
+    means = {j: float(np.nanmean(ds.scores[rows, j])) for j in cols}
+    return [(s, w) if means[s] > means[w] else (w, s) for s, w in itertools.combinations(cols, 2) if abs(means[s] - means[w]) >= gap]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["ease", "regime", "pairs", "rotations"])
+    ap.add_argument("--data", default=".doka/data/combined_all.jsonl")
+    ap.add_argument("--featurizer", default="minilm-l6-v2-static+stats")
+    args = ap.parse_args()
+    if args.what == "rotations":
+        for lam in (0.0, *WEIGHTS):
+            rb_rotations(f"summed axes, lam {lam}", summed_fit(lam))
+        return
+    ds = load_jsonl(args.data)
+    X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
+    task, source = column(ds, "task"), column(ds, "source")
+    ease = np.nanmean(ds.scores, axis=1)
+    designs = {"default's axis": lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"]),
+               "within-task, permitted": lambda tr: hardness_fit(X, ds, tr[np.isin(source[tr], PERMITTED)])}
+    for lam in WEIGHTS:
+        designs[f"summed, lam {lam}"] = lambda tr, lam=lam: summed_hardness(X, ds, tr, lam)
+    results: dict[str, list[float]] = {k: [] for k in designs}
+    for fold in held_out_folds(ds, "task"):
+        if not np.any(source[fold.train] == "routerbench"):
+            continue
+        fits = {k: d(fold.train) for k, d in designs.items()}
+        for t in sorted(set(task[fold.test])):
+            rows = fold.test[task[fold.test] == t]
+            if args.what == "ease":
+                vals = {k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()}
+                line = f"{t[:40]:40s} n={len(rows):5d}"
+            elif args.what == "regime":
+                pair = None if source[rows[0]] == "alpacaeval" else regime_pair(ds, rows)
+                if pair is None:
+                    continue
+                s, w = pair
+                keep = rows[~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])]
+                vals = {k: two_model_report(f(keep), ds.scores[keep, s], ds.scores[keep, w], bootstrap=0)["router"]["apgr"]
+                        for k, f in fits.items()}
+                line = f"{t[:34]:34s} n={len(keep):5d} {ds.labels[s][:22]} vs {ds.labels[w][:22]}"
+            else:
+                if source[rows[0]] == "alpacaeval":
+                    continue
+                pairs = all_pairs(ds, rows)
+                if not pairs:
+                    continue
+                hard = {k: f(rows) for k, f in fits.items()}
+                vals = {k: 0.0 for k in fits}
+                for s, w in pairs:
+                    keep = ~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])
+                    for k, h in hard.items():
+                        r = two_model_report(h[keep], ds.scores[rows[keep], s], ds.scores[rows[keep], w], bootstrap=0)
+                        vals[k] += r["router"]["apgr"] / len(pairs)
+                line = f"{t[:40]:40s} n={len(rows):5d} pairs={len(pairs):3d}"
+            for k, v in vals.items():
+                results[k].append(v)
+                line += f" | {k}: {v:+.3f}"
+            print(line, flush=True)
+    base_name = "default's axis"
+    base = np.array(results[base_name], dtype=float)
+    centre = 0.0 if args.what == "ease" else 0.5
+    for k, v in results.items():
+        a = np.array(v, dtype=float)
+        d = a - base
+        paired = f", paired vs default's axis {np.nanmean(d):+.3f} ± {np.nanstd(d, ddof=1) / np.sqrt(len(d)):.3f} ({int((d > 0).sum())}/{len(d)})"
+        print(f"{k}: {len(a)} tasks, median {np.nanmedian(a):.3f}, mean {np.nanmean(a):.3f}, worst {np.nanmin(a):.3f}, "
+              f"above {centre}: {int((a > centre).sum())}{'' if k == base_name else paired}")
+
+
+if __name__ == "__main__":
+    main()
