@@ -18,11 +18,18 @@ default's are); other weights are printed as a sensitivity check only, never pic
   stronger model gains, whichever pair is asked.
 - `rotations`: the shipped form (curves) on RouterBench's held-out rotations and in distribution,
   trained on RouterBench's train split + arenabench + llmrouter.
+- `kinds`: the held-out sets are three kinds of task (multiple-choice knowledge, math word
+  problems, open chat), so every held-out task's `regime` APGR and `ease` Spearman, grouped by
+  kind (`KINDS`, fixed from the task names before scoring), for the two axes and the shipped
+  families (today's default; `task_difficulty` and `difficulty` on the permitted sources) where
+  their training rows label the pair. AlpacaEval is scored on gpt-4 vs mixtral as the broad
+  protocol scores it.
 
     python scripts/generalization/broad_sixth.py ease
     python scripts/generalization/broad_sixth.py regime
     python scripts/generalization/broad_sixth.py pairs
     python scripts/generalization/broad_sixth.py rotations
+    python scripts/generalization/broad_sixth.py kinds
 """
 
 from __future__ import annotations
@@ -37,12 +44,28 @@ from broad_fifth import default_axis, hardness_fit, rb_rotations, regime_pair
 from router.families import FAMILIES, get_family
 from router.families_irt import _logistic_lines, predict_difficulty
 from router.featurizer import get_featurizer
-from training.broad_data import PERMITTED, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
+from training.broad_data import PERMITTED, canonical_task, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
+from training.broad_designs import shipped_fit, shipped_rows
 from training.dataset import Dataset, load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
 
 WEIGHTS = (1.0, 0.5, 2.0)  # 1 is the design; the others are shown as sensitivity only
+KINDS = {"knowledge (multiple choice)": ("arc_challenge", "arc_easy", "openbook_qa", "commonsense_qa", "gpqa", "cmmlu", "ceval"),
+         "knowledge (open QA)": ("natural_qa", "trivia_qa"),
+         "math": ("math", "math_prealgebra"),
+         "code": ("mbpp", "human_eval", "humaneval", "javascript"),
+         "chat": ("arena-bench-v1", "alpaca_eval"),
+         "other": ("winogrande", "commongen", "agentverse-logicgrid")}
+SHIPPED = ("shipped_difficulty_routerbench_only", "shipped_task_difficulty_permitted", "shipped_difficulty_permitted")
+
+
+def kind_of(task: str) -> str:
+    name = canonical_task(task)
+    for kind, names in KINDS.items():
+        if any(name == n or name.startswith(n + ":") for n in names):
+            return kind
+    raise ValueError(f"no kind for {task} ({name})")
 
 
 def summed_state(X: np.ndarray, ds: Dataset, rows: np.ndarray, lam: float) -> dict[str, np.ndarray]:
@@ -89,7 +112,7 @@ def all_pairs(ds: Dataset, rows: np.ndarray, gap: float = 0.05) -> list[tuple[in
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["ease", "regime", "pairs", "rotations"])
+    ap.add_argument("what", choices=["ease", "regime", "pairs", "rotations", "kinds"])
     ap.add_argument("--data", default=".doka/data/combined_all.jsonl")
     ap.add_argument("--featurizer", default="minilm-l6-v2-static+stats")
     args = ap.parse_args()
@@ -99,6 +122,8 @@ def main() -> None:
         return
     ds = load_jsonl(args.data)
     X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
+    if args.what == "kinds":
+        return by_kind(X, ds)
     task, source = column(ds, "task"), column(ds, "source")
     ease = np.nanmean(ds.scores, axis=1)
     designs = {"default's axis": lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"]),
@@ -151,6 +176,52 @@ def main() -> None:
         paired = f", paired vs default's axis {np.nanmean(d):+.3f} ± {np.nanstd(d, ddof=1) / np.sqrt(len(d)):.3f} ({int((d > 0).sum())}/{len(d)})"
         print(f"{k}: {len(a)} tasks, median {np.nanmedian(a):.3f}, mean {np.nanmean(a):.3f}, worst {np.nanmin(a):.3f}, "
               f"above {centre}: {int((a > centre).sum())}{'' if k == base_name else paired}")
+
+
+def by_kind(X: np.ndarray, ds: Dataset) -> None:
+    task, source = column(ds, "task"), column(ds, "source")
+    ease = np.nanmean(ds.scores, axis=1)
+    axes = {"default's axis": lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"]),
+            "within-task axis, permitted": lambda tr: hardness_fit(X, ds, tr[np.isin(source[tr], PERMITTED)])}
+    rows_out: list[tuple[str, str, dict[str, float], dict[str, float]]] = []
+    for fold in held_out_folds(ds, "task"):
+        fits = {k: f(fold.train) for k, f in axes.items()}
+        shipped = {}
+        for d in SHIPPED:
+            tr = shipped_rows(d, ds, fold.train)
+            labelled = ~np.isnan(ds.scores[tr]).all(axis=0) if len(tr) else np.zeros(len(ds.labels), bool)
+            shipped[d] = (shipped_fit(d, X, ds, fold.train), labelled)
+        for t in sorted(set(task[fold.test])):
+            rows = fold.test[task[fold.test] == t]
+            spear = {k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()}
+            pair = regime_pair(ds, rows)
+            apgr: dict[str, float] = {}
+            if pair is not None:
+                s_, w_ = pair
+                keep = rows[~np.isnan(ds.scores[rows, s_]) & ~np.isnan(ds.scores[rows, w_])]
+                qs, qw = ds.scores[keep, s_], ds.scores[keep, w_]
+                for k, f in fits.items():
+                    apgr[k] = two_model_report(f(keep), qs, qw, bootstrap=0)["router"]["apgr"]
+                for d, (predict, labelled) in shipped.items():
+                    if predict is not None and labelled[s_] and labelled[w_]:
+                        P = predict(X[keep])
+                        apgr[d] = two_model_report(P[:, s_] - P[:, w_], qs, qw, bootstrap=0)["router"]["apgr"]
+            rows_out.append((kind_of(t), t, spear, apgr))
+            line = f"{kind_of(t)[:12]:12s} {t[:36]:36s} n={len(rows):5d} " + " | ".join(f"{k}: rho {v:+.3f}" for k, v in spear.items())
+            line += "".join(f" | {k}: {v:.3f}" for k, v in apgr.items())
+            print(line, flush=True)
+    names = [*axes, *SHIPPED]
+    print("\nby kind: mean over its tasks (tasks scored); APGR on the regime pair, rho = Spearman with true ease")
+    for kind in KINDS:
+        got = [r for r in rows_out if r[0] == kind]
+        cells = []
+        for k in axes:
+            cells.append(f"{k}: rho {np.mean([r[2][k] for r in got]):+.3f}")
+        for k in names:
+            v = [r[3][k] for r in got if k in r[3]]
+            if v:
+                cells.append(f"{k}: {np.mean(v):.3f} ({len(v)})")
+        print(f"{kind}: {len(got)} tasks | " + " | ".join(cells))
 
 
 if __name__ == "__main__":
