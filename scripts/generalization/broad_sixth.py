@@ -23,7 +23,10 @@ default's are); other weights are printed as a sensitivity check only, never pic
   kind (`KINDS`, fixed from the task names before scoring), for the two axes and the shipped
   families (today's default; `task_difficulty` and `difficulty` on the permitted sources) where
   their training rows label the pair. AlpacaEval is scored on gpt-4 vs mixtral as the broad
-  protocol scores it.
+  protocol scores it. Also `task_difficulty` with logistic curves fitted within task (per model,
+  or one slope shared by all: 1PL), and every design's APGR averaged over every pair of the task
+  (as `pairs`): curves, unlike one axis, could send a strong pair's gain to hard prompts and a
+  weak pair's to easy ones.
 
     python scripts/generalization/broad_sixth.py ease
     python scripts/generalization/broad_sixth.py regime
@@ -43,6 +46,7 @@ from scipy.stats import spearmanr
 from broad_fifth import default_axis, hardness_fit, rb_rotations, regime_pair
 from router.families import FAMILIES, get_family
 from router.families_irt import _logistic_lines, predict_difficulty
+from router.family_base import sigmoid
 from router.featurizer import get_featurizer
 from training.broad_data import PERMITTED, canonical_task, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
 from training.broad_designs import shipped_fit, shipped_rows
@@ -58,6 +62,7 @@ KINDS = {"knowledge (multiple choice)": ("arc_challenge", "arc_easy", "openbook_
          "chat": ("arena-bench-v1", "alpaca_eval"),
          "other": ("winogrande", "commongen", "agentverse-logicgrid")}
 SHIPPED = ("shipped_difficulty_routerbench_only", "shipped_task_difficulty_permitted", "shipped_difficulty_permitted")
+LINKS = ("logistic", "logistic_shared")  # task_difficulty's other links, on the permitted rows
 
 
 def kind_of(task: str) -> str:
@@ -178,6 +183,54 @@ def main() -> None:
               f"above {centre}: {int((a > centre).sum())}{'' if k == base_name else paired}")
 
 
+def task_difficulty_link(X: np.ndarray, ds: Dataset, rows: np.ndarray, link: str):
+    """`task_difficulty` on `rows` with logistic curves in place of its lines: per model
+    (`logistic`) or one slope for all (`logistic_shared`); tried here, not shipped."""
+    fam = get_family("task_difficulty")
+    groups = column(ds, "task")[rows]
+    state = fam.fit(X[rows], ds.scores[rows], dict(fam.defaults), False, groups=groups)
+    Y = ds.scores[rows]
+    h = X[rows] @ state["coef"] + state["bias"][0]
+    g = np.unique(groups, return_inverse=True)[1]
+    state.update(_within_task_logistic(h, Y, ~np.isnan(Y), g, fam.defaults["shrink"], shared=link == "logistic_shared"))
+    return lambda Z: predict_difficulty(state, Z)
+
+
+def _within_task_logistic(h: np.ndarray, Y: np.ndarray, mask: np.ndarray, g: np.ndarray, shrink: float,
+                          shared: bool, rounds: int = 40) -> dict[str, np.ndarray]:
+    """Each model's quality as sigmoid(a_(model, task) + b * h), one intercept per task the model
+    is labelled on and a slope b fitted on within-task variation only (conditional logistic
+    regression), so a task where a model is simply better overall never reads as a slope. An
+    unseen task gets each model's mean intercept over its tasks. `shared`: one b for every model
+    (1PL: models differ in ability, prompts in difficulty). Then a strong pair's score rises with
+    a prompt's difficulty and a weak pair's falls, as a strong pair gains where the weak model
+    fails and a weak pair where the strong one still succeeds; per-model slopes, fitted one by
+    one, can come out in either order by noise (docs/benchmarks.md, broad sixth pass)."""
+    tasks = np.unique(g)
+    G = (g[:, None] == tasks[None, :]).astype(np.float64)  # [n, T]
+    M = mask.astype(np.float64)
+    T = np.where(mask, Y, 0.0)
+    present = (G.T @ M) > 0  # [T, models]
+    a = np.zeros((len(tasks), Y.shape[1]))
+    b = np.zeros(Y.shape[1])
+    lam_a = 1e-2  # keeps a finite for a model always (or never) right on a task
+    lam_b = shrink * float(np.var(h)) * 0.25 + 1e-9
+    for _ in range(rounds):
+        q = sigmoid(G @ a + h[:, None] * b[None, :])
+        r, v = M * (q - T), M * q * (1 - q)
+        a = np.where(present, a - (G.T @ r + lam_a * a) / (G.T @ v + lam_a), 0.0)
+        q = sigmoid(G @ a + h[:, None] * b[None, :])
+        r, v = M * (q - T), M * q * (1 - q)
+        grad, hess = (r * h[:, None]).sum(axis=0), (v * h[:, None] ** 2).sum(axis=0)
+        if shared:
+            b = np.full_like(b, b[0] - (grad.sum() + lam_b * b[0]) / (hess.sum() + lam_b))
+        else:
+            b = b - (grad + lam_b * b) / (hess + lam_b)
+    counts = present.sum(axis=0)
+    intercept = np.where(counts > 0, (a * present).sum(axis=0) / np.maximum(counts, 1), 0.0)
+    return {"logit_intercept": intercept, "logit_slope": b}
+
+
 def by_kind(X: np.ndarray, ds: Dataset) -> None:
     task, source = column(ds, "task"), column(ds, "source")
     ease = np.nanmean(ds.scores, axis=1)
@@ -191,6 +244,9 @@ def by_kind(X: np.ndarray, ds: Dataset) -> None:
             tr = shipped_rows(d, ds, fold.train)
             labelled = ~np.isnan(ds.scores[tr]).all(axis=0) if len(tr) else np.zeros(len(ds.labels), bool)
             shipped[d] = (shipped_fit(d, X, ds, fold.train), labelled)
+        tr = shipped_rows("shipped_task_difficulty_permitted", ds, fold.train)
+        for link in LINKS:
+            shipped[f"task_difficulty {link}"] = (task_difficulty_link(X, ds, tr, link), shipped[SHIPPED[1]][1])
         for t in sorted(set(task[fold.test])):
             rows = fold.test[task[fold.test] == t]
             spear = {k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()}
@@ -206,11 +262,13 @@ def by_kind(X: np.ndarray, ds: Dataset) -> None:
                     if predict is not None and labelled[s_] and labelled[w_]:
                         P = predict(X[keep])
                         apgr[d] = two_model_report(P[:, s_] - P[:, w_], qs, qw, bootstrap=0)["router"]["apgr"]
-            rows_out.append((kind_of(t), t, spear, apgr))
+            allp = {} if source[rows[0]] == "alpacaeval" else every_pair(X, ds, rows, fits, shipped)
+            rows_out.append((kind_of(t), t, spear, apgr, allp))
             line = f"{kind_of(t)[:12]:12s} {t[:36]:36s} n={len(rows):5d} " + " | ".join(f"{k}: rho {v:+.3f}" for k, v in spear.items())
             line += "".join(f" | {k}: {v:.3f}" for k, v in apgr.items())
+            line += " || every pair:" + "".join(f" | {k}: {v:.3f}" for k, v in allp.items())
             print(line, flush=True)
-    names = [*axes, *SHIPPED]
+    names = [*axes, *SHIPPED, *(f"task_difficulty {link}" for link in LINKS)]
     print("\nby kind: mean over its tasks (tasks scored); APGR on the regime pair, rho = Spearman with true ease")
     for kind in KINDS:
         got = [r for r in rows_out if r[0] == kind]
@@ -221,7 +279,33 @@ def by_kind(X: np.ndarray, ds: Dataset) -> None:
             v = [r[3][k] for r in got if k in r[3]]
             if v:
                 cells.append(f"{k}: {np.mean(v):.3f} ({len(v)})")
+        for k in names:
+            v = [r[4][k] for r in got if k in r[4]]
+            if v:
+                cells.append(f"every pair, {k}: {np.mean(v):.3f} ({len(v)})")
         print(f"{kind}: {len(got)} tasks | " + " | ".join(cells))
+    base = "shipped_task_difficulty_permitted"
+    for k in names:
+        both = [(r[4][k], r[4][base]) for r in rows_out if k in r[4] and base in r[4]]
+        if both and k != base:
+            d = np.array([x - y for x, y in both])
+            print(f"every pair, {k} vs {base}: {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({int((d > 0).sum())}/{len(d)} tasks)")
+
+
+def every_pair(X: np.ndarray, ds: Dataset, rows: np.ndarray, fits: dict, shipped: dict) -> dict[str, float]:
+    """APGR averaged over every pair of the task's models 0.05 apart (`all_pairs`) that a design
+    can score: an axis gives every pair one direction, per-model curves can tell pairs apart."""
+    hard = {k: f(rows) for k, f in fits.items()}
+    preds = {d: (predict(X[rows]), labelled) for d, (predict, labelled) in shipped.items() if predict is not None}
+    sums: dict[str, list[float]] = {}
+    for s_, w_ in all_pairs(ds, rows):
+        keep = ~np.isnan(ds.scores[rows, s_]) & ~np.isnan(ds.scores[rows, w_])
+        qs, qw = ds.scores[rows[keep], s_], ds.scores[rows[keep], w_]
+        scores = {k: h[keep] for k, h in hard.items()}
+        scores.update({d: P[keep, s_] - P[keep, w_] for d, (P, labelled) in preds.items() if labelled[s_] and labelled[w_]})
+        for k, sc in scores.items():
+            sums.setdefault(k, []).append(two_model_report(sc, qs, qw, bootstrap=0)["router"]["apgr"])
+    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 if __name__ == "__main__":
