@@ -177,6 +177,53 @@ def rb_rotations(label: str, fit, extra: tuple[str, ...] = ("arenabench", "llmro
     print(f"{label} on RouterBench train + {', '.join(extra) or 'nothing'}: " + " | ".join(cells))
 
 
+def held_out_table(ds: Dataset, designs: dict, score) -> dict[str, list[float]]:
+    """Leave-one-task-out: each design fitted on a fold's training rows, then `score(task, rows,
+    fits)` on each held-out task -> ({design: value}, line) or None to skip it; prints a line per
+    task and returns each design's values."""
+    task = column(ds, "task")
+    results: dict[str, list[float]] = {k: [] for k in designs}
+    for fold in held_out_folds(ds, "task"):
+        fits = {k: d(fold.train) for k, d in designs.items()}
+        for t in sorted(set(task[fold.test])):
+            got = score(t, fold.test[task[fold.test] == t], fits)
+            if got is None:
+                continue
+            vals, line = got
+            for k, v in vals.items():
+                results[k].append(v)
+                line += f" | {k}: {v:+.3f}"
+            print(line, flush=True)
+    return results
+
+
+def ease_score(ds: Dataset):
+    """Spearman of each design's predicted ease with the task's true mean score."""
+    ease = np.nanmean(ds.scores, axis=1)
+    return lambda t, rows, fits: ({k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()},
+                                  f"{t[:40]:40s} n={len(rows):5d}")
+
+
+def regime_score(ds: Dataset, bootstrap: int = 200):
+    """APGR of each design's hardness on the task's regime pair (`regime_pair`); AlpacaEval skipped."""
+    source = column(ds, "source")
+
+    def score(t, rows, fits):
+        pair = None if source[rows[0]] == "alpacaeval" else regime_pair(ds, rows)
+        if pair is None:
+            return None
+        s, w = pair
+        keep = rows[~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])]
+        qs, qw = ds.scores[keep, s], ds.scores[keep, w]
+        reps = {k: two_model_report(f(keep), qs, qw, bootstrap=bootstrap)["router"] for k, f in fits.items()}
+        line = f"{t[:34]:34s} n={len(keep):5d} {ds.labels[s][:22]}={qs.mean():.2f} vs {ds.labels[w][:22]}={qw.mean():.2f}"
+        if bootstrap:
+            line += f" (se {max(r['apgr_se'] for r in reps.values()):.3f})"
+        return {k: r["apgr"] for k, r in reps.items()}, line
+
+    return score
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["ease", "regime", "rotations", "two-axis", "hybrid"])
@@ -194,8 +241,7 @@ def main() -> None:
         return rb_rotations(f"hybrid (weight {args.weight})", lambda X, ds, rows: hybrid_fit(X, ds, rows, args.weight))
     ds = load_jsonl(args.data)
     X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
-    task, source = column(ds, "task"), column(ds, "source")
-    ease = np.nanmean(ds.scores, axis=1)
+    source = column(ds, "source")
     stats = np.arange(X.shape[1] - 8, X.shape[1]) if args.featurizer.endswith("+stats") else None
     designs = {"all sources": lambda tr: hardness_fit(X, ds, tr),
                "permitted": lambda tr: hardness_fit(X, ds, tr[np.isin(source[tr], PERMITTED)])}
@@ -203,29 +249,7 @@ def main() -> None:
         designs["statistics only"] = lambda tr: hardness_fit(X, ds, tr, stats)
     designs["default's axis"] = lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"])
     designs["hybrid axis"] = lambda tr: hybrid_hardness(X, ds, tr[np.isin(source[tr], PERMITTED)], args.weight)
-    results: dict[str, list[float]] = {k: [] for k in designs}
-    for fold in held_out_folds(ds, "task"):
-        fits = {k: d(fold.train) for k, d in designs.items()}
-        for t in sorted(set(task[fold.test])):
-            rows = fold.test[task[fold.test] == t]
-            if args.what == "ease":
-                vals = {k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()}
-                line = f"{t[:40]:40s} n={len(rows):5d}"
-            else:
-                pair = None if source[rows[0]] == "alpacaeval" else regime_pair(ds, rows)
-                if pair is None:
-                    continue
-                s, w = pair
-                keep = rows[~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])]
-                qs, qw = ds.scores[keep, s], ds.scores[keep, w]
-                reps = {k: two_model_report(f(keep), qs, qw, bootstrap=200)["router"] for k, f in fits.items()}
-                vals = {k: r["apgr"] for k, r in reps.items()}
-                se = max(r["apgr_se"] for r in reps.values())
-                line = f"{t[:34]:34s} n={len(keep):5d} {ds.labels[s][:22]}={qs.mean():.2f} vs {ds.labels[w][:22]}={qw.mean():.2f} (se {se:.3f})"
-            for k, v in vals.items():
-                results[k].append(v)
-                line += f" | {k}: {v:+.3f}"
-            print(line, flush=True)
+    results = held_out_table(ds, designs, ease_score(ds) if args.what == "ease" else regime_score(ds))
     for k, v in results.items():
         a = np.array(v, dtype=float)
         centre = 0.0 if args.what == "ease" else 0.5

@@ -43,7 +43,7 @@ import itertools
 import numpy as np
 from scipy.stats import spearmanr
 
-from broad_fifth import default_axis, hardness_fit, rb_rotations, regime_pair
+from broad_fifth import default_axis, ease_score, hardness_fit, held_out_table, rb_rotations, regime_pair, regime_score
 from router.families import FAMILIES, get_family
 from router.families_irt import _logistic_lines, predict_difficulty
 from router.family_base import sigmoid
@@ -115,6 +115,17 @@ def all_pairs(ds: Dataset, rows: np.ndarray, gap: float = 0.05) -> list[tuple[in
     return [(s, w) if means[s] > means[w] else (w, s) for s, w in itertools.combinations(cols, 2) if abs(means[s] - means[w]) >= gap]
 
 
+def pairs_score(ds: Dataset):
+    """Each design's hardness averaged over every pair of the task's models (`every_pair`)."""
+    source = column(ds, "source")
+
+    def score(t, rows, fits):
+        vals = {} if source[rows[0]] == "alpacaeval" else every_pair(None, ds, rows, fits, {})
+        return (vals, f"{t[:40]:40s} n={len(rows):5d} pairs={len(all_pairs(ds, rows)):3d}") if vals else None
+
+    return score
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["ease", "regime", "pairs", "rotations", "kinds"])
@@ -129,49 +140,13 @@ def main() -> None:
     X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
     if args.what == "kinds":
         return by_kind(X, ds)
-    task, source = column(ds, "task"), column(ds, "source")
-    ease = np.nanmean(ds.scores, axis=1)
+    source = column(ds, "source")
     designs = {"default's axis": lambda tr: default_axis(X, ds, tr[source[tr] == "routerbench"]),
                "within-task, permitted": lambda tr: hardness_fit(X, ds, tr[np.isin(source[tr], PERMITTED)])}
     for lam in WEIGHTS:
         designs[f"summed, lam {lam}"] = lambda tr, lam=lam: summed_hardness(X, ds, tr, lam)
-    results: dict[str, list[float]] = {k: [] for k in designs}
-    for fold in held_out_folds(ds, "task"):
-        if not np.any(source[fold.train] == "routerbench"):
-            continue
-        fits = {k: d(fold.train) for k, d in designs.items()}
-        for t in sorted(set(task[fold.test])):
-            rows = fold.test[task[fold.test] == t]
-            if args.what == "ease":
-                vals = {k: spearmanr(-f(rows), ease[rows]).correlation for k, f in fits.items()}
-                line = f"{t[:40]:40s} n={len(rows):5d}"
-            elif args.what == "regime":
-                pair = None if source[rows[0]] == "alpacaeval" else regime_pair(ds, rows)
-                if pair is None:
-                    continue
-                s, w = pair
-                keep = rows[~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])]
-                vals = {k: two_model_report(f(keep), ds.scores[keep, s], ds.scores[keep, w], bootstrap=0)["router"]["apgr"]
-                        for k, f in fits.items()}
-                line = f"{t[:34]:34s} n={len(keep):5d} {ds.labels[s][:22]} vs {ds.labels[w][:22]}"
-            else:
-                if source[rows[0]] == "alpacaeval":
-                    continue
-                pairs = all_pairs(ds, rows)
-                if not pairs:
-                    continue
-                hard = {k: f(rows) for k, f in fits.items()}
-                vals = {k: 0.0 for k in fits}
-                for s, w in pairs:
-                    keep = ~np.isnan(ds.scores[rows, s]) & ~np.isnan(ds.scores[rows, w])
-                    for k, h in hard.items():
-                        r = two_model_report(h[keep], ds.scores[rows[keep], s], ds.scores[rows[keep], w], bootstrap=0)
-                        vals[k] += r["router"]["apgr"] / len(pairs)
-                line = f"{t[:40]:40s} n={len(rows):5d} pairs={len(pairs):3d}"
-            for k, v in vals.items():
-                results[k].append(v)
-                line += f" | {k}: {v:+.3f}"
-            print(line, flush=True)
+    score = {"ease": ease_score(ds), "regime": regime_score(ds, bootstrap=0), "pairs": pairs_score(ds)}[args.what]
+    results = held_out_table(ds, designs, score)
     base_name = "default's axis"
     base = np.array(results[base_name], dtype=float)
     centre = 0.0 if args.what == "ease" else 0.5
