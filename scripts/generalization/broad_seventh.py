@@ -13,9 +13,13 @@ no model reaches 0.6) teach nothing here.
   (AlpacaEval on gpt-4 vs mixtral), beside the default's axis and the within-task axis.
 - `rotations`: RouterBench's held-out rotations and in distribution (train split + arenabench +
   llmrouter), the gain score as the router.
+- `axes`: the same rotations with a hardness axis alone as the router (harder prompt to gpt-4):
+  the default's, the within-task one, and the within-task one on the 8 statistics only. The
+  shipped default instead routes on its two logistic curves, whose gap peaks mid-axis.
 
     python scripts/generalization/broad_seventh.py regime
     python scripts/generalization/broad_seventh.py rotations
+    python scripts/generalization/broad_seventh.py axes
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def as_pair_matrix(score_fit):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["regime", "rotations"])
+    ap.add_argument("what", choices=["regime", "rotations", "axes"])
     ap.add_argument("--data", default=".doka/data/combined_all.jsonl")
     ap.add_argument("--featurizer", default="minilm-l6-v2-static+stats")
     args = ap.parse_args()
@@ -94,6 +98,12 @@ def main() -> None:
         for centred in (False, True):
             rb_rotations(f"gain ({'centred' if centred else 'raw'})",
                          as_pair_matrix(lambda X, ds, rows, c=centred: gain_fit(X, ds, rows, c)))
+        return
+    if args.what == "axes":
+        rb_rotations("default's axis alone", as_pair_matrix(lambda X, ds, rows: default_axis(X, ds, rows[column(ds, "source")[rows] == "routerbench"])))
+        rb_rotations("within-task axis alone", as_pair_matrix(lambda X, ds, rows: hardness_fit(X, ds, rows[np.isin(column(ds, "source")[rows], PERMITTED)])))
+        rb_rotations("within-task axis, statistics only", as_pair_matrix(
+            lambda X, ds, rows: hardness_fit(X, ds, rows[np.isin(column(ds, "source")[rows], PERMITTED)], np.arange(X.shape[1] - 8, X.shape[1]))))
         return
     ds = load_jsonl(args.data)
     X = embed_texts(ds.prompts, get_featurizer(args.featurizer), progress=False).astype(np.float64)
