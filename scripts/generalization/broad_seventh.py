@@ -7,7 +7,8 @@ gpt-4 vs mixtral where labelled, else the best model at 0.6 or more against the 
 of it), and per prompt q(strong) - q(weak). A ridge on it (task-weighted; alpha by grouped inner
 CV on the training fold) is the router. `raw` keeps each task's mean gain (where a pair gains more
 overall), `centred` removes it (only which prompt of a task gains). Tasks with no such pair (MATH:
-no model reaches 0.6) teach nothing here.
+no model reaches 0.6) teach nothing here. Beside it, `within-task, top half`: a difficulty target
+from each task's better half of models only (hard for good models).
 
 - `regime`: each held-out task on its regime pair, grouped by kind as `broad_sixth.py kinds`
   (AlpacaEval on gpt-4 vs mixtral), beside the default's axis and the within-task axis.
@@ -72,6 +73,34 @@ def gain_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray, centred: bool):
     return lambda idx: X[idx] @ coef + b
 
 
+def top_half_target(ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Per prompt: the mean score of the task's better half of models (by task mean, among models
+    labelling 90%+ of it), z-scored within the task: "hard for good models", the difficulty that
+    decides a strong pair's gain, where the all-model mean also counts weak models' misses."""
+    tasks = column(ds, "task")[rows]
+    out = np.zeros(len(rows))
+    for t in set(tasks):
+        m = tasks == t
+        S = ds.scores[rows[m]]
+        cols = np.flatnonzero((~np.isnan(S)).mean(axis=0) >= 0.9)
+        if len(cols) < 2:
+            cols = np.flatnonzero((~np.isnan(S)).any(axis=0))
+        means = np.nanmean(S[:, cols], axis=0)
+        top = cols[means >= np.median(means)]
+        raw = np.nan_to_num(np.nanmean(S[:, top], axis=1), nan=float(np.nanmean(S[:, top])))
+        sd = raw.std()
+        out[m] = (raw - raw.mean()) / (sd if sd > 1e-9 else 1.0)
+    return out
+
+
+def top_half_fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
+    """Hardness for good models (minus the ridge's prediction of `top_half_target`)."""
+    tasks = column(ds, "task")[rows]
+    y, w = top_half_target(ds, rows), task_weights(tasks)
+    coef, b = fit_ridge(X[rows], y, inner_alpha(X[rows], y, tasks, w), w)
+    return lambda idx: -(X[idx] @ coef + b)
+
+
 def as_pair_matrix(score_fit):
     """A score fit as the [n, models] matrix `rb_rotations` reads: gpt-4's column the score."""
     def fit(X: np.ndarray, ds: Dataset, rows: np.ndarray):
@@ -102,6 +131,8 @@ def main() -> None:
     if args.what == "axes":
         rb_rotations("default's axis alone", as_pair_matrix(lambda X, ds, rows: default_axis(X, ds, rows[column(ds, "source")[rows] == "routerbench"])))
         rb_rotations("within-task axis alone", as_pair_matrix(lambda X, ds, rows: hardness_fit(X, ds, rows[np.isin(column(ds, "source")[rows], PERMITTED)])))
+        rb_rotations("within-task axis, top-half models", as_pair_matrix(
+            lambda X, ds, rows: top_half_fit(X, ds, rows[np.isin(column(ds, "source")[rows], PERMITTED)])))
         rb_rotations("within-task axis, statistics only", as_pair_matrix(
             lambda X, ds, rows: hardness_fit(X, ds, rows[np.isin(column(ds, "source")[rows], PERMITTED)], np.arange(X.shape[1] - 8, X.shape[1]))))
         return
@@ -113,7 +144,8 @@ def main() -> None:
                "within-task axis": lambda tr: hardness_fit(X, ds, permitted(tr)),
                "gain raw": lambda tr: gain_fit(X, ds, permitted(tr), False),
                "gain centred": lambda tr: gain_fit(X, ds, permitted(tr), True),
-               "gain raw, all sources": lambda tr: gain_fit(X, ds, tr, False)}
+               "gain raw, all sources": lambda tr: gain_fit(X, ds, tr, False),
+               "within-task, top half": lambda tr: top_half_fit(X, ds, permitted(tr))}
     out: list[tuple[str, dict[str, float]]] = []
     for fold in held_out_folds(ds, "task"):
         fits = None
