@@ -247,3 +247,24 @@ def test_constant_scores_catches_near_constant_and_passes_varied():
     assert "95%" in constant_scores(np.r_[np.zeros(95), np.linspace(0.1, 1, 5)])
     assert constant_scores(np.linspace(0, 1, 100)) is None
     assert constant_scores(np.c_[np.zeros(10), np.linspace(0, 1, 10)]) is None
+
+
+def test_a_model_no_source_prices_trains_without_numpy_warnings(tmp_path):
+    """llmrouter's and routerdc's models come without costs: their cost is recorded as unknown
+    (None), quietly. The warning this guards against is real: numpy warns on that NaN column."""
+    import warnings
+
+    import numpy as np
+
+    from training.train import label_costs
+
+    ds = from_records([Record(id=i, prompt=f"question {i}", scores={"priced": 1.0, "unpriced": float(i % 2)},
+                              costs={"priced": 0.01}) for i in range(6)])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        np.nanmean(ds.costs, axis=0)
+    assert any(issubclass(w.category, RuntimeWarning) for w in seen)  # the signal exists
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        costs = label_costs(ds, config_path=str(tmp_path / "no-config.yaml"))
+    assert costs == {"priced": 0.01, "unpriced": None}

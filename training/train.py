@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def label_costs(ds: Dataset, config_path: str | None = None, per_call: dict[str,
     except Exception:  # noqa: BLE001 - costs are advisory; a broken config must not stop training
         prices = {}
     fill_costs(filled, per_call=per_call, per_token=prices)
-    means = np.nanmean(np.where(np.isnan(filled.costs), np.nan, filled.costs), axis=0) if len(filled) else []
+    with warnings.catch_warnings():  # a model no source prices (llmrouter's, routerdc's) is a NaN column: None below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(filled.costs, axis=0) if len(filled) else []
     return {lab: (None if np.isnan(v) else float(v)) for lab, v in zip(ds.labels, means)}
 
 
