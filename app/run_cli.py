@@ -36,6 +36,7 @@ RAY_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_dri
 # Runs in every Ray worker before an actor's code loads (app/lean_imports.py: no pandas for Serve).
 WORKER_SETUP_HOOK = "app.lean_imports.setup_worker"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK_DRAIN_WINDOW_S = "2"  # as tests/conftest.py sets it
 
 
 def _listening(host: str, port: int) -> bool:
@@ -251,6 +252,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.server.port = args.port
     for k, v in {**LOCAL_ENV, **({} if args.no_perf else PERF_ENV)}.items():
         os.environ.setdefault(k, v)
+    if cfg.server.host in LOCAL_HOSTS:
+        # Behind HAProxy a draining ingress replica stays reachable this long so external load
+        # balancers can deregister it (Serve's default 30 s): none can reach a loopback gateway,
+        # so Ctrl-C need not wait it out. In-flight requests still drain (graceful_shutdown_timeout_s).
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", LOOPBACK_DRAIN_WINDOW_S)
     mocks: list[subprocess.Popen] = []
     started: list[Any] = []  # every process of this run, swept again at the end
     spare = frozenset(p.pid for p in _descendants())  # not started by this run: never stopped by it
