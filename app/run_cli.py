@@ -244,19 +244,26 @@ def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> list[str]:
         time.sleep(0.5)
 
 
+def run_env(cfg: DokaConfig, perf: bool = True) -> dict[str, str]:
+    """The environment `doka run` gives the local Ray cluster it starts (defaults only)."""
+    env = {**LOCAL_ENV, **(PERF_ENV if perf else {})}
+    if cfg.server.host in LOCAL_HOSTS:
+        # Behind HAProxy a draining ingress replica stays reachable this long so external load
+        # balancers can deregister it (Serve's default: 30 s, which made every Ctrl-C wait 30 s).
+        # No load balancer reaches a loopback gateway. In-flight requests still drain, up to
+        # graceful_shutdown_timeout_s.
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = LOOPBACK_DRAIN_WINDOW_S
+    return env
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and container stops shut down cleanly too
     signal.signal(signal.SIGINT, _interrupt)
     if args.port:
         cfg.server.port = args.port
-    for k, v in {**LOCAL_ENV, **({} if args.no_perf else PERF_ENV)}.items():
-        os.environ.setdefault(k, v)
-    if cfg.server.host in LOCAL_HOSTS:
-        # Behind HAProxy a draining ingress replica stays reachable this long so external load
-        # balancers can deregister it (Serve's default 30 s): none can reach a loopback gateway,
-        # so Ctrl-C need not wait it out. In-flight requests still drain (graceful_shutdown_timeout_s).
-        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", LOOPBACK_DRAIN_WINDOW_S)
+    for k, v in run_env(cfg, perf=not args.no_perf).items():
+        os.environ.setdefault(k, v)  # a value the user set wins
     mocks: list[subprocess.Popen] = []
     started: list[Any] = []  # every process of this run, swept again at the end
     spare = frozenset(p.pid for p in _descendants())  # not started by this run: never stopped by it

@@ -65,3 +65,26 @@ def test_doka_runs_head_starts_without_monitors_and_with_the_gateway_dashboard()
     assert full["modules"] == [] and "monitor" not in full["kinds"]
     plain = _probe("plain")  # a bare ray.init starts both monitors: the absence above is real
     assert {"monitor", "log_monitor"} <= set(plain["kinds"]) and plain["modules"] == [], plain
+
+
+def test_a_loopback_run_skips_serves_load_balancer_drain_window_and_a_reachable_one_keeps_it():
+    """Behind HAProxy, Serve keeps a draining ingress replica reachable for
+    RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s by default) for external load balancers:
+    every Ctrl-C of `make run` waited it out. A loopback gateway gets 2 s; one bound to all
+    interfaces keeps Serve's default; a value the user exported wins (cmd_run uses setdefault)."""
+    import inspect
+
+    from ray.serve._private import constants
+
+    from app.config import DEFAULT_CONFIG_PATH, load_config
+    from app.run_cli import run_env
+
+    knob = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+    assert f'os.environ.get("{knob}", "30")' in inspect.getsource(constants)  # Serve reads it, default 30 s
+    cfg = load_config(DEFAULT_CONFIG_PATH)
+    assert cfg.server.host == "127.0.0.1"
+    assert run_env(cfg)[knob] == "2"
+    assert run_env(cfg, perf=False)[knob] == "2"
+    cfg.server.host = "0.0.0.0"
+    assert knob not in run_env(cfg)
+    assert run_env(cfg)["RAY_SERVE_ENABLE_HA_PROXY"] == "1"

@@ -54,6 +54,7 @@ def _start(tmp_path, with_missing_tiny: bool, registry=None) -> tuple[subprocess
     path.write_text(yaml.safe_dump(raw))
     # its own HAProxy ports: the session's cluster (inherited in os.environ) holds the others
     env = {**os.environ, "MOCK_API_KEY": "mock-key", **haproxy_env(Path(f"/tmp/dkl-{free_port()}"))}
+    env.pop("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", None)  # the test session's; `doka run` sets its own
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run", "--config", str(path), "--no-dashboard",
                              "--num-cpus", "2", "--mock-latency-ms", "1"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
