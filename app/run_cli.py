@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from app.config import DEFAULT_CONFIG_PATH, ConfigError, DokaConfig, load_config
@@ -210,21 +210,24 @@ def gateway_head(log_monitor: bool, full_dashboard: bool = False) -> Iterator[No
         parameter.RayParams, services.start_ray_process = base, start_process
 
 
-def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> list[str]:
+def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900,
+                         announce: Callable[[list[str]], None] | None = None) -> list[str]:
     """Deploy the graph the way a RayService does (a Serve config: the gateway application and
     one per vLLM tier), so `doka router reload` / `train-from-traces` patch its router
     user_config in place (Serve `reconfigure`) exactly as on Kubernetes.
 
     Waits until the gateway application runs (its failure is fatal) and each tier application
     runs or fails; returns one line per tier that did not come up: the gateway serves without
-    it, its chains skip it, /health/readiness names it.
+    it, its chains skip it, /health/readiness names it. `announce(starting)` is called once if
+    the gateway runs while tiers are still starting: it answers from then on (a vLLM engine on
+    CPU takes a minute or more).
     """
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
     from app.serve_config import serve_config
-    from deployments.tier_apps import reason_down, states_from_serve_status, tier_apps
+    from deployments.tier_apps import reason_down, states_from_serve_status, tier_apps, tiers_starting
 
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(cfg, inline=True)))
     tiers = {m: where["app"] for m, where in tier_apps(cfg).items()}
@@ -236,11 +239,13 @@ def deploy_declaratively(cfg: DokaConfig, timeout_s: float = 900) -> list[str]:
         if status == "DEPLOY_FAILED" or (status != "RUNNING" and time.monotonic() > deadline):
             message = ((main.message if main is not None else "") or "timed out").strip().splitlines()
             raise SystemExit(f"doka: deploying {cfg.server.app_name} failed: {message[-1] if message else status}")
-        settled = {m: app for m, app in tiers.items() if (st := states.get(app)) is not None
-                   and (st.status in ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY") or st.running_replicas)}
-        if status == "RUNNING" and (len(settled) == len(tiers) or time.monotonic() > deadline):
+        starting = tiers_starting(tiers, states)
+        if status == "RUNNING" and (not starting or time.monotonic() > deadline):
             return [f"doka: vLLM tier {m} is not serving: {why}; the other tiers serve, its chains skip it"
                     for m, app in tiers.items() if (why := reason_down(app, states.get(app))) is not None]
+        if status == "RUNNING" and announce is not None:
+            announce(starting)
+            announce = None
         time.sleep(0.5)
 
 
@@ -294,9 +299,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
-        for line in deploy_declaratively(cfg):  # a tier that failed: one line each, not fatal
-            print(line, flush=True)
         base = f"http://{cfg.server.host}:{cfg.server.port}"
+
+        def announce(starting: list[str]) -> None:
+            print(f"doka: answering at {base}/v1 already; vLLM tier {', '.join(starting)} still starting (a minute "
+                  "or more on CPU): until it serves, its chains answer from their next tier", flush=True)
+
+        for line in deploy_declaratively(cfg, announce=announce):  # a tier that failed: one line each, not fatal
+            print(line, flush=True)
         dash = "off" if args.no_dashboard else "http://127.0.0.1:8265"
         print(f"doka: ready at {base}/v1 (OpenAI base_url); models: {base}/v1/models; "
               f"Ray dashboard: {dash}; Ray cluster: {ray.get_runtime_context().gcs_address}; Ctrl-C stops",

@@ -70,6 +70,12 @@ def reason_down(app: str, state: AppState | None) -> str | None:
     return f"Serve application {app} is {state.status}" + (f": {detail}" if detail else "")
 
 
+def tiers_starting(tiers: dict[str, str], states: dict[str, AppState]) -> list[str]:
+    """The tier models (model -> its application) still coming up: neither serving nor failed."""
+    return sorted(m for m, app in tiers.items() if (st := states.get(app)) is None
+                  or (st.status not in ("RUNNING", "DEPLOY_FAILED", "UNHEALTHY") and not st.running_replicas))
+
+
 StatusFetch = Callable[[], Awaitable[dict[str, AppState]]]
 
 

@@ -15,7 +15,7 @@ from app.config import ConfigError, parse_config
 from app.graph import tier_app_builder
 from app.serve_config import serve_config
 from deployments.tier_apps import (AppState, TierWatch, app_name, deployment_name, reason_down, short_message,
-                                   states_from_serve_status, tier_apps)
+                                   states_from_serve_status, tier_apps, tiers_starting)
 from tests.conftest import DEFAULT_CONFIG
 
 TRACEBACK = ("The deployment failed to start 3 times in a row. This may be due to a problem with its constructor.\n"
@@ -92,6 +92,49 @@ def test_states_come_from_serve_status_objects() -> None:
     assert states["u"] == AppState("RUNNING", "", 2)
     assert states["t"].status == "DEPLOY_FAILED" and states["t"].running_replicas == 0
     assert states["t"].message.startswith("Deploying app 't' failed.") and "JSONDecodeError" in states["t"].message
+
+
+def test_a_tier_is_starting_until_it_serves_or_fails() -> None:
+    tiers = {"a": "app-a", "b": "app-b", "c": "app-c", "d": "app-d"}
+    states = {"app-a": AppState("DEPLOYING"), "app-b": AppState("RUNNING", "", 1),
+              "app-c": AppState("DEPLOY_FAILED", "boom"), "app-d": AppState("DEPLOYING", "", 1)}  # d: a rolling update
+    assert tiers_starting(tiers, states) == ["a"]
+    assert tiers_starting(tiers, {}) == ["a", "b", "c", "d"]  # not deployed yet
+    assert tiers_starting({}, states) == []
+
+
+def _status(main: str, tier: str, tier_replicas: int = 0) -> ServeStatus:
+    dep = DeploymentStatusOverview(status="HEALTHY" if tier_replicas else "UPDATING", status_trigger="CONFIG_UPDATE_STARTED",
+                                   replica_states={"RUNNING": tier_replicas} if tier_replicas else {}, message="")
+    return ServeStatus(applications={
+        "doka": ApplicationStatusOverview(status=main, message="", last_deployed_time_s=0.0, deployments={}),
+        "doka-tier-local-tiny": ApplicationStatusOverview(status=tier, message="engine failed" if tier == "DEPLOY_FAILED" else "",
+                                                          last_deployed_time_s=0.0, deployments={"LLMServer:local-tiny": dep})})
+
+
+@pytest.mark.parametrize("tier_end", ["RUNNING", "DEPLOY_FAILED"])
+def test_doka_run_says_the_gateway_answers_while_a_tier_is_still_starting(monkeypatch, tier_end) -> None:
+    """`doka run` waits for each vLLM tier to serve or fail before its ready line (a minute or more
+    on CPU), but the gateway answers as soon as its own application runs: it says so once, then."""
+    from ray import serve
+    from ray.serve import context
+
+    from app import run_cli
+
+    script = [_status("DEPLOYING", "DEPLOYING"), _status("RUNNING", "DEPLOYING"), _status("RUNNING", "DEPLOYING"),
+              _status("RUNNING", tier_end, 1 if tier_end == "RUNNING" else 0)]
+    deployed: list = []
+    monkeypatch.setattr(context, "_get_global_client", lambda: type("C", (), {"deploy_apps": lambda self, s: deployed.append(s)})())
+    monkeypatch.setattr(serve, "status", lambda: script.pop(0) if len(script) > 1 else script[0])
+    monkeypatch.setattr(run_cli.time, "sleep", lambda s: None)
+    told: list[list[str]] = []
+    lines = run_cli.deploy_declaratively(parse_config(_raw()), announce=told.append)
+    assert len(deployed) == 1 and [a.name for a in deployed[0].applications] == ["doka", "doka-tier-local-tiny"]
+    assert told == [["local-tiny"]]  # once, while the tier was starting
+    if tier_end == "RUNNING":
+        assert lines == []
+    else:
+        assert len(lines) == 1 and "local-tiny is not serving" in lines[0] and "DEPLOY_FAILED" in lines[0]
 
 
 async def _spin() -> None:
