@@ -77,6 +77,15 @@ def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
     return procs
 
 
+def check_gateway_port(cfg: DokaConfig) -> None:
+    """Refuse to start when the gateway's port is taken: Serve's HAProxy would otherwise die at
+    start-up with a page of traceback after the cluster is already up."""
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    if _listening(host, cfg.server.port):
+        raise SystemExit(f"doka: {host}:{cfg.server.port} is already in use (another gateway, or a `doka run` "
+                         f"still running?); stop it, or serve on another port: `doka run --port N` or server.port")
+
+
 def unreachable_providers(cfg: DokaConfig) -> dict[str, str]:
     """model -> host:port for provider models whose configured `api_base` accepts no connection
     now. Reported at start, never fatal: the tier fails over until the provider answers."""
@@ -267,6 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     if args.port:
         cfg.server.port = args.port
+    check_gateway_port(cfg)  # before anything starts
     for k, v in run_env(cfg, perf=not args.no_perf).items():
         os.environ.setdefault(k, v)  # a value the user set wins
     mocks: list[subprocess.Popen] = []

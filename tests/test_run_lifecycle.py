@@ -153,6 +153,25 @@ def test_router_reload_then_sigint_stops_everything_and_a_taken_mock_port_is_ref
         squatter.wait(timeout=10)
 
 
+def test_a_taken_gateway_port_is_refused_before_anything_starts(tmp_path):
+    """Without the check, Serve's HAProxy died at start-up with a page of traceback (after the
+    cluster and the mock upstream were up); now one line, and nothing of this run is left."""
+    import socket
+
+    port, mock_port = free_port(), free_port()
+    raw = gateway_test_config(mock_port, port)
+    path = tmp_path / "doka.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        out = subprocess.run([sys.executable, "-m", "app.cli", "run", "--config", str(path), "--no-dashboard"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and f"127.0.0.1:{port} is already in use" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "doka run --port" in out.stderr
+    assert "mock upstream" not in out.stdout and not _listening("127.0.0.1", mock_port)  # nothing was started
+
+
 def test_an_unreachable_provider_is_reported_not_fatal():
     """`doka run` names a provider nobody answers for at start (and serves anyway)."""
     from app.config import parse_config
