@@ -78,7 +78,7 @@ def test_doka_run_prints_one_line_and_exits_2_when_keys_cannot_be_checked(monkey
     monkeypatch.setitem(sys.modules, "accounts.gateway", None)
     from app.cli import main
 
-    rc = main(["run", "--config", str(DEFAULT_CONFIG_PATH), "--no-mock"])
+    rc = main(["run", "--config", str(DEFAULT_CONFIG_PATH), "--no-mock", "--port", str(free_port())])  # 8000 may be taken
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
