@@ -112,6 +112,11 @@ class ServerConfig(StrictModel):
     data_dir: str = ".doka"
     app_name: str = "doka"
 
+    @property
+    def client_host(self) -> str:
+        """Where a client on this machine connects: loopback when the server binds every interface."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
 
 class AccountsConfig(StrictModel):
     """Keys, quotas and the spend ledger."""

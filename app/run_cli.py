@@ -80,7 +80,7 @@ def start_mocks(cfg: DokaConfig, latency_ms: float) -> list[subprocess.Popen]:
 def check_gateway_port(cfg: DokaConfig) -> None:
     """Refuse to start when the gateway's port is taken: Serve's HAProxy would otherwise die at
     start-up with a page of traceback after the cluster is already up."""
-    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    host = cfg.server.client_host
     if _listening(host, cfg.server.port):
         raise SystemExit(f"doka: {host}:{cfg.server.port} is already in use (another gateway, or a `doka run` "
                          f"still running?); stop it, or serve on another port: `doka run --port N` or server.port")

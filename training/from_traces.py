@@ -328,8 +328,7 @@ def gateway_base(cfg: DokaConfig, explicit: str | None = None) -> str:
     """The running gateway's base URL (`--gateway`, else server.host:port + route_prefix)."""
     if explicit:
         return explicit.rstrip("/")
-    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
-    return f"http://{host}:{cfg.server.port}{cfg.server.route_prefix.rstrip('/')}"
+    return f"http://{cfg.server.client_host}:{cfg.server.port}{cfg.server.route_prefix.rstrip('/')}"
 
 
 def _router_status(cfg: DokaConfig, gateway_url: str | None) -> dict[str, Any] | None:
