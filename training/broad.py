@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from training.broad_data import BROAD_FEATURIZER_ID, Fold, column, held_out_folds, scoring_pair
-from training.broad_designs import DESIGNS, FOLD_FITS, PAIR_FREE, contrastive_or_difficulty, pair_score, shipped_fit, shipped_rows
+from training.broad_designs import (DESIGNS, FOLD_FITS, PAIR_FREE, contrastive_or_difficulty, pair_score, shipped_fit,
+                                   shipped_labels)
 from training.dataset import Dataset, load_jsonl
 from training.evaluate import constant_scores
 from training.metrics import two_model_report
@@ -63,7 +64,7 @@ def evaluate_folds(X: np.ndarray, ds: Dataset, folds: list[Fold], design: str, b
                     if pair_free is None and not untrainable:
                         pair_free = shipped_fit(design, X, ds, f.train)
                         untrainable = pair_free is None
-                        labelled = ~np.isnan(ds.scores[shipped_rows(design, ds, f.train)]).all(axis=0)
+                        labelled = shipped_labels(design, ds, f.train)
                     if untrainable:  # nothing of its sources left in training: the fold is not scored
                         print(f"{design}: fold {f.name} leaves it no training rows; not scored", flush=True)
                         break

@@ -89,6 +89,12 @@ def shipped_rows(design: str, ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return rows[np.isin(column(ds, "source")[rows], only)] if only else rows
 
 
+def shipped_labels(design: str, ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Which models (a mask over `ds.labels`) the design's training rows of the fold label: an
+    artifact ranks only those."""
+    return ~np.isnan(ds.scores[shipped_rows(design, ds, rows)]).all(axis=0)
+
+
 def shipped_fit(design: str, X: np.ndarray, ds: Dataset, rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
     """A PAIR_FREE design fitted once on a fold: Z -> [n, models] predicted quality; None where
     the fold leaves it nothing to train on (the RouterBench-only default when RouterBench is the

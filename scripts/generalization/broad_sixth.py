@@ -49,7 +49,7 @@ from router.families_irt import _logistic_lines, predict_difficulty
 from router.family_base import sigmoid
 from router.featurizer import get_featurizer
 from training.broad_data import PERMITTED, canonical_task, column, difficulty_target, fit_ridge, held_out_folds, inner_alpha, task_weights
-from training.broad_designs import shipped_fit, shipped_rows
+from training.broad_designs import shipped_fit, shipped_labels, shipped_rows
 from training.dataset import Dataset, load_jsonl
 from training.embeddings import embed_texts
 from training.metrics import two_model_report
@@ -216,9 +216,7 @@ def by_kind(X: np.ndarray, ds: Dataset) -> None:
         fits = {k: f(fold.train) for k, f in axes.items()}
         shipped = {}
         for d in SHIPPED:
-            tr = shipped_rows(d, ds, fold.train)
-            labelled = ~np.isnan(ds.scores[tr]).all(axis=0) if len(tr) else np.zeros(len(ds.labels), bool)
-            shipped[d] = (shipped_fit(d, X, ds, fold.train), labelled)
+            shipped[d] = (shipped_fit(d, X, ds, fold.train), shipped_labels(d, ds, fold.train))
         tr = shipped_rows("shipped_task_difficulty_permitted", ds, fold.train)
         for link in LINKS:
             shipped[f"task_difficulty {link}"] = (task_difficulty_link(X, ds, tr, link), shipped[SHIPPED[1]][1])
