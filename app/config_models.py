@@ -134,6 +134,11 @@ class VLLMParams(StrictModel):
         "sending them on as one batch (its `experimental_configs.stream_batching_interval_ms`); "
         "0 sends each token at once (lowest time to first token, more messages per token); "
         "unset: ray.serve.llm's default (50 ms, or RAYLLM_MODEL_RESPONSE_BATCH_TIMEOUT_MS)")
+    start_retries: int | None = Field(
+        None, ge=1, description="how many failed replica starts Serve allows before it marks this tier's "
+        "application DEPLOY_FAILED (the deployment's `max_constructor_retry_count`); each try loads vLLM again "
+        "(~25 s on a small CPU box), so 1 reports broken weights at once; unset: Serve's default, 3 per replica "
+        "(rides out a transient failure such as a node still pulling weights)")
 
 
 # LiteLLM providers of servers the operator runs: zero USD unless model_info sets a price

@@ -104,6 +104,8 @@ def llm_config_for(entry: ModelEntry) -> "LLMConfig":
         "engine_kwargs": engine_kwargs_for(v),
         "deployment_config": {"autoscaling_config": autoscaling},
     }
+    if v.start_retries is not None:
+        kwargs["deployment_config"]["max_constructor_retry_count"] = v.start_retries
     if v.accelerator_type:
         kwargs["accelerator_type"] = v.accelerator_type
     if v.placement_group_config:

@@ -73,6 +73,19 @@ def test_stream_batching_interval_reaches_llm_server_config() -> None:
         _entry(stream_batching_interval_ms=-1)
 
 
+def test_start_retries_is_the_deployments_constructor_retry_count() -> None:
+    from ray.serve._private.config import DeploymentConfig
+
+    from deployments.vllm import llm_config_for
+
+    assert llm_config_for(_entry(start_retries=1)).deployment_config["max_constructor_retry_count"] == 1
+    unset = llm_config_for(_entry()).deployment_config
+    assert "max_constructor_retry_count" not in unset  # Serve's own default applies
+    assert DeploymentConfig(**unset).max_constructor_retry_count == 20  # bounded by 3 per replica in Serve
+    with pytest.raises(ValueError):
+        _entry(start_retries=0)
+
+
 def test_non_vllm_entry_is_refused() -> None:
     from deployments.vllm import llm_config_for
 

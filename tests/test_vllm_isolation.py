@@ -4,7 +4,7 @@ ready, readiness names the tier with Serve's message, the default chain and `aut
 other tiers (the route reason says it was skipped), an explicit request to it is a 503 in OpenAI's
 shape with the reason; redeployed with good weights, the tier serves again with the same gateway.
 
-One vLLM start for the module (~80-160 s on 2 shared cores) plus the failed tries (3 replicas)."""
+One vLLM start for the module (~80-160 s on 2 shared cores) plus the one failed try (`start_retries: 1`)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def isolated(ray_cluster: None, mock_upstream: MockUpstream, tmp_path_factory) -
     raw = vllm_gateway_config(mock_upstream.port, 0, name=TIER, model_source=str(broken), timeout=120,
                               app_name=APP)
     raw["model_list"][0]["model_info"]["parallel"] = False  # an `auto` candidate too
+    raw["model_list"][0]["vllm"]["start_retries"] = 1  # broken weights: failed after one try, not three
     # explicit `local-broken`: its first chain ends with it, so nothing follows it (a clear 503);
     # `default` starts with it, so the chain skips it
     raw["fallbacks"] = {"tail": ["mock-gpt-3.5", TIER], "default": [TIER, "mock-mixtral", "mock-gpt-4"]}
