@@ -163,25 +163,56 @@ def split_text(text: str, n: int) -> list[str]:
 
 
 def sample_args(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """Arguments for a tool call that satisfy a JSON schema's top-level properties."""
-    props = (schema or {}).get("properties") or {}
-    out: dict[str, Any] = {}
-    for name, spec in props.items():
-        kind = (spec or {}).get("type", "string")
-        kind = kind.lower() if isinstance(kind, str) else "string"
-        if (spec or {}).get("enum"):
-            out[name] = spec["enum"][0]
-        elif kind in ("number", "integer"):
-            out[name] = 1
-        elif kind == "boolean":
-            out[name] = True
-        elif kind == "array":
-            out[name] = []
-        elif kind == "object":
-            out[name] = {}
-        else:
-            out[name] = "mock"
-    return out
+    """Arguments for a tool call (or a structured answer) that satisfy a JSON schema: every
+    property, nested objects and `$ref`s into `$defs` included (pydantic's nested models)."""
+    value = sample_value(schema or {}, (schema or {}).get("$defs") or (schema or {}).get("definitions") or {}, 0)
+    return value if isinstance(value, dict) else {}
+
+
+def sample_value(spec: dict[str, Any], defs: dict[str, Any], depth: int) -> Any:
+    """One value of the JSON schema `spec` (first enum value, first non-null `anyOf` branch)."""
+    if not isinstance(spec, dict):
+        return "mock"
+    ref = spec.get("$ref")
+    if isinstance(ref, str) and depth < 8:
+        return sample_value(defs.get(ref.rsplit("/", 1)[-1]) or {}, defs, depth + 1)
+    if spec.get("enum"):
+        return spec["enum"][0]
+    if "const" in spec:
+        return spec["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        branches = [b for b in spec.get(key) or [] if isinstance(b, dict) and b.get("type") != "null"]
+        if branches:
+            return sample_value(branches[0], defs, depth + 1)
+    kind = spec.get("type", "object" if "properties" in spec else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    kind = kind.lower() if isinstance(kind, str) else "string"
+    if kind in ("number", "integer"):
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        items = spec.get("items")
+        return [sample_value(items, defs, depth + 1)] if isinstance(items, dict) and depth < 8 else []
+    if kind == "object":
+        props = spec.get("properties") or {}
+        return {name: sample_value(sub, defs, depth + 1) for name, sub in props.items()} if depth < 8 else {}
+    return "mock"
+
+
+def structured_answer(body: dict[str, Any]) -> str | None:
+    """The answer text for a chat request with a JSON `response_format`, as a model honouring it
+    gives: an instance of the json_schema, or a JSON object for json_object; None otherwise."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return json.dumps(sample_args(schema if isinstance(schema, dict) else {}))
+    if fmt.get("type") == "json_object":
+        return json.dumps({"answer": "mock"})
+    return None
 
 
 def wants_tool(prompt: str, forced: bool) -> bool:

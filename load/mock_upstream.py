@@ -7,7 +7,8 @@ settings, faults and counters (load/mock_core.py), so LiteLLM's translation to e
 provider's own wire format runs for real against one process.
 
 The OpenAI mock answers `/v1/chat/completions` and `/v1/completions` (plain and SSE streaming, with usage;
-tool calls when a request offers tools and asks for one) and `/v1/embeddings` (deterministic
+tool calls when a request offers tools and asks for one; a JSON `response_format` gets an instance of
+its schema) and `/v1/embeddings` (deterministic
 vectors, float or base64; load/mock_openai_extras.py) after a configurable latency, and injects
 faults per model name: HTTP 400/401/429/5xx/529, a timeout (never answers), a connection
 dropped mid-stream, or a stream that stalls after its first chunk (`stall`) or before it
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import FAULTS, HTTP_FAULTS, MockSettings, MockState, answer_words, dumps, split_text
+from load.mock_core import FAULTS, HTTP_FAULTS, MockSettings, MockState, answer_words, dumps, split_text, structured_answer
 from load.mock_openai_extras import embeddings_payload, tool_call, tool_call_chunks
 from load.mock_script import scripted_refusal, scripted_turn
 
@@ -89,6 +90,8 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
         call = tool_call(body) if kind == "chat" else None
         prompt = _prompt_text(body)
         words = split_text(s.answers[model], s.chunks) if model in s.answers else answer_words(model, prompt, s.chunks)
+        if kind == "chat" and call is None and model not in s.answers and (structured := structured_answer(body)):
+            words = split_text(structured, s.chunks)  # honours response_format, as a provider does
         if kind == "chat" and (refusal := scripted_refusal(s.tool_script.get(model), body)) is not None:
             return _error(400, refusal, "BadRequestError")
         if kind == "chat" and model in s.tool_script:  # a scripted agent turn: a tool call, then text

@@ -16,6 +16,7 @@ import time
 import anthropic
 import httpx
 import openai
+import pydantic
 import pytest
 
 from tests.claude_code_support import claude_binary, offline_env, run_claude
@@ -149,6 +150,39 @@ def test_auto_responses_only_capable_candidates(gw, key, need):
         raw = oai(gw, key).responses.with_raw_response.create(model="auto", **kw)
         assert raw.headers["x-doka-model"] == "mock-big"
         assert "filtered=mock-small:" in raw.headers["x-doka-route-reason"]
+
+
+class _Place(pydantic.BaseModel):
+    city: str
+    population: int
+
+
+class _Trip(pydantic.BaseModel):  # nested: pydantic's schema carries $defs and $ref
+    stops: list[_Place]
+    home: _Place
+    by_train: bool
+
+
+def test_structured_output_through_auto_with_the_sdks_parse_helpers(gw, key, mock):
+    """The SDK's own helpers (what LangChain's default `with_structured_output` sends): the JSON
+    schema reaches the provider strict and whole, only a capable model gets it, and the answer
+    parses into the caller's type, plain, streamed and through the Responses API."""
+    client = oai(gw, key)
+    raw = client.chat.completions.with_raw_response.parse(
+        model="auto", messages=[{"role": "user", "content": "plan a trip"}], response_format=_Trip)
+    assert raw.headers["x-doka-model"] == "mock-big"
+    assert "filtered=mock-small:response_format" in raw.headers["x-doka-route-reason"]
+    trip = raw.parse().choices[0].message.parsed
+    assert isinstance(trip, _Trip) and trip.home.city and trip.stops
+    sent = mock.last("big-model")["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["strict"] is True
+    assert sent["json_schema"]["schema"]["$defs"]["_Place"]["required"] == ["city", "population"]
+    with client.chat.completions.stream(model="auto", messages=[{"role": "user", "content": "plan a trip"}],
+                                        response_format=_Trip) as stream:
+        streamed = stream.get_final_completion().choices[0].message.parsed
+    assert streamed == trip
+    resp = client.responses.parse(model="auto", input="plan a trip", text_format=_Trip)
+    assert resp.output_parsed == trip
 
 
 def test_no_capable_model_is_a_400_naming_the_capability(gw, key):

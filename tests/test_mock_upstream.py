@@ -38,6 +38,20 @@ def test_chat_stream_sends_chunks_usage_and_done(mock):
     assert mock.state()["counts"]["streams_completed"] == 1
 
 
+def test_a_json_response_format_gets_an_instance_of_its_schema(mock):
+    schema = {"type": "object", "required": ["who", "tags", "next"],
+              "properties": {"who": {"$ref": "#/$defs/P"}, "tags": {"type": "array", "items": {"type": "string"}},
+                             "next": {"anyOf": [{"type": "null"}, {"type": "integer"}]},
+                             "mode": {"enum": ["fast", "slow"]}},
+              "$defs": {"P": {"type": "object", "properties": {"name": {"type": "string"}, "ok": {"type": "boolean"}}}}}
+    r = _chat(mock, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {
+        "who": {"name": "mock", "ok": True}, "tags": ["mock"], "next": 1, "mode": "fast"}
+    r = _chat(mock, response_format={"type": "json_object"})
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"answer": "mock"}
+    assert _chat(mock, response_format={"type": "text"}).json()["choices"][0]["message"]["content"].startswith("mock answer")
+
+
 def test_completions_endpoint(mock):
     r = httpx.post(f"{mock.url}/v1/completions", json={"model": "m1", "prompt": "once upon"}, timeout=10)
     assert r.status_code == 200 and r.json()["object"] == "text_completion"
