@@ -51,8 +51,9 @@ def _known() -> dict[str, frozenset[str]]:
         "chat": _typed_dict_keys(chat_params.CompletionCreateParams) - _LITELLM_OWNED,
         "completion": _typed_dict_keys(completion_create_params.CompletionCreateParams),
         "embedding": _typed_dict_keys(embedding_create_params.EmbeddingCreateParams),
-        # metadata on /v1/responses is echoed back in the response object, never sent upstream
-        "responses": _typed_dict_keys(response_create_params.ResponseCreateParams),
+        # metadata on /v1/responses is echoed back in the response object, never sent upstream;
+        # client_metadata (Codex CLI's thread and turn ids, which OpenAI's API takes) is read by nobody
+        "responses": _typed_dict_keys(response_create_params.ResponseCreateParams) | {"client_metadata"},
     }
 
 

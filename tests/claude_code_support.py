@@ -14,23 +14,35 @@ CLAUDE_CODE_VERSION = "2.1.332"  # pinned: the 2.1.x that today's tests were wri
 CACHE = REPO / ".doka" / "cache" / f"claude-code-{CLAUDE_CODE_VERSION}"
 
 
-def claude_binary() -> tuple[Path | None, str]:
-    """(path of the `claude` binary, "") or (None, why not): the cached copy, else `npm install`."""
-    binary = CACHE / "node_modules" / ".bin" / "claude"
-    if binary.exists():
-        return binary, ""
+def npm_binary(package: str, version: str, binary: str, cache: Path) -> tuple[Path | None, str]:
+    """(path of an npm CLI's binary, "") or (None, why not): the cached copy in `cache`, else
+    `npm install` of the pinned version there (the registry is the one network this machine has)."""
+    path = cache / "node_modules" / ".bin" / binary
+    if path.exists():
+        return path, ""
     npm = shutil.which("npm")
     if npm is None:
-        return None, "npm is not installed and no cached Claude Code is in " + str(CACHE)
+        return None, f"npm is not installed and no cached {package} is in {cache}"
     try:
-        proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(CACHE),
-                               f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"],
+        proc = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), f"{package}@{version}"],
                               capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        return None, "npm install of Claude Code timed out (registry unreachable?)"
-    if proc.returncode != 0 or not binary.exists():
-        return None, f"npm could not install @anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}: {proc.stderr[-300:]}"
-    return binary, ""
+        return None, f"npm install of {package} timed out (registry unreachable?)"
+    if proc.returncode != 0 or not path.exists():
+        return None, f"npm could not install {package}@{version}: {proc.stderr[-300:]}"
+    return path, ""
+
+
+def claude_binary() -> tuple[Path | None, str]:
+    """(path of the `claude` binary, "") or (None, why not)."""
+    return npm_binary("@anthropic-ai/claude-code", CLAUDE_CODE_VERSION, "claude", CACHE)
+
+
+def dead_proxy_env() -> dict[str, str]:
+    """Every HTTP(S) connection but 127.0.0.1's goes to a dead proxy: the CLI reaches the gateway only."""
+    return {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
 
 
 def offline_env(home: Path, base_url: str, api_key: str, model: str) -> dict[str, str]:
@@ -47,10 +59,7 @@ def offline_env(home: Path, base_url: str, api_key: str, model: str) -> dict[str
             "ANTHROPIC_DEFAULT_OPUS_MODEL": model,
             "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
             "DISABLE_BUG_COMMAND": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "CLAUDE_CODE_ENABLE_TELEMETRY": "0",
-            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-            "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
-            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+            "CLAUDE_CODE_ENABLE_TELEMETRY": "0", **dead_proxy_env()}
 
 
 def run_claude(binary: Path, workdir: Path, env: dict[str, str], prompt: str, model: str,

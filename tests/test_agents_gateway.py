@@ -20,6 +20,7 @@ import pydantic
 import pytest
 
 from tests.claude_code_support import claude_binary, offline_env, run_claude
+from tests.codex_cli_support import codex_binary, items, run_codex
 from tests.faults_support import deploy_app
 
 SMALL = {"tier": "cheap", "timeout": 10, "weight": 3, "input_cost_per_token": 1e-7, "output_cost_per_token": 1e-7,
@@ -150,6 +151,17 @@ def test_auto_responses_only_capable_candidates(gw, key, need):
         raw = oai(gw, key).responses.with_raw_response.create(model="auto", **kw)
         assert raw.headers["x-doka-model"] == "mock-big"
         assert "filtered=mock-small:" in raw.headers["x-doka-route-reason"]
+
+
+def test_responses_hosted_tools_are_left_out_and_named(gw, key, mock):
+    for stream in (False, True):
+        raw = oai(gw, key).responses.with_raw_response.create(
+            model="mock-big", input="hello", stream=stream,
+            tools=[{"type": "web_search"}, {"type": "function", "name": "get_weather", "parameters": TOOL_ANT["input_schema"]}])
+        assert raw.headers["x-doka-tools-dropped"] == "web_search"
+        assert [t["function"]["name"] for t in mock.last("big-model")["tools"]] == ["get_weather"]
+    plain = oai(gw, key).responses.with_raw_response.create(model="mock-big", input="hello")
+    assert "x-doka-tools-dropped" not in plain.headers
 
 
 class _Place(pydantic.BaseModel):
@@ -339,3 +351,39 @@ def test_claude_code_agent_loop_reads_a_file(gw, key, mock, claude_cli, tmp_path
     assert "The file says:" in proc.stdout and "4817" in proc.stdout, proc.stdout[-2000:]
     rows = [r for r in gw.ledger(key["key_id"]) if r.get("status") == 200]
     assert len(rows) >= 2 and all(r["model"] == "mock-big" for r in rows), rows
+
+
+# ------------------------------------------------------------------ the real Codex CLI (Responses API)
+@pytest.fixture(scope="module")
+def codex_cli():
+    binary, why = codex_binary()
+    if binary is None:
+        pytest.skip(f"Codex CLI not available: {why}")
+    return binary
+
+
+@pytest.mark.parametrize("model", ["mock-big", "auto"])
+def test_codex_cli_runs_a_command_through_the_responses_api(gw, key, mock, codex_cli, tmp_path, model):
+    """Codex's turn offers function tools, a namespace of them and web_search (hosted), replays
+    its history as input items and streams: its first request used to be refused (`tools.4.type`).
+    Now its model calls `exec_command`, Codex runs it, and the next turn sees the output."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "secret.txt").write_text("the secret number is 4817\n")
+    mock.state(tool_script={"big-model": {"name": "exec_command", "arguments": {"cmd": "cat secret.txt"},
+                                          "answer": "The command printed:"}})
+    proc, events = run_codex(codex_cli, tmp_path / "home", work, gw.url + "/v1", key["key"], model,
+                             "What is in secret.txt?")
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    commands = items(events, "command_execution")
+    assert [("cat secret.txt" in c["command"], c["exit_code"]) for c in commands] == [(True, 0)], commands
+    answer = items(events, "agent_message")[-1]["text"]
+    assert answer.startswith("The command printed:") and "4817" in answer, answer
+    rows = [r for r in gw.ledger(key["key_id"]) if r.get("status") == 200]
+    assert len(rows) == 2 and all(r["model"] == "mock-big" for r in rows), rows  # one turn, two model calls
+    if model == "auto":  # Codex always offers tools: mock-small (no tools) was left out
+        assert all("filtered=mock-small:tools" in (r.get("route_reason") or "") for r in rows), rows
+    sent = mock.last("big-model")
+    names = {t["function"]["name"] for t in sent["tools"]}
+    assert "exec_command" in names and any("__" in n for n in names)  # a namespace's tools, flattened
+    assert sent["messages"][-1]["role"] == "tool" and "4817" in sent["messages"][-1]["content"]

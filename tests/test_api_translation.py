@@ -136,11 +136,81 @@ def test_responses_request_items_to_chat():
     with pytest.raises(OpenAIError) as e:
         R.to_chat(validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "previous_response_id": "resp_1"}))
     assert e.value.param == "previous_response_id"
-    with pytest.raises(OpenAIError):  # built-in tools are not doka's to run
-        validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
+    with pytest.raises(OpenAIError) as e:  # a client-run built-in has no chat form: refused, named
+        validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tools": [{"type": "local_shell"}]}, deepest=True)
+    assert e.value.param.startswith("tools.0") and "local_shell" in e.value.message
     with pytest.raises(OpenAIError) as e:
-        validate_body(R.ResponsesRequest, {"model": "m", "input": [{"type": "reasoning"}]}, deepest=True)
+        validate_body(R.ResponsesRequest, {"model": "m", "input": [{"type": "web_search_call"}]}, deepest=True)
     assert e.value.param == "input.0.type"
+
+
+def test_responses_hosted_namespace_and_custom_tools_become_chat_functions():
+    """What Codex CLI sends: function tools, a namespace of them, web_search (hosted: left out,
+    named in a header), replayed reasoning (skipped), developer messages; a custom tool too."""
+    req = validate_body(R.ResponsesRequest, {
+        "model": "m", "tool_choice": "auto", "include": ["reasoning.encrypted_content"], "store": False,
+        "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}, "strict": False},
+                  {"type": "namespace", "name": "agents", "description": "sub-agents", "tools": [
+                      {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}]},
+                  {"type": "custom", "name": "apply_patch", "description": "edit files",
+                   "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+                  {"type": "web_search", "external_web_access": False}],
+        "input": [{"type": "message", "id": "msg_1", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
+                  {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"},
+                  {"type": "function_call", "call_id": "c1", "name": "close_agent", "namespace": "agents", "arguments": "{}"},
+                  {"type": "function_call_output", "call_id": "c1", "output": "closed"},
+                  {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},
+                  {"type": "custom_tool_call_output", "call_id": "c2", "output": "ok"}]}, deepest=True)
+    body = R.to_chat(req)
+    assert [t["function"]["name"] for t in body["tools"]] == ["exec_command", "agents__close_agent", "apply_patch"]
+    assert body["tools"][2]["function"]["parameters"]["required"] == ["input"] and body["tool_choice"] == "auto"
+    assert body["messages"] == [
+        {"role": "developer", "content": "be brief"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "agents__close_agent", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "closed"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "apply_patch", "arguments": '{"input": "*** Begin Patch"}'}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "ok"}]
+    b = R.ResponseBuilder(req)
+    assert b.extra_headers == {"x-doka-tools-dropped": "web_search"}
+    done = b.answer({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"tool_calls": [
+        {"id": "k1", "type": "function", "function": {"name": "agents__close_agent", "arguments": '{"id": 1}'}},
+        {"id": "k2", "type": "function", "function": {"name": "apply_patch", "arguments": '{"input": "diff"}'}}]}}]})
+    assert [(o["type"], o["name"], o.get("namespace")) for o in done["output"]] == [
+        ("function_call", "close_agent", "agents"), ("custom_tool_call", "apply_patch", None)]
+    assert done["output"][1]["input"] == "diff" and done["output"][0]["arguments"] == '{"id": 1}'
+    assert done["tools"][3] == {"type": "web_search", "external_web_access": False}  # echoed as asked
+    only_hosted = R.to_chat(validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tool_choice": "auto",
+                                                               "tools": [{"type": "web_search"}]}))
+    assert "tools" not in only_hosted and "tool_choice" not in only_hosted
+    with pytest.raises(OpenAIError) as e:  # two tools, one chat name
+        R.to_chat(validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tools": [
+            {"type": "function", "name": "a__b"}, {"type": "namespace", "name": "a", "tools": [{"type": "function", "name": "b"}]}]}))
+    assert "a__b" in e.value.message
+
+
+def test_responses_stream_of_namespace_and_custom_tool_calls():
+    req = validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "stream": True, "tools": [
+        {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "f"}]}, {"type": "custom", "name": "patch"}]})
+    b = R.ResponseBuilder(req)
+    raw = b"".join(b.chunk(c) for c in [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "k1", "function": {"name": "ns__f", "arguments": '{"a"'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ': 1}'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "k2", "function": {"name": "patch", "arguments": '{"inp'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": 'ut": "line\\n"}'}}]},
+                      "finish_reason": "tool_calls"}]}]) + b.end()
+    events = _events(raw)
+    names = [n for n, _ in events]
+    assert names.count("response.output_item.added") == 2 and names.count("response.output_item.done") == 2
+    added = [e["item"] for n, e in events if n == "response.output_item.added"]
+    assert added[0]["type"] == "function_call" and added[0]["namespace"] == "ns" and added[0]["name"] == "f"
+    assert added[1]["type"] == "custom_tool_call" and added[1]["input"] == ""
+    assert "".join(e["delta"] for n, e in events if n == "response.function_call_arguments.delta") == '{"a": 1}'
+    custom_done = next(e for n, e in events if n == "response.custom_tool_call_input.done")
+    assert custom_done["input"] == "line\n"  # the JSON string, decoded
+    final = events[-1][1]["response"]["output"]
+    assert final[0]["arguments"] == '{"a": 1}' and final[1]["input"] == "line\n" and final[1]["status"] == "completed"
 
 
 def test_responses_stream_events_in_order_with_usage():

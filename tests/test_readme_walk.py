@@ -42,6 +42,8 @@ SKIP = {
     "kubectl": "needs a Kubernetes cluster",
     'claude -p "': "the Claude Code CLI (npm) with your key in place of `<doka key>`; "
                    "tests/test_agents_gateway.py runs that same CLI against a gateway",
+    'codex exec "': "the Codex CLI (npm) with your key in place of `<doka key>`, and it appends to your "
+                    "~/.codex/config.toml; tests/test_agents_gateway.py runs that same CLI against a gateway",
     "x-doka-route-reason: auto:weighted_round_robin;filtered=": "response headers shown, not a command; "
                                                               "tests/test_agents_gateway.py asserts them",
 }

@@ -69,8 +69,9 @@ def rename_model(result: Any, name: str) -> str | None:
     return upstream
 
 
-def headers(ctx: RequestContext, first: Any) -> dict[str, str]:
-    """doka's response headers: who answered, why, which tiers were tried, the router's decision.
+def headers(ctx: RequestContext, first: Any, dialect: Any = None) -> dict[str, str]:
+    """doka's response headers: who answered, why, which tiers were tried, the router's decision,
+    and the dialect's own (`extra_headers`: what its translation left out).
 
     `first`: the answer (or first chunk), renamed to the model's public name here."""
     out = {
@@ -88,11 +89,12 @@ def headers(ctx: RequestContext, first: Any) -> dict[str, str]:
     upstream_model = rename_model(first, ctx.model or "")
     if upstream_model:
         out["x-doka-upstream-model"] = upstream_model
+    out.update(getattr(dialect, "extra_headers", None) or {})
     return out
 
 
 def answer(ctx: RequestContext, result: dict[str, Any], dialect: Any = None) -> Response:
     """A whole (non-streamed) answer as the endpoint's JSON."""
-    hdrs = headers(ctx, result)
+    hdrs = headers(ctx, result, dialect)
     body = result if dialect is None else dialect.answer(result)
     return Response(dumps(body), media_type="application/json", headers=hdrs)

@@ -72,7 +72,7 @@ def stream_response(ctx: RequestContext, result: tuple[Any, Any], dialect: Any, 
     `idle_s`: the answering tier's `stream_idle_timeout_s`. `track`: keeps the close task alive
     until done (app/request/ledger.py `Ledger.track`)."""
     first, it = result
-    hdrs = respond.headers(ctx, first)
+    hdrs = respond.headers(ctx, first, dialect)
     hdrs.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
     body = sse(ctx, first, it, dialect, strip_usage, idle_s)
     return SettlingStream(body, partial(_abandoned, ctx, it, body, track), media_type="text/event-stream",
