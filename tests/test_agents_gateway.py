@@ -315,12 +315,17 @@ def test_count_tokens_takes_the_same_body(gw, key):
 
 
 # ------------------------------------------------------------------ the real Claude Code CLI
+def _installed(found: tuple, what: str):
+    """The CLI's binary from an npm_binary lookup, or skip saying why it is not there."""
+    binary, why = found
+    if binary is None:
+        pytest.skip(f"{what} not available: {why}")
+    return binary
+
+
 @pytest.fixture(scope="module")
 def claude_cli():
-    binary, why = claude_binary()
-    if binary is None:
-        pytest.skip(f"Claude Code not available: {why}")
-    return binary
+    return _installed(claude_binary(), "Claude Code")
 
 
 @pytest.mark.parametrize("model", ["mock-big", "auto"])
@@ -356,10 +361,7 @@ def test_claude_code_agent_loop_reads_a_file(gw, key, mock, claude_cli, tmp_path
 # ------------------------------------------------------------------ the real Codex CLI (Responses API)
 @pytest.fixture(scope="module")
 def codex_cli():
-    binary, why = codex_binary()
-    if binary is None:
-        pytest.skip(f"Codex CLI not available: {why}")
-    return binary
+    return _installed(codex_binary(), "Codex CLI")
 
 
 @pytest.mark.parametrize("model", ["mock-big", "auto"])
