@@ -12,7 +12,8 @@ with one string argument `input` and its calls come back as `custom_tool_call` i
 generation, remote MCP, computer use, tool search) have nothing to run them behind a chat
 backend: they are left out of the request and named in `x-doka-tools-dropped`, so agents that
 always offer them (Codex CLI offers web_search on every turn) still work. Any other tool type is
-a 400. `reasoning` input items (another provider's encrypted reasoning) are skipped.
+a 400. `reasoning` input items (another provider's encrypted reasoning) are skipped;
+`reasoning.effort` becomes chat's `reasoning_effort`.
 
 Stateless: doka stores no responses, so `previous_response_id` (and `store: true` semantics
 beyond the answer itself) is refused with a 400 that says so. Hand-written rather than
@@ -89,6 +90,14 @@ Tool = Annotated[FunctionTool | CustomTool | NamespaceTool | HostedTool, Field(d
 NAMESPACE_SEP = "__"  # chat function names allow [A-Za-z0-9_-]: "<namespace>__<name>"
 
 
+class Reasoning(_Open):
+    """`reasoning`: its effort becomes chat's `reasoning_effort`, which only models known to reason
+    get (app/capabilities.for_model drops it for the others); no summaries come back."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: str | None = None
+
+
 class ResponsesRequest(_Open):
     """The body of `POST /v1/responses` (the fields doka translates; others are ignored)."""
 
@@ -106,6 +115,7 @@ class ResponsesRequest(_Open):
     user: str | None = None
     metadata: dict[str, str] | None = None
     text: dict[str, Any] | None = None  # `text.format`: json_schema / json_object -> chat's response_format
+    reasoning: Reasoning | None = None
 
 
 # ------------------------------------------------------------------ tools: Responses -> chat functions
@@ -244,6 +254,8 @@ def to_chat(req: ResponsesRequest) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             body[name] = value
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
     tools = _chat_tools(req)
     if tools:
         body["tools"] = tools

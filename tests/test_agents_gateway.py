@@ -44,6 +44,8 @@ def _tweak(raw: dict) -> None:
         {"model_name": "mock-big", "litellm_params": {**base, "model": "openai/big-model"}, "model_info": BIG}]
     raw["model_list"].append({"model_name": "mock-refuser", "litellm_params": {**base, "model": "openai/refuser"},
                               "model_info": {"tier": "cheap", "timeout": 10, "parallel": True}})
+    raw["model_list"].append({"model_name": "mock-thinker", "litellm_params": {**base, "model": "openai/thinker"},
+                              "model_info": {"tier": "premium", "timeout": 10, "parallel": True, "supports_reasoning": True}})
     raw["fallbacks"] = {**raw.get("fallbacks", {}), "refuser-chain": ["mock-refuser", "mock-big"]}
     raw["cascades"] = {**raw.get("cascades", {}),
                        "small-first": {"weak": "mock-small", "verifier": "mock-gpt-3.5", "strong": "mock-big"}}
@@ -153,15 +155,18 @@ def test_auto_responses_only_capable_candidates(gw, key, need):
         assert "filtered=mock-small:" in raw.headers["x-doka-route-reason"]
 
 
-def test_responses_hosted_tools_are_left_out_and_named(gw, key, mock):
+def test_responses_hosted_tools_left_out_and_reasoning_effort_only_for_reasoners(gw, key, mock):
     for stream in (False, True):
         raw = oai(gw, key).responses.with_raw_response.create(
             model="mock-big", input="hello", stream=stream,
             tools=[{"type": "web_search"}, {"type": "function", "name": "get_weather", "parameters": TOOL_ANT["input_schema"]}])
         assert raw.headers["x-doka-tools-dropped"] == "web_search"
         assert [t["function"]["name"] for t in mock.last("big-model")["tools"]] == ["get_weather"]
-    plain = oai(gw, key).responses.with_raw_response.create(model="mock-big", input="hello")
+    plain = oai(gw, key).responses.with_raw_response.create(model="mock-big", input="hello", reasoning={"effort": "high"})
     assert "x-doka-tools-dropped" not in plain.headers
+    assert "reasoning_effort" not in mock.last("big-model")  # mock-big is not known to reason
+    oai(gw, key).responses.create(model="mock-thinker", input="hello", reasoning={"effort": "high"})
+    assert mock.last("thinker")["reasoning_effort"] == "high"  # one that is gets the effort
 
 
 class _Place(pydantic.BaseModel):

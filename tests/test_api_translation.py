@@ -149,6 +149,7 @@ def test_responses_hosted_namespace_and_custom_tools_become_chat_functions():
     named in a header), replayed reasoning (skipped), developer messages; a custom tool too."""
     req = validate_body(R.ResponsesRequest, {
         "model": "m", "tool_choice": "auto", "include": ["reasoning.encrypted_content"], "store": False,
+        "reasoning": {"summary": "auto"},
         "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}, "strict": False},
                   {"type": "namespace", "name": "agents", "description": "sub-agents", "tools": [
                       {"type": "function", "name": "close_agent", "parameters": {"type": "object"}}]},
@@ -162,6 +163,7 @@ def test_responses_hosted_namespace_and_custom_tools_become_chat_functions():
                   {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "*** Begin Patch"},
                   {"type": "custom_tool_call_output", "call_id": "c2", "output": "ok"}]}, deepest=True)
     body = R.to_chat(req)
+    assert "reasoning_effort" not in body  # Codex's `reasoning: {summary: auto}` sets no effort
     assert [t["function"]["name"] for t in body["tools"]] == ["exec_command", "agents__close_agent", "apply_patch"]
     assert body["tools"][2]["function"]["parameters"]["required"] == ["input"] and body["tool_choice"] == "auto"
     assert body["messages"] == [
@@ -181,6 +183,11 @@ def test_responses_hosted_namespace_and_custom_tools_become_chat_functions():
         ("function_call", "close_agent", "agents"), ("custom_tool_call", "apply_patch", None)]
     assert done["output"][1]["input"] == "diff" and done["output"][0]["arguments"] == '{"id": 1}'
     assert done["tools"][3] == {"type": "web_search", "external_web_access": False}  # echoed as asked
+    effort = R.to_chat(validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "reasoning": {"effort": "high"}}))
+    assert effort["reasoning_effort"] == "high"
+    with pytest.raises(OpenAIError) as e:
+        validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "reasoning": {"effort": "huge"}}, deepest=True)
+    assert e.value.param == "reasoning.effort"
     only_hosted = R.to_chat(validate_body(R.ResponsesRequest, {"model": "m", "input": "x", "tool_choice": "auto",
                                                                "tools": [{"type": "web_search"}]}))
     assert "tools" not in only_hosted and "tool_choice" not in only_hosted
