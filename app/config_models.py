@@ -111,7 +111,7 @@ class ModelInfo(StrictModel):
     supports_response_schema: bool | None = Field(
         None, description="honours `response_format` json_schema / json_object (structured output)")
     supports_reasoning: bool | None = Field(
-        None, description="takes `reasoning_effort` (Anthropic `thinking` maps to it; dropped for other models)")
+        None, description="takes `reasoning_effort` (Anthropic `thinking` and Responses `reasoning.effort` map to it; dropped for other models)")
 
 
 class VLLMParams(StrictModel):
