@@ -204,7 +204,7 @@ def for_model(body: dict[str, Any], caps: dict[str, Any] | None) -> dict[str, An
 # a provider's 400 that says the model cannot do what was asked (skip the tier, not the request)
 _REFUSALS = re.compile(
     r"tool choice requires|enable-auto-tool-choice|tool-call-parser|does not support (tools|function|image|vision"
-    r"|multimodal|response_format|json)|tools? (are|is) not supported|not a multimodal model|image input"
+    r"|multimodal|response_format|json|parameters)|tools? (are|is) not supported|not a multimodal model|image input"
     r"|maximum context length|context length|context_length_exceeded|prompt is too long|too many tokens"
     r"|response_format.*not supported|json_schema.*not supported|max_tokens.*(too large|must be)", re.IGNORECASE)
 

@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, AsyncIterator
 
@@ -297,7 +298,7 @@ class EgressCore:
                   "embedding": self.router.aembedding}[kind]
             resp = await fn(**kwargs)
         except Exception as e:
-            raise _from_litellm(e, timeout) from None
+            raise _from_litellm(e, timeout, model) from None
         return resp.model_dump(exclude_none=True)
 
     async def _litellm_stream(self, kind: str, model: str, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -311,12 +312,17 @@ class EgressCore:
         except UpstreamError:
             raise
         except Exception as e:
-            raise _from_litellm(e, timeout) from None
+            raise _from_litellm(e, timeout, model) from None
 
 
-def _from_litellm(e: Exception, timeout: float) -> UpstreamError:
+_UNSUPPORTED = re.compile(r"(\w+) does not support parameters: \[([^\]]*)\]")
+
+
+def _from_litellm(e: Exception, timeout: float, model: str = "") -> UpstreamError:
     """LiteLLM's exception as the provider's status: LiteLLM folds Anthropic's 529 overloaded
-    into a 500 (and wraps stream failures), so the provider's own error type is read back."""
+    into a 500 (and wraps stream failures), so the provider's own error type is read back.
+    Parameters the provider does not take are a 400 in doka's words (LiteLLM's advice names
+    settings doka users do not have), which a chain or `auto` skips to the next tier on."""
     import litellm
     from litellm.exceptions import MidStreamFallbackError
 
@@ -324,6 +330,10 @@ def _from_litellm(e: Exception, timeout: float) -> UpstreamError:
         e = e.original_exception
     if isinstance(e, (litellm.Timeout, asyncio.TimeoutError)):
         return UpstreamError(504, f"no answer within {timeout:g}s", timed_out=True)
+    if isinstance(e, litellm.UnsupportedParamsError) and (m := _UNSUPPORTED.search(str(e))):
+        names = ", ".join(n.strip(" '\"") for n in m.group(2).split(","))
+        return UpstreamError(400, f"model {model!r} ({m.group(1)}) does not support parameters: {names}; leave them "
+                                  "out, or an operator can set `drop_params: true` in its litellm_params to drop them")
     status = getattr(e, "status_code", None)
     text = str(e)
     if "overloaded_error" in text or '"code":529' in text.replace(" ", ""):

@@ -93,7 +93,8 @@ class _Direct:
         supported = self._supported.get(model)
         if supported is None:
             supported = self._supported[model] = frozenset(self.config.get_supported_openai_params(model))
-        return all(k in supported or k in _MESSAGE_KEYS for k in body)
+        # `drop_params: true` (the operator's): LiteLLM's mapping leaves out what the provider cannot take
+        return bool(params.get("drop_params")) or all(k in supported or k in _MESSAGE_KEYS for k in body)
 
     def _build(self, params: dict[str, Any], body: dict[str, Any], stream: bool) -> tuple[str, dict, dict, dict]:
         """(url, headers, provider request body, context for the answer's transformation).

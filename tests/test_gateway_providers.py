@@ -33,6 +33,9 @@ def _tweak(raw: dict) -> None:
     # every chain shows what a client sees when the Anthropic tier alone fails
     claude = next(m for m in raw["model_list"] if m["model_name"] == "mock-claude")
     raw["model_list"].append({**copy.deepcopy(claude), "model_name": "mock-claude-direct"})
+    lenient = copy.deepcopy(claude)  # the operator's choice: drop what Anthropic cannot take
+    lenient["litellm_params"]["drop_params"] = True
+    raw["model_list"].append({**lenient, "model_name": "mock-claude-lenient"})
     # Cohere (LiteLLM's full Router path) gets an egress of its own
     raw["deployments"]["egress_translated"] = {"num_cpus": 0.1, "max_ongoing_requests": 256}
 
@@ -293,6 +296,7 @@ def test_direct_anthropic_path_leaves_unmapped_params_to_litellm(mock):
     params = core._single["mock-claude"]["litellm_params"]
     assert not core.direct.handles(params, {"messages": [], "logprobs": True})  # Router.acompletion decides
     assert not core.direct.handles(core._single["mock-gemini"]["litellm_params"], {"messages": []})
+    assert core.direct.handles({**params, "drop_params": True}, {"messages": [], "logprobs": True})  # dropped here
 
 
 def test_request_litellm_cannot_translate_is_a_400(app, key, mock):
@@ -303,6 +307,29 @@ def test_request_litellm_cannot_translate_is_a_400(app, key, mock):
     assert "Image url not in expected format" in err.value.response.json()["error"]["message"]
     assert mock.state()["counts"].get("api_anthropic", 0) == 0  # refused before any provider call
     assert _row(app, key, err.value.response.headers["x-doka-request-id"])["status"] == 400
+    assert app.inflight(key["key_id"]) == 0
+
+
+def test_a_parameter_the_provider_does_not_take(app, key, mock):
+    """`seed` is OpenAI's; Anthropic has none. Asked of the Anthropic model alone: a 400 in doka's
+    words (LiteLLM's says to set `litellm.drop_params`, which doka users cannot), no provider call.
+    In a chain the next tier answers. With `drop_params: true` in its litellm_params, it answers."""
+    client = app.openai(key)
+    ask = dict(messages=[{"role": "user", "content": "hello"}], max_tokens=16, seed=7)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="mock-claude-direct", **ask)
+    message = err.value.response.json()["error"]["message"]
+    assert message.startswith("model 'mock-claude-direct' (anthropic) does not support parameters: seed;"), message
+    assert "drop_params: true" in message and "litellm.drop_params" not in message
+    assert mock.state()["counts"].get("api_anthropic", 0) == 0
+    assert _row(app, key, err.value.response.headers["x-doka-request-id"])["status"] == 400
+    raw = client.chat.completions.with_raw_response.create(model="claude-chain", **ask)
+    assert raw.headers["x-doka-model"] == "mock-gpt-4" and raw.headers["x-doka-route-reason"].startswith("fallback:tier2")
+    assert _last_body(mock, "gpt-4-turbo")["seed"] == 7  # the OpenAI tier takes it
+    for stream in (False, True):
+        raw = client.chat.completions.with_raw_response.create(model="mock-claude-lenient", stream=stream, **ask)
+        assert raw.headers["x-doka-model"] == "mock-claude-lenient"
+    assert mock.state()["counts"]["api_anthropic"] == 2 and "seed" not in _last_body(mock, CLAUDE)
     assert app.inflight(key["key_id"]) == 0
 
 
