@@ -109,13 +109,17 @@ class _Direct:
         api_key = params.get("api_key")
         try:
             optional = self.config.map_openai_params(extra, {}, model, drop_params=False)
+            # a response_format Anthropic answers through a forced tool: LiteLLM's handler pops the
+            # flag before the request and gives it to the answer's transformation, which turns
+            # that tool call back into the JSON content the client asked for
+            json_mode = bool(optional.pop("json_mode", False))
             if stream:
                 optional["stream"] = True
             url, headers, data = self._request(model, messages, extra, optional, litellm_params, params, stream)
         except Exception as e:  # LiteLLM refuses the request (bad messages, tool shape): the client's
             raise self._refused(e) from None
         ctx = {"model": model, "messages": messages, "optional": optional, "litellm_params": litellm_params,
-               "api_key": api_key, "log": self._log_for(optional),
+               "api_key": api_key, "log": self._log_for(optional), "json_mode": json_mode,
                "include_usage": bool((body.get("stream_options") or {}).get("include_usage"))}
         return url, headers, data, ctx
 
@@ -158,7 +162,7 @@ class _Direct:
         try:
             out = self.config.transform_response(ctx["model"], response, ModelResponse(), ctx["log"], data,
                                                  ctx["messages"], ctx["optional"], ctx["litellm_params"], None,
-                                                 ctx["api_key"])
+                                                 ctx["api_key"], json_mode=ctx["json_mode"])
         except Exception as e:
             raise UpstreamError(502, f"provider sent an answer LiteLLM cannot read: {e}") from None
         return out.model_dump(exclude_none=True)
@@ -170,6 +174,7 @@ class _Direct:
         usage: dict[str, Any] | None = None
         head: dict[str, Any] = {}
         first = True
+        finish: str | None = None
         with provider_errors(timeout, stream=True, invalid="provider sent an invalid stream event"):
             async with session.post(url, json=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
@@ -191,12 +196,18 @@ class _Direct:
                                 "created": chunk.get("created") or int(time.time()), "model": ctx["model"]}
                     choice = (chunk.get("choices") or [{}])[0]
                     delta = choice.get("delta") or {}
-                    if not delta.get("content") and not delta.get("tool_calls") and not choice.get("finish_reason"):
+                    # Gemini's parser says "stop" on every chunk (LiteLLM's stream wrapper holds it
+                    # back); OpenAI says it once, on a last chunk, and clients stop reading there
+                    finish = choice.pop("finish_reason", None) or finish
+                    if not delta.get("content") and not delta.get("tool_calls"):
                         continue  # message_start, ping, block boundaries: nothing for an OpenAI client
                     if first:
                         delta["role"] = "assistant"
                         first = False
-                    yield {**head, "choices": [{**choice, "delta": delta}]}
+                    yield {**head, "choices": [{**choice, "delta": delta, "finish_reason": None}]}
+            if head:
+                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"} if first else {},
+                                            "finish_reason": finish or "stop"}]}
             if usage is not None and ctx["include_usage"]:
                 yield {**head, "choices": [], "usage": usage}
 
@@ -239,7 +250,7 @@ class AnthropicDirect(_Direct):
         from litellm.llms.anthropic.chat.handler import ModelResponseIterator
         from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
 
-        return ModelResponseIterator(streaming_response=None, sync_stream=False, json_mode=False,
+        return ModelResponseIterator(streaming_response=None, sync_stream=False, json_mode=ctx["json_mode"],
                                      tool_name_reverse_map=ctx["litellm_params"].get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY))
 
     def _event(self, event: dict[str, Any]) -> bool:

@@ -2,7 +2,8 @@
 
 Plain JSON and SSE (`message_start`, `content_block_start`, `content_block_delta`,
 `content_block_stop`, `message_delta`, `message_stop`), `tool_use` blocks when tools are given
-and the prompt asks for one (an answer naming the tool result once it comes back), usage in
+and the prompt asks for one or `tool_choice` forces one (an answer naming the tool result once it
+comes back), an instance of the schema for structured outputs (`output_format`), usage in
 input/output tokens, and errors in Anthropic's shape (`{"type": "error", "error": {...}}`,
 including 529 `overloaded_error`). Latency and faults come from load/mock_core.py.
 """
@@ -67,6 +68,10 @@ def _content(model: str, body: dict[str, Any], chunks: int) -> tuple[list[dict[s
         tool = next((t for t in tools if t.get("name") == choice.get("name")), tools[0])
         return [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": tool["name"],
                  "input": sample_args(tool.get("input_schema"))}], "tool_use"
+    # structured outputs (newer models): an instance of the schema as the text
+    fmt = body.get("output_format") or (body.get("output_config") or {}).get("format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return [{"type": "text", "text": json.dumps(sample_args(fmt.get("schema")))}], "end_turn"
     return [{"type": "text", "text": "".join(answer_words(model, _prompt(body), chunks))}], "end_turn"
 
 

@@ -15,6 +15,7 @@ import json
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.faults_support import deployed_app
 
@@ -107,6 +108,8 @@ def test_stream_is_translated_with_usage_and_billed(app, key, mock, model):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith(f"mock answer from {UPSTREAM[model]} to: hello there")
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # streamed, not one blob
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and not any(finishes[:-1])  # once, last, as OpenAI (clients stop there)
     usage = next(c.usage for c in reversed(chunks) if c.usage)
     assert (usage.prompt_tokens, usage.completion_tokens) == (2, 8)
     assert mock.state()["counts"]["streams_completed"] == 1
@@ -139,15 +142,44 @@ def test_tool_call_round_trip(app, key, mock, model):
 def test_streamed_tool_call(app, key, mock, model):
     stream = app.openai(key).chat.completions.create(model=model, messages=ASK_TOOL, tools=TOOLS,
                                                        max_tokens=64, stream=True)
-    name, args, finish = "", "", None
+    name, args, finishes = "", "", []
     for c in stream:
         if not c.choices:
             continue
         for tc in c.choices[0].delta.tool_calls or []:
             name += tc.function.name or ""
             args += tc.function.arguments or ""
-        finish = c.choices[0].finish_reason or finish
-    assert name == "get_weather" and json.loads(args) == {"city": "mock"} and finish == "tool_calls"
+        finishes.append(c.choices[0].finish_reason)
+    assert name == "get_weather" and json.loads(args) == {"city": "mock"}
+    assert finishes[-1] == "tool_calls" and not any(finishes[:-1])
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.mark.parametrize("model", ["mock-claude", "mock-gemini"])
+def test_structured_output_with_the_sdks_parse_helper(app, key, mock, model):
+    """A json_schema `response_format` (Instructor's JSON_SCHEMA mode, the SDK's `parse`): Anthropic
+    is asked through a forced tool and Gemini through `responseSchema`; either way the client gets
+    the JSON as the message content, plain and streamed, as OpenAI answers it."""
+    client = app.openai(key)
+    ask = dict(model=model, messages=[{"role": "user", "content": "John is 30"}], max_tokens=64)
+    parsed = client.chat.completions.parse(response_format=Person, **ask).choices[0]
+    assert parsed.message.parsed == Person(name="mock", age=1) and not parsed.message.tool_calls
+    assert parsed.finish_reason == "stop"
+    sent = _last_body(mock, UPSTREAM[model])
+    if model == "mock-claude":
+        assert sent["tool_choice"] == {"type": "tool", "name": "json_tool_call"}
+    else:
+        # LiteLLM's map says gemini-1.5-flash takes no responseSchema: JSON mode, the schema in the prompt
+        config = sent.get("generationConfig") or sent["generation_config"]
+        assert (config.get("responseMimeType") or config["response_mime_type"]) == "application/json"
+        assert "Use this JSON schema" in json.dumps(sent["contents"])
+    with client.chat.completions.stream(response_format=Person, **ask) as stream:
+        final = stream.get_final_completion().choices[0]
+    assert final.message.parsed == Person(name="mock", age=1) and not final.message.tool_calls
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -244,7 +276,7 @@ def _summary(result: dict) -> tuple:
 
 
 async def _stream_summary(chunks) -> tuple:
-    text, args, finish, usage, roles = "", "", None, None, []
+    text, args, finishes, usage, roles = "", "", [], None, []
     async for c in chunks:
         usage = c.get("usage") or usage
         for ch in c["choices"]:
@@ -252,8 +284,8 @@ async def _stream_summary(chunks) -> tuple:
             roles.append(d.get("role"))
             text += d.get("content") or ""
             args += "".join((t.get("function") or {}).get("arguments") or "" for t in d.get("tool_calls") or [])
-            finish = ch.get("finish_reason") or finish
-    return text, args, finish, (usage or {}).get("completion_tokens"), roles[0]
+            finishes += [ch["finish_reason"]] if ch.get("finish_reason") else []
+    return text, args, finishes, (usage or {}).get("completion_tokens"), roles[0]
 
 
 @pytest.mark.parametrize("body", [
@@ -263,7 +295,9 @@ async def _stream_summary(chunks) -> tuple:
                   {"role": "assistant", "content": None, "tool_calls": [{"id": "toolu_1", "type": "function",
                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
                   {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny 21C"}], "tools": TOOLS, "max_tokens": 32},
-], ids=["text", "tool-call", "tool-result"])
+    {"messages": [{"role": "user", "content": "John is 30"}], "max_tokens": 32, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "Person", "schema": Person.model_json_schema()}}},
+], ids=["text", "tool-call", "tool-result", "response-format"])
 @pytest.mark.parametrize("model", ["mock-claude", "mock-gemini"])
 def test_direct_anthropic_path_matches_litellm_router(mock, body, model):
     """The egress's direct translation answers as LiteLLM's full Router.acompletion does."""
