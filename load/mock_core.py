@@ -8,8 +8,10 @@ each one only writes its own wire format on top of `gate` and `paced`.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import re
 from collections import Counter
 from typing import Any, AsyncIterator, Iterable
 
@@ -210,8 +212,37 @@ def structured_answer(body: dict[str, Any]) -> str | None:
     if fmt.get("type") == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         return json.dumps(sample_args(schema if isinstance(schema, dict) else {}))
-    if fmt.get("type") == "json_object":
-        return json.dumps({"answer": "mock"})
+    if fmt.get("type") == "json_object":  # the schema, if any, is in the prompt (Instructor's JSON mode)
+        texts = [m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)]
+        schema = schema_in_text(" ".join(t for t in texts if isinstance(t, str)))
+        return json.dumps(sample_args(schema) if schema else {"answer": "mock"})
+    return None
+
+
+_PROMPTED_SCHEMA = re.compile(r"Use this JSON schema:\s*```json\s*(\{.*\})\s*```", re.S)
+
+
+def schema_in_text(text: str) -> dict[str, Any] | None:
+    """A JSON schema a prompt carries, which a model asked for JSON follows: the first JSON object
+    with `properties` (Instructor's JSON mode), or the one LiteLLM writes for a model it thinks has
+    no schema parameter ("Use this JSON schema: ```json {...}```", a Python dict's repr)."""
+    m = _PROMPTED_SCHEMA.search(text)
+    if m:
+        try:
+            value = ast.literal_eval(m.group(1))
+            return value if isinstance(value, dict) else None
+        except (ValueError, SyntaxError):
+            pass
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start >= 0:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+            if isinstance(value, dict) and "properties" in value:
+                return value
+        except ValueError:
+            pass
+        start = text.find("{", start + 1)
     return None
 
 

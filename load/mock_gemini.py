@@ -10,20 +10,17 @@ without), and errors as `{"error": {"code", "message", "status"}}`. Served under
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, split_text, wants_tool
+from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, schema_in_text, split_text, wants_tool
 
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_PROMPTED_SCHEMA = re.compile(r"Use this JSON schema:\s*```json\s*(\{.*\})\s*```", re.S)
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -45,21 +42,6 @@ def _prompt(body: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _schema_in_prompt(text: str) -> dict[str, Any] | None:
-    """The schema LiteLLM writes into the prompt for a model it thinks has no `responseSchema`
-    ("Use this JSON schema: ```json {...}```", a Python dict's repr), which a model follows."""
-    m = _PROMPTED_SCHEMA.search(text)
-    if not m:
-        return None
-    for read in (json.loads, ast.literal_eval):
-        try:
-            value = read(m.group(1))
-        except (ValueError, SyntaxError):
-            continue
-        return value if isinstance(value, dict) else None
-    return None
-
-
 def _answer(model: str, body: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
     contents = body.get("contents") or []
     last = (contents[-1].get("parts") if contents else None) or []
@@ -79,7 +61,7 @@ def _answer(model: str, body: dict[str, Any], chunks: int) -> list[dict[str, Any
         return [{"functionCall": {"name": decl["name"], "args": sample_args(decl.get("parameters"))}}]
     gen = _get(body, "generationConfig", "generation_config") or {}
     schema = (_get(gen, "responseJsonSchema", "response_json_schema") or _get(gen, "responseSchema", "response_schema")
-              or _schema_in_prompt(_prompt(body)))
+              or schema_in_text(_prompt(body)))
     if schema or _get(gen, "responseMimeType", "response_mime_type") == "application/json":
         return [{"text": json.dumps(sample_args(schema) if schema else {"answer": "mock"})}]  # JSON mode
     return [{"text": "".join(answer_words(model, _prompt(body), chunks))}]

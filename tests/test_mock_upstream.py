@@ -49,6 +49,11 @@ def test_a_json_response_format_gets_an_instance_of_its_schema(mock):
         "who": {"name": "mock", "ok": True}, "tags": ["mock"], "next": 1, "mode": "fast"}
     r = _chat(mock, response_format={"type": "json_object"})
     assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"answer": "mock"}
+    # json_object with the schema in the prompt (Instructor's JSON mode): an instance of it
+    prompted = [{"role": "system", "content": f"Return JSON matching this json_schema:\n\n{json.dumps(schema)}\n"},
+                {"role": "user", "content": "hello there"}]
+    r = _chat(mock, response_format={"type": "json_object"}, messages=prompted)
+    assert json.loads(r.json()["choices"][0]["message"]["content"])["tags"] == ["mock"]
     assert _chat(mock, response_format={"type": "text"}).json()["choices"][0]["message"]["content"].startswith("mock answer")
 
 
@@ -138,6 +143,22 @@ def test_gemini_mock_sse_and_function_call(mock):
     mock.state(faults={"g1": "429"})
     err = httpx.post(f"{mock.url}/v1beta/models/g1:generateContent", json=body, headers={"x-goog-api-key": "k"})
     assert err.status_code == 429 and err.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_anthropic_and_gemini_mocks_answer_json_when_asked(mock):
+    """Anthropic's structured outputs (`output_format`); Gemini's JSON mode with `responseSchema`, or
+    with the schema in the prompt, as LiteLLM writes it for a model it thinks takes none."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}
+    body = {"model": "c1", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+            "output_format": {"type": "json_schema", "schema": schema}}
+    r = httpx.post(f"{mock.url}/v1/messages", json=body, headers={"x-api-key": "k"}, timeout=10)
+    assert json.loads(r.json()["content"][0]["text"]) == {"n": 1, "s": "mock"}
+    url = f"{mock.url}/v1beta/models/g1:generateContent"
+    for config, text in [({"responseMimeType": "application/json", "responseSchema": schema}, "hi"),
+                         ({"response_mime_type": "application/json"}, f"Use this JSON schema: \n```json \n{schema}\n```")]:
+        body = {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": config}
+        r = httpx.post(url, json=body, headers={"x-goog-api-key": "k"}, timeout=10)
+        assert json.loads(r.json()["candidates"][0]["content"]["parts"][0]["text"]) == {"n": 1, "s": "mock"}
 
 
 def test_cohere_mock_and_last_body(mock):
