@@ -45,6 +45,7 @@ from app.request_params import KNOWN, provider_body  # noqa: E402
 from deployments.egress_paths import is_passthrough  # noqa: E402
 from deployments.ollama import register_ollama_models  # noqa: E402
 from deployments.provider_errors import provider_errors  # noqa: E402
+from deployments.stream_shape import openai_chat_stream  # noqa: E402
 
 logger = logging.getLogger("ray.serve")
 
@@ -307,8 +308,9 @@ class EgressCore:
         try:
             fn = self.router.acompletion if kind == "chat" else self.router.atext_completion
             resp = await fn(**kwargs)
-            async for chunk in resp:
-                yield chunk.model_dump(exclude_none=True)
+            chunks = (chunk.model_dump(exclude_none=True) async for chunk in resp)
+            async for chunk in (openai_chat_stream(chunks) if kind == "chat" else chunks):
+                yield chunk
         except UpstreamError:
             raise
         except Exception as e:

@@ -187,7 +187,8 @@ def build_app(settings: MockSettings | None = None) -> Starlette:
 
 def _stream_events(kind: str, model: str, rid: str, created: int, words: list[str],
                    usage: dict[str, int], body: dict[str, Any], call: dict[str, Any] | None = None) -> list[bytes]:
-    """OpenAI SSE chunks: one per word (or the tool call's), a finish chunk (with usage when asked), `[DONE]`."""
+    """OpenAI SSE chunks: one per word (or the tool call's), a finish chunk, a usage chunk with no
+    choices when asked (`stream_options.include_usage`), `[DONE]`."""
     events = []
     if call is not None:  # a tool call instead of text
         words = []
@@ -211,9 +212,10 @@ def _stream_events(kind: str, model: str, rid: str, created: int, words: list[st
                     choices=[{"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"}])
     else:
         last.update(object="text_completion", choices=[{"index": 0, "text": "", "finish_reason": "stop"}])
-    if (body.get("stream_options") or {}).get("include_usage"):
-        last["usage"] = usage
     events.append(b"data: " + dumps(last) + b"\n\n")
+    if (body.get("stream_options") or {}).get("include_usage"):  # as OpenAI: a last chunk, no choices
+        tail = {k: v for k, v in last.items() if k != "choices"}
+        events.append(b"data: " + dumps({**tail, "choices": [], "usage": usage}) + b"\n\n")
     events.append(b"data: [DONE]\n\n")
     return events
 

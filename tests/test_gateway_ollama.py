@@ -75,10 +75,14 @@ def test_streamed_answer_charges_ollamas_counts(app, key, mock, include_usage):
         rid = raw.headers["x-doka-request-id"]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith(f"mock answer from {OLLAMA} to: stream it please")
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    # OpenAI's shape (LiteLLM's Router stream is not): one id, the finish reason once on the last
+    # choice chunk, the role on the first, usage alone on a last chunk without choices
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and not any(finishes[:-1])
+    assert len({c.id for c in chunks}) == 1 and chunks[0].choices[0].delta.role == "assistant"
     usage = [c.usage for c in chunks if c.usage]
     if include_usage:
-        assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(3, 8)]
+        assert [(u.prompt_tokens, u.completion_tokens) for u in usage] == [(3, 8)] and chunks[-1].choices == []
     else:
         assert usage == []  # the gateway asked for it (to charge it); the client did not
     assert mock.last(OLLAMA)["stream"] is True
@@ -92,13 +96,15 @@ def test_tool_call_round_trip(app, key, mock, stream):
     client = app.openai(key)
     resp = client.chat.completions.create(model="mock-ollama", messages=ASK_TOOL, tools=TOOLS, stream=stream)
     if stream:
-        name, args, call_id, finish = "", "", None, None
+        name, args, call_id, finishes = "", "", None, []
         for c in resp:
             for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
                 name += tc.function.name or ""
                 args += tc.function.arguments or ""
                 call_id = call_id or tc.id
-            finish = (c.choices[0].finish_reason if c.choices else None) or finish
+            finishes += [c.choices[0].finish_reason] if c.choices else []
+        assert not any(finishes[:-1])  # once, on the last chunk
+        finish = finishes[-1]
     else:
         call = resp.choices[0].message.tool_calls[0]
         name, args, call_id, finish = call.function.name, call.function.arguments, call.id, resp.choices[0].finish_reason

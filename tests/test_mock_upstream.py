@@ -33,8 +33,9 @@ def test_chat_stream_sends_chunks_usage_and_done(mock):
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert len(chunks) == 9  # 8 content chunks + the finish chunk
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] == 8
+    assert len(chunks) == 10  # 8 content chunks, the finish chunk, the usage chunk (no choices, as OpenAI)
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and "usage" not in chunks[-2]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 8
     assert mock.state()["counts"]["streams_completed"] == 1
 
 
