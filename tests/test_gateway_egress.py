@@ -74,6 +74,34 @@ def test_litellm_path_for_other_providers(mock):
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "canned answer from litellm"
 
 
+@pytest.mark.parametrize("provider", ["groq/llama-3.1-8b-instant", "mistral/mistral-small-latest"])
+def test_router_path_streams_in_openais_shape(mock, provider):
+    """LiteLLM's Router stream (Groq, Mistral, Ollama, ...) puts usage on a chunk with an empty choice
+    after the finish; clients expect OpenAI's: one id, one finish on the last choice chunk, usage
+    alone on a last chunk with no choices."""
+    raw = gateway_test_config(mock.port, 1)
+    raw["model_list"].append({"model_name": "via-router", "litellm_params": {
+        "model": provider, "api_base": f"http://127.0.0.1:{mock.port}/v1", "api_key": "mock-key"}})
+    core = EgressCore(parse_config(raw), cooldown_s=0)
+
+    async def go():
+        try:
+            body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+            return await _collect(core.stream("chat", "via-router", body, 5))
+        finally:
+            await core.close()
+
+    chunks = run(go())
+    assert mock.state()["counts"]["streams_completed"] == 1  # LiteLLM's provider path, to the mock
+    with_choices = [c for c in chunks if c["choices"]]
+    finishes = [c["choices"][0].get("finish_reason") for c in with_choices]
+    assert finishes[-1] == "stop" and not any(finishes[:-1])
+    assert with_choices[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in with_choices).startswith("mock answer")
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert len({c["id"] for c in chunks}) == 1 and all("usage" not in c for c in chunks[:-1])
+
+
 def test_errors_map_to_upstream_error(mock):
     async def go(fault):
         mock.state(faults={"gpt-4-turbo": fault})
