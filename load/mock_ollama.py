@@ -6,7 +6,8 @@ JSON object a line, `done: false` until the last line, which has `done: true`, `
 and the usage (`prompt_eval_count`, `eval_count`). Tool calls come in Ollama's shape,
 `message.tool_calls[{function: {name, arguments}}]` with `arguments` an object (not a JSON
 string), when the request offers `tools` and the last user turn asks for one (Ollama has no
-`tool_choice`); a `tool` message back is answered naming what the tool said. Errors are
+`tool_choice`); a `tool` message back is answered naming what the tool said; `format` (`"json"`
+or a JSON schema) gets JSON text (an instance of the schema). Errors are
 `{"error": "..."}`. Latency and faults come from load/mock_core.py, like the other mocks.
 """
 
@@ -51,6 +52,9 @@ def answer(model: str, body: dict[str, Any], chunks: int) -> tuple[list[str], li
     if tools and last.get("role") == "user" and wants_tool(str(last.get("content") or ""), False):
         fn = tools[0].get("function") or {}
         return [], [{"function": {"name": fn.get("name", "tool"), "arguments": sample_args(fn.get("parameters"))}}]
+    fmt = body.get("format")  # "json", or a JSON schema (structured outputs)
+    if fmt == "json" or isinstance(fmt, dict):
+        return split_text(json.dumps(sample_args(fmt) if isinstance(fmt, dict) else {"answer": "mock"}), chunks), []
     return answer_words(model, _prompt(messages), chunks), []
 
 

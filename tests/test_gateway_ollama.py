@@ -120,6 +120,24 @@ def test_tool_call_round_trip(app, key, mock, stream):
     assert sent[2]["role"] == "tool" and sent[2]["content"] == "sunny, 21 C"
 
 
+def test_structured_output_through_ollamas_format(app, key, mock):
+    """The SDK's `parse` (a strict json_schema): LiteLLM sends Ollama the schema as `format`; the
+    JSON comes back as content, plain and streamed."""
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    client = app.openai(key)
+    ask = dict(model="mock-ollama", messages=[{"role": "user", "content": "John is 30"}])
+    assert client.chat.completions.parse(response_format=Person, **ask).choices[0].message.parsed == Person(
+        name="mock", age=1)
+    assert mock.last(OLLAMA)["format"]["properties"].keys() == {"name", "age"}
+    with client.chat.completions.stream(response_format=Person, **ask) as stream:
+        assert stream.get_final_completion().choices[0].message.parsed == Person(name="mock", age=1)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_demo_chain_falls_from_a_dead_vllm_tier_to_ollama_then_openai(app, key, mock, stream):
     """Each step in order, its route reason in the headers and on its ledger row."""

@@ -54,6 +54,14 @@ def test_ollama_tool_call_in_ollamas_shape_and_the_answer_to_its_result(mock):
     assert said["content"] == "mock answer from qwen2.5:3b: the tool said sunny, 21 C" and "tool_calls" not in said
 
 
+def test_ollama_format_gets_json(mock):
+    schema = TOOLS[0]["function"]["parameters"]
+    r = httpx.post(f"{mock.url}/api/chat", json={**CHAT, "stream": False, "format": schema}, timeout=10)
+    assert json.loads(r.json()["message"]["content"]) == {"city": "mock", "days": 1}
+    lines = _ndjson(mock, {**CHAT, "format": "json"})
+    assert json.loads("".join(x["message"]["content"] for x in lines)) == {"answer": "mock"}
+
+
 def test_ollama_tags_and_show(mock):
     httpx.post(f"{mock.url}/api/chat", json={**CHAT, "model": "llama3.2:1b", "stream": False}, timeout=10)
     names = [m["name"] for m in httpx.get(f"{mock.url}/api/tags", timeout=10).json()["models"]]
