@@ -4,7 +4,8 @@ The Router path (Ollama, Cohere, Bedrock, ...: LiteLLM's `CustomStreamWrapper`) 
 chunk an id of its own, send an empty chunk after the finish reason, and put usage on a chunk
 with an empty choice. OpenAI's shape, which clients read: one id, each choice's `finish_reason`
 once on its last chunk, usage alone on a last chunk with no choices. The direct Anthropic/Gemini
-path (deployments/translate.py) and pass-through already stream so.
+path (deployments/translate.py) streams through it too (Gemini's parser says "stop" on every
+chunk); pass-through forwards the provider's own OpenAI stream.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ async def openai_chat_stream(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIter
             yield {**chunk, "id": head["id"], "choices": choices}
     if head is None:
         return
-    for index, finish in sorted(finishes.items()):
+    for index, finish in sorted((finishes or {0: "stop"}).items()):  # a stream always ends with one
         delta = {"role": "assistant"} if first else {}
         first = False
         yield {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}

@@ -31,6 +31,7 @@ import aiohttp
 from app.errors import UpstreamError
 from app.request_params import provider_body
 from deployments.provider_errors import provider_errors
+from deployments.stream_shape import openai_chat_stream
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 _MESSAGE_KEYS = ("model", "messages", "stream", "stream_options")
@@ -169,12 +170,16 @@ class _Direct:
 
     async def stream(self, session: aiohttp.ClientSession, params: dict[str, Any], body: dict[str, Any],
                      timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """The provider's events as OpenAI chunks, shaped as the Router path's are (one finish
+        reason, last; usage alone after it): Gemini's parser says "stop" on every chunk."""
         url, headers, data, ctx = self._build(params, body, stream=True)
+        async for chunk in openai_chat_stream(self._chunks(session, url, headers, data, ctx, timeout)):
+            yield chunk
+
+    async def _chunks(self, session: aiohttp.ClientSession, url: str, headers: dict, data: dict,
+                      ctx: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         parser = self._parser(ctx)
-        usage: dict[str, Any] | None = None
         head: dict[str, Any] = {}
-        first = True
-        finish: str | None = None
         with provider_errors(timeout, stream=True, invalid="provider sent an invalid stream event"):
             async with session.post(url, json=data, headers=headers,
                                     timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout)) as resp:
@@ -190,26 +195,16 @@ class _Direct:
                     if parsed is None:
                         continue
                     chunk = parsed.model_dump(exclude_none=True)
-                    usage = chunk.pop("usage", None) or usage
                     if not head:
                         head = {"id": chunk.get("id"), "object": "chat.completion.chunk",
                                 "created": chunk.get("created") or int(time.time()), "model": ctx["model"]}
                     choice = (chunk.get("choices") or [{}])[0]
                     delta = choice.get("delta") or {}
-                    # Gemini's parser says "stop" on every chunk (LiteLLM's stream wrapper holds it
-                    # back); OpenAI says it once, on a last chunk, and clients stop reading there
-                    finish = choice.pop("finish_reason", None) or finish
                     if not delta.get("content") and not delta.get("tool_calls"):
-                        continue  # message_start, ping, block boundaries: nothing for an OpenAI client
-                    if first:
-                        delta["role"] = "assistant"
-                        first = False
-                    yield {**head, "choices": [{**choice, "delta": delta, "finish_reason": None}]}
-            if head:
-                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"} if first else {},
-                                            "finish_reason": finish or "stop"}]}
-            if usage is not None and ctx["include_usage"]:
-                yield {**head, "choices": [], "usage": usage}
+                        # message_start, ping, block boundaries: nothing for an OpenAI client but a finish reason
+                        choice = {k: v for k, v in choice.items() if k != "delta"}
+                    usage = chunk.get("usage") if ctx["include_usage"] else None
+                    yield {**head, "choices": [choice], **({"usage": usage} if usage else {})}
 
 
 class AnthropicDirect(_Direct):
@@ -250,8 +245,9 @@ class AnthropicDirect(_Direct):
         from litellm.llms.anthropic.chat.handler import ModelResponseIterator
         from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY
 
+        names = ctx["litellm_params"].get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY)
         return ModelResponseIterator(streaming_response=None, sync_stream=False, json_mode=ctx["json_mode"],
-                                     tool_name_reverse_map=ctx["litellm_params"].get(ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY))
+                                     tool_name_reverse_map=names)
 
     def _event(self, event: dict[str, Any]) -> bool:
         if event.get("type") == "message_stop":
