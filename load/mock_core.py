@@ -214,9 +214,13 @@ def structured_answer(body: dict[str, Any]) -> str | None:
         return json.dumps(sample_args(schema if isinstance(schema, dict) else {}))
     if fmt.get("type") == "json_object":  # the schema, if any, is in the prompt (Instructor's JSON mode)
         texts = [m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)]
-        schema = schema_in_text(" ".join(t for t in texts if isinstance(t, str)))
-        return json.dumps(sample_args(schema) if schema else {"answer": "mock"})
+        return json_answer(schema_in_text(" ".join(t for t in texts if isinstance(t, str))))
     return None
+
+
+def json_answer(schema: dict[str, Any] | None) -> str:
+    """What a model in JSON mode answers: an instance of the schema, or a plain object without one."""
+    return json.dumps(sample_args(schema) if schema else {"answer": "mock"})
 
 
 _PROMPTED_SCHEMA = re.compile(r"Use this JSON schema:\s*```json\s*(\{.*\})\s*```", re.S)

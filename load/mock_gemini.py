@@ -3,9 +3,9 @@
 Gemini's own wire format: `contents` of `parts` in, `candidates` out, `functionCall` parts when
 function declarations are given and the prompt asks for one (an answer naming the
 `functionResponse` once it comes back), JSON text for `responseMimeType: application/json` (an
-instance of `responseSchema`, or of a schema LiteLLM wrote into the prompt), `usageMetadata`, SSE with `?alt=sse` (a JSON array
-without), and errors as `{"error": {"code", "message", "status"}}`. Served under `/v1beta` and
-`/v1`, like Google's. Latency and faults come from load/mock_core.py.
+instance of `responseSchema`, or of a schema LiteLLM wrote into the prompt), `usageMetadata`,
+SSE with `?alt=sse` (a JSON array without), and errors as `{"error": {"code", "message",
+"status"}}`. Served under `/v1beta` and `/v1`, like Google's. Latency and faults come from load/mock_core.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, schema_in_text, split_text, wants_tool
+from load.mock_core import (HTTP_FAULTS, MockState, answer_words, dumps, json_answer, sample_args, schema_in_text,
+                            split_text, wants_tool)
 
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -63,7 +64,7 @@ def _answer(model: str, body: dict[str, Any], chunks: int) -> list[dict[str, Any
     schema = (_get(gen, "responseJsonSchema", "response_json_schema") or _get(gen, "responseSchema", "response_schema")
               or schema_in_text(_prompt(body)))
     if schema or _get(gen, "responseMimeType", "response_mime_type") == "application/json":
-        return [{"text": json.dumps(sample_args(schema) if schema else {"answer": "mock"})}]  # JSON mode
+        return [{"text": json_answer(schema)}]  # JSON mode
     return [{"text": "".join(answer_words(model, _prompt(body), chunks))}]
 
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, sample_args, split_text, wants_tool
+from load.mock_core import HTTP_FAULTS, MockState, answer_words, dumps, json_answer, sample_args, split_text, wants_tool
 
 # what `/api/tags` lists besides every model asked for so far (the home-lab CPU tier's model)
 DEFAULT_MODELS = ("qwen2.5:3b",)
@@ -54,7 +54,7 @@ def answer(model: str, body: dict[str, Any], chunks: int) -> tuple[list[str], li
         return [], [{"function": {"name": fn.get("name", "tool"), "arguments": sample_args(fn.get("parameters"))}}]
     fmt = body.get("format")  # "json", or a JSON schema (structured outputs)
     if fmt == "json" or isinstance(fmt, dict):
-        return split_text(json.dumps(sample_args(fmt) if isinstance(fmt, dict) else {"answer": "mock"}), chunks), []
+        return split_text(json_answer(fmt if isinstance(fmt, dict) else None), chunks), []
     return answer_words(model, _prompt(messages), chunks), []
 
 
